@@ -1,0 +1,29 @@
+# The two commands: `make run` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= config/gateway.yaml
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+# Reinstall only when the package metadata changed; the package itself is installed editable.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: install
+	$(BIN)/gateway run --config $(CONFIG)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/api_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

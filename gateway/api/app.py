@@ -1,0 +1,192 @@
+"""The aiohttp application: `/verba/api` dispatch, error → envelope mapping, `/healthz`, and the server runner."""
+
+from __future__ import annotations
+
+import re
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+from multidict import MultiDict
+
+from gateway.api.auth import Authenticator
+from gateway.api.render import (
+    NoPayload,
+    RenderedResponse,
+    ResponseType,
+    TokenPayload,
+    render_error,
+    render_success,
+)
+from gateway.api.verba import (
+    ACTION_REQUEST_TOKEN,
+    ACTIONS,
+    KNOWN_ACTIONS,
+    ActionContext,
+    ActionRequest,
+    lookup_error_message,
+    missing,
+)
+from gateway.errors import (
+    ApiError,
+    LookupFailed,
+    RecorderError,
+    RecorderNotConnected,
+    RecorderTimeout,
+)
+from gateway.recording import KeepRefused
+
+log = structlog.get_logger(__name__)
+
+API_PATH = "/verba/api"
+HEALTH_PATH = "/healthz"
+# Verba clients send URLs up to 4000 characters; GETs up to 8 KiB must work, so the request line
+# (method + URL + version) and header fields get twice that.
+MAX_REQUEST_LINE_BYTES = 16 * 1024
+MAX_HEADER_FIELD_BYTES = 16 * 1024
+# On SIGTERM, requests in flight (a `status=next` wait can last a minute) get this long to finish.
+SHUTDOWN_TIMEOUT_S = 5.0
+# An unknown action is echoed as the envelope's type only when it looks like an action name.
+_ACTION_NAME = re.compile(r"[A-Za-z]{1,64}")
+UNKNOWN_ACTION_TYPE = "Unknown"
+
+MESSAGE_RECORDER_NOT_CONNECTED = "Unable to control the recording, because the recorder is not connected."
+MESSAGE_RECORDER_TIMEOUT = "Unable to control the recording, because the recorder did not answer in time."
+MESSAGE_INTERNAL = "Internal error; the gateway logged the details."
+
+
+@dataclass(frozen=True, slots=True)
+class ApiServices:
+    """Everything the HTTP layer needs; it never touches a driver or the store directly."""
+
+    auth: Authenticator
+    actions: ActionContext
+    health: Callable[[], Awaitable[dict[str, Any]]]
+
+
+SERVICES = web.AppKey("services", ApiServices)
+
+
+async def _read_params(request: web.Request) -> MultiDict[str]:
+    """Query-string parameters, overridden by form fields on POST (api.md §1)."""
+    if request.method != "POST":
+        return request.query  # type: ignore[return-value]
+    params: MultiDict[str] = MultiDict(request.query)
+    form = await request.post()
+    for name, value in form.items():
+        if isinstance(value, str):
+            params[name] = value
+    return params
+
+
+def _respond(rendered: RenderedResponse, status: int = 200) -> web.Response:
+    response = web.Response(body=rendered.body, status=status, content_type=None)
+    response.headers["Content-Type"] = rendered.content_type
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _error(response_type: ResponseType, action: str, status: int, message: str) -> web.Response:
+    return _respond(render_error(response_type, action, message), status)
+
+
+async def verba_api(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    started = time.perf_counter()
+    params = await _read_params(request)
+    action = (params.get("action") or "").strip()
+    action_type = action if action in KNOWN_ACTIONS else (action if _ACTION_NAME.fullmatch(action) else UNKNOWN_ACTION_TYPE)
+    response_type = ResponseType.XML
+    status = 200
+    try:
+        response_type = ResponseType.parse(params.get("responseType"))
+        if not action:
+            raise missing("action")
+        if action not in KNOWN_ACTIONS:
+            raise ApiError(400, "Unknown action")
+        authorization = request.headers.get("Authorization")
+        if action == ACTION_REQUEST_TOKEN:
+            token = await services.auth.request_token(
+                api_key=params.get("apiKey"),
+                user_name=params.get("userName"),
+                password=params.get("password"),
+                authorization=authorization,
+                remote=request.remote,
+            )
+            return _respond(render_success(response_type, action, TokenPayload(token)))
+        principal = await services.auth.authenticate(
+            api_key=params.get("apiKey"),
+            token=params.get("token"),
+            authorization=authorization,
+            remote=request.remote,
+        )
+        payload = await ACTIONS[action](services.actions, ActionRequest(action, params, principal))
+        return _respond(render_success(response_type, action, payload or NoPayload()))
+    except ApiError as error:
+        status = error.http_status
+        if status in (401, 403):
+            log.info("api request refused", action=action_type, status=status, reason=error.message, remote=request.remote)
+        return _error(response_type, action_type, status, error.message)
+    except LookupFailed as error:
+        return _error(response_type, action_type, 200, lookup_error_message(action, error))  # type: ignore[arg-type]
+    except KeepRefused as error:
+        return _error(response_type, action_type, 200, str(error))
+    except RecorderNotConnected:
+        status = 503
+        return _error(response_type, action_type, status, MESSAGE_RECORDER_NOT_CONNECTED)
+    except RecorderTimeout:
+        status = 504
+        return _error(response_type, action_type, status, MESSAGE_RECORDER_TIMEOUT)
+    except RecorderError as error:
+        reason = f"{error.code} {error.text}".strip()
+        return _error(response_type, action_type, 200, f"The recorder refused the request: {reason}")
+    except Exception:
+        status = 500
+        log.exception("api request failed", action=action_type)
+        return _error(response_type, action_type, status, MESSAGE_INTERNAL)
+    finally:
+        log.debug(
+            "api request",
+            action=action_type,
+            method=request.method,
+            status=status,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    report = await request.app[SERVICES].health()
+    return web.json_response(report)
+
+
+def create_app(services: ApiServices) -> web.Application:
+    app = web.Application()
+    app[SERVICES] = services
+    app.router.add_route("GET", API_PATH, verba_api)
+    app.router.add_route("POST", API_PATH, verba_api)
+    app.router.add_get(HEALTH_PATH, healthz)
+    return app
+
+
+def create_runner(app: web.Application) -> web.AppRunner:
+    """A runner whose handlers are cancelled when the client goes away (ends `status=next` waits)."""
+    return web.AppRunner(
+        app,
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        access_log=None,  # aiohttp's access log would write query strings, i.e. API keys and passwords
+        handler_cancellation=True,
+        max_line_size=MAX_REQUEST_LINE_BYTES,
+        max_field_size=MAX_HEADER_FIELD_BYTES,
+    )
+
+
+def ssl_context(certfile: str, keyfile: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    return context

@@ -1,0 +1,223 @@
+"""The Verba Business API actions (api.md §6): RequestToken, GetCallID, KeepCall, GetCallInformation."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+
+from gateway.api.auth import Principal
+from gateway.api.render import CallIdPayload, CallInformationPayload, NoPayload, Payload
+from gateway.calls import CallTracker, parse_statuses, recording_mode_of
+from gateway.errors import AmbiguousCall, ApiError, CallNotFound
+from gateway.model import Call, Direction, RecordingMode
+from gateway.recording import KeepRefused, RecordingService
+
+ACTION_REQUEST_TOKEN = "RequestToken"
+ACTION_GET_CALL_ID = "GetCallID"
+ACTION_KEEP_CALL = "KeepCall"
+ACTION_GET_CALL_INFORMATION = "GetCallInformation"
+
+TYPE_MANUAL_RECORD = "manualrecord"
+TYPE_DO_NOT_DELETE = "do_not_delete"
+KEEP_CALL_TYPES = (TYPE_MANUAL_RECORD, TYPE_DO_NOT_DELETE)
+
+# What each action says when the call is not there / not unique (Verba wording).
+NOT_FOUND_MESSAGE = {
+    ACTION_GET_CALL_ID: "Unable to retrieve the call identifier, because the call cannot be found.",
+    ACTION_KEEP_CALL: "Unable to keep the call, because the call cannot be found.",
+    ACTION_GET_CALL_INFORMATION: "Unable to retrieve the call information, because the call cannot be found.",
+}
+AMBIGUOUS_MESSAGE = {
+    ACTION_GET_CALL_ID: "Unable to retrieve the call identifier, because more than one call was found.",
+    ACTION_KEEP_CALL: "Unable to keep the call, because more than one call was found.",
+    ACTION_GET_CALL_INFORMATION: "Unable to retrieve the call information, because more than one call was found.",
+}
+MANUAL_RECORDING_NOT_FOUND = "Unable to retrieve the recording identifier, because no manual recording was made on the call."
+
+
+def missing(name: str) -> ApiError:
+    return ApiError(400, f"Missing parameter '{name}'")
+
+
+def invalid(name: str) -> ApiError:
+    # Never echo the value: it came from outside and every response type must stay free of injected markup.
+    return ApiError(400, f"Invalid value for parameter '{name}'")
+
+
+@dataclass(frozen=True, slots=True)
+class ActionContext:
+    tracker: CallTracker
+    recording: RecordingService
+    next_window_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRequest:
+    action: str
+    params: Mapping[str, str]
+    principal: Principal
+
+    def get(self, name: str) -> str | None:
+        """A parameter's value, None when absent or empty."""
+        value = self.params.get(name)
+        if value is None:
+            return None
+        value = value.strip()
+        return value or None
+
+    def flag(self, name: str) -> bool:
+        value = self.get(name)
+        if value is None:
+            return False
+        lowered = value.lower()
+        if lowered in ("1", "true", "yes"):
+            return True
+        if lowered in ("0", "false", "no"):
+            return False
+        raise invalid(name)
+
+
+def _call_id_parameter(request: ActionRequest) -> str | None:
+    value = request.get("callID") or request.get("cid")
+    if value is None:
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise invalid("callID") from None
+
+
+async def _find_by_extension(context: ActionContext, request: ActionRequest, extension: str) -> Call:
+    status = request.get("status")
+    if status is None:
+        raise missing("status")
+    try:
+        statuses = parse_statuses(status)
+    except ValueError:
+        raise invalid("status") from None
+    return await context.tracker.find_by_status(extension, statuses, context.next_window_s)
+
+
+async def _find_call(context: ActionContext, request: ActionRequest, *, by_external_ids: bool) -> Call:
+    """KeepCall / GetCallInformation lookup: callID, else extension+status (, else platformCallID / nativeID)."""
+    call_id = _call_id_parameter(request)
+    if call_id is not None:
+        call = await context.tracker.get_call(call_id)
+        if call is None:
+            raise CallNotFound(call_id)
+        return call
+    extension = request.get("extension")
+    if extension is not None:
+        return await _find_by_extension(context, request, extension)
+    if by_external_ids:
+        platform_call_id = request.get("platformCallID")
+        if platform_call_id is not None:
+            return await context.tracker.find_by_platform_call_id(platform_call_id)
+        native_id = request.get("nativeID")
+        if native_id is not None:
+            return await context.tracker.find_by_native_id(native_id)
+        raise ApiError(400, "Missing parameter: one of 'callID', 'extension', 'platformCallID' or 'nativeID' is required")
+    raise ApiError(400, "Missing parameter: 'callID' or 'extension' is required")
+
+
+async def get_call_id(context: ActionContext, request: ActionRequest) -> Payload:
+    ways = [name for name in ("extension", "platformCallID", "nativeID") if request.get(name) is not None]
+    if not ways:
+        raise ApiError(400, "Missing parameter: one of 'extension', 'platformCallID' or 'nativeID' is required")
+    if len(ways) > 1:
+        raise ApiError(400, "Use exactly one of 'extension', 'platformCallID' or 'nativeID'")
+    kind = request.get("type")
+    if kind is not None and kind.lower() != TYPE_MANUAL_RECORD:
+        raise invalid("type")
+    if ways[0] == "extension":
+        call = await _find_by_extension(context, request, request.get("extension") or "")
+    elif ways[0] == "platformCallID":
+        call = await context.tracker.find_by_platform_call_id(request.get("platformCallID") or "")
+    else:
+        call = await context.tracker.find_by_native_id(request.get("nativeID") or "")
+    if kind is None:
+        return CallIdPayload(call.call_id)
+    recording = call.last_manual_recording
+    if recording is None:
+        raise KeepRefused(MANUAL_RECORDING_NOT_FOUND)
+    return CallIdPayload(recording.recording_id)
+
+
+async def keep_call(context: ActionContext, request: ActionRequest) -> Payload:
+    kind = request.get("type")
+    if kind is not None and kind.lower() not in KEEP_CALL_TYPES:
+        raise invalid("type")
+    unmark = request.flag("unmark")
+    call = await _find_call(context, request, by_external_ids=False)
+    if kind is None:
+        await context.recording.keep(call, unmark=unmark)
+    elif kind.lower() == TYPE_DO_NOT_DELETE:
+        await context.recording.protect(call, unmark=unmark)
+    else:
+        await context.recording.manual_record(call, stop=unmark)
+    return NoPayload()
+
+
+def _time(value: datetime | None, tz: tzinfo) -> str | None:
+    return value.astimezone(tz).isoformat(timespec="seconds") if value is not None else None
+
+
+def _bit(value: bool) -> str:
+    return "1" if value else "0"
+
+
+def call_information(call: Call, mode: RecordingMode | None, tz: tzinfo) -> CallInformationPayload:
+    duration = call.effective_duration_s
+    fields = (
+        ("ccdr_id", call.call_id),
+        ("native_id", call.native_id),
+        ("platform_call_id", call.platform_call_id),
+        ("source_caller_id", call.calling),
+        ("destination_caller_id", call.called),
+        ("extension", call.extension),
+        ("direction", call.direction.value if call.direction is not Direction.UNKNOWN else None),
+        ("start_time", _time(call.start_time, tz)),
+        ("connect_time", _time(call.connect_time, tz)),
+        ("end_time", _time(call.end_time, tz)),
+        ("duration", str(round(duration)) if duration is not None else None),
+        ("recording_mode", mode.value if mode is not None else None),
+        ("ondemand", _bit(mode is RecordingMode.ON_DEMAND)),
+        ("kept", _bit(call.kept or (mode is RecordingMode.FULL and call.recorded))),
+        ("manual", _bit(call.manual)),
+        ("do_not_delete", _bit(call.do_not_delete)),
+        ("recorded", _bit(call.recorded)),
+        ("link", call.link),
+    )
+    recordings = tuple(
+        (
+            ("id", recording.recording_id),
+            ("native_id", recording.native_id),
+            ("start_time", _time(recording.start_time, tz)),
+            ("end_time", _time(recording.end_time, tz)),
+            ("manual", _bit(recording.manual)),
+        )
+        for recording in call.recordings
+        if not recording.deleted
+    )
+    return CallInformationPayload(state=int(call.state), fields=fields, recordings=recordings)
+
+
+async def get_call_information(context: ActionContext, request: ActionRequest) -> Payload:
+    call = await _find_call(context, request, by_external_ids=True)
+    return call_information(call, recording_mode_of(call, context.tracker), request.principal.tz)
+
+
+ActionHandler = Callable[[ActionContext, ActionRequest], Awaitable[Payload]]
+ACTIONS: dict[str, ActionHandler] = {
+    ACTION_GET_CALL_ID: get_call_id,
+    ACTION_KEEP_CALL: keep_call,
+    ACTION_GET_CALL_INFORMATION: get_call_information,
+}
+KNOWN_ACTIONS = frozenset(ACTIONS) | {ACTION_REQUEST_TOKEN}
+
+
+def lookup_error_message(action: str, error: CallNotFound | AmbiguousCall) -> str:
+    table = AMBIGUOUS_MESSAGE if isinstance(error, AmbiguousCall) else NOT_FOUND_MESSAGE
+    return table.get(action, NOT_FOUND_MESSAGE[ACTION_GET_CALL_ID])

@@ -1,0 +1,107 @@
+"""Command line (`gateway`, `python -m gateway`): run, check, hash-password (config.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from gateway.config import DEFAULT_CONFIG_PATH, check_config, describe_config, load_config
+from gateway.errors import ConfigError
+from gateway.logs import configure_logging
+from gateway.passwords import hash_password
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+log = structlog.get_logger(__name__)
+
+
+async def _run_until_signalled(config_path: Path) -> int:
+    from gateway.service import Gateway  # imported late: `check` and `hash-password` need none of it
+
+    config = load_config(config_path)
+    configure_logging(config.log.level, config.log.format)
+    gateway = Gateway(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await gateway.start()
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await gateway.stop()
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_run_until_signalled(args.config))
+    except ConfigError as error:
+        print(f"gateway: configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as error:  # e.g. the HTTP port is taken
+        print(f"gateway: cannot start: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"gateway: configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(describe_config(config))
+    problems = check_config(config)
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_FAILURE
+    print("configuration OK")
+    return EXIT_OK
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("gateway: an empty password cannot be hashed", file=sys.stderr)
+        return EXIT_FAILURE
+    print(hash_password(password))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="Recorder-side telephony gateway")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the gateway until SIGINT/SIGTERM")
+    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="configuration file (%(default)s)")
+    run.set_defaults(handler=cmd_run)
+
+    check = commands.add_parser("check", help="validate a configuration file and its serial ports")
+    check.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="configuration file (%(default)s)")
+    check.set_defaults(handler=cmd_check)
+
+    hash_cmd = commands.add_parser("hash-password", help="read a password on stdin, print a password_hash")
+    hash_cmd.set_defaults(handler=cmd_hash_password)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

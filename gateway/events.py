@@ -1,0 +1,93 @@
+"""What drivers report to the call tracker: typed, immutable events (the only way data enters)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from gateway.model import Direction
+
+
+@dataclass(frozen=True, slots=True)
+class CallStarted:
+    """A recorder saw a call appear on a channel (TRUNKREC `EVT CALL … SETUP`)."""
+
+    recorder: str
+    channel: str
+    native_id: str
+    calling: str | None
+    called: str | None
+    direction: Direction
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CallConnected:
+    recorder: str
+    channel: str
+    native_id: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    recorder: str
+    channel: str
+    native_id: str
+    at: datetime
+    cause: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingStarted:
+    recorder: str
+    channel: str
+    recording_native_id: str
+    call_native_id: str | None
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingStopped:
+    recorder: str
+    channel: str
+    recording_native_id: str
+    at: datetime
+    duration_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecorderSynced:
+    """End of a recorder's state replay: calls it did not replay have ended while the link was down."""
+
+    recorder: str
+    live_native_ids: frozenset[str]  # the recorder's call ids it replayed as in progress
+    at: datetime
+    live_recording_native_ids: frozenset[str] = frozenset()  # recordings it replayed as running
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One normalised SMDR/CDR record (smdr-formats.md §1.1)."""
+
+    format: str
+    source: str  # the link name
+    raw: str
+    received_at: datetime
+    start: datetime | None = None
+    end: datetime | None = None
+    duration_s: float | None = None
+    ring_s: float | None = None
+    extension: str | None = None
+    other_number: str | None = None
+    direction: Direction = Direction.UNKNOWN
+    trunk: str | None = None
+    account: str | None = None
+    platform_call_id: str | None = None
+    more_follows: bool = False
+    answered: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+DriverEvent = CallStarted | CallConnected | CallEnded | RecordingStarted | RecordingStopped | RecorderSynced | CallRecord

@@ -1,0 +1,144 @@
+"""What the gateway knows about calls: calls, their recordings, and the enums that classify them."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+
+class RecordingMode(enum.StrEnum):
+    """Per-extension recording policy (api.md §7)."""
+
+    FULL = "full"
+    ON_DEMAND = "on_demand"
+    CONTROLLED = "controlled"
+    CONTROLLED_AUTOSTART = "controlled_autostart"
+    DO_NOT_RECORD = "do_not_record"
+
+    @property
+    def is_controlled(self) -> bool:
+        """Controlled extensions accept KeepCall type=manualRecord."""
+        return self in (RecordingMode.CONTROLLED, RecordingMode.CONTROLLED_AUTOSTART)
+
+    @property
+    def starts_on_connect(self) -> bool:
+        return self in (RecordingMode.FULL, RecordingMode.ON_DEMAND, RecordingMode.CONTROLLED_AUTOSTART)
+
+
+class Direction(enum.StrEnum):
+    IN = "in"
+    OUT = "out"
+    INTERNAL = "internal"
+    UNKNOWN = "unknown"
+
+
+class CallState(enum.IntEnum):
+    """The values are the `state` attribute of GetCallInformation's verbacdr element."""
+
+    ONGOING = 0
+    FINISHED = 1
+
+
+def new_id() -> str:
+    """A gateway identifier: a random GUID, never reused."""
+    return str(uuid.uuid4())
+
+
+@dataclass(slots=True)
+class Recording:
+    """One recording of (part of) a call; a manual restart makes a new one."""
+
+    recording_id: str
+    call_id: str
+    start_time: datetime
+    recorder: str | None = None
+    channel: str | None = None
+    native_id: str | None = None  # the recorder's own recording id (TRUNKREC rec=)
+    end_time: datetime | None = None
+    manual: bool = False
+    deleted: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.end_time is None and not self.deleted
+
+
+@dataclass(slots=True)
+class Call:
+    """A call as the gateway tracks it; `call_id` is assigned once and never changes."""
+
+    call_id: str
+    start_time: datetime
+    state: CallState = CallState.ONGOING
+    direction: Direction = Direction.UNKNOWN
+    extension: str | None = None  # the internal party the call is filed under
+    calling: str | None = None  # source caller id
+    called: str | None = None  # destination caller id
+    other_parties: set[str] = field(default_factory=set)  # further extensions (transfers, multi-part records)
+    platform_call_id: str | None = None  # the PBX's call id (API platformCallID)
+    native_id: str | None = None  # the recorder's call id (API nativeID)
+    recorder: str | None = None
+    channel: str | None = None
+    link: str | None = None  # the SMDR link that described the call
+    account: str | None = None
+    trunk: str | None = None
+    connect_time: datetime | None = None
+    end_time: datetime | None = None
+    ring_s: float | None = None
+    duration_s: float | None = None
+    recording_mode: RecordingMode | None = None
+    kept: bool = False
+    do_not_delete: bool = False
+    recordings: list[Recording] = field(default_factory=list)
+
+    @property
+    def ongoing(self) -> bool:
+        return self.state is CallState.ONGOING
+
+    @property
+    def parties(self) -> set[str]:
+        """Every number the call matches on for extension lookups."""
+        numbers = {n for n in (self.extension, self.calling, self.called) if n}
+        numbers.update(self.other_parties)
+        return numbers
+
+    @property
+    def recorded(self) -> bool:
+        return bool(self.recordings)
+
+    @property
+    def manual(self) -> bool:
+        return any(r.manual for r in self.recordings)
+
+    @property
+    def active_recording(self) -> Recording | None:
+        for recording in reversed(self.recordings):
+            if recording.active:
+                return recording
+        return None
+
+    @property
+    def last_manual_recording(self) -> Recording | None:
+        for recording in reversed(self.recordings):
+            if recording.manual:
+                return recording
+        return None
+
+    @property
+    def ondemand(self) -> bool:
+        return self.recording_mode is RecordingMode.ON_DEMAND
+
+    @property
+    def effective_duration_s(self) -> float | None:
+        """Talk time: the reported duration, else connect→end when both are known."""
+        if self.duration_s is not None:
+            return self.duration_s
+        if self.connect_time is not None and self.end_time is not None:
+            return max(0.0, (self.end_time - self.connect_time).total_seconds())
+        return None
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)

@@ -1,0 +1,55 @@
+"""Operational view of the gateway: per-link and per-recorder state and the `/healthz` report."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from gateway.recording import RecorderControl
+
+
+class LinkState(enum.StrEnum):
+    UP = "up"
+    DOWN = "down"
+
+
+@dataclass(slots=True)
+class LinkHealth:
+    """What a link driver reports about itself; the driver updates it, `/healthz` reads it."""
+
+    name: str
+    state: LinkState = LinkState.DOWN
+    records: int = 0  # records parsed from this link
+    errors: int = 0  # lines quarantined
+    last_record_at: datetime | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "records": self.records,
+            "errors": self.errors,
+            "last_record_at": self.last_record_at.isoformat() if self.last_record_at else None,
+        }
+
+
+def health_report(
+    links: Mapping[str, LinkHealth],
+    recorders: Mapping[str, RecorderControl],
+    *,
+    ongoing_calls: int,
+    stored_calls: int,
+) -> dict[str, Any]:
+    """`{"status", "links", "recorders", "calls"}`; degraded when any link or recorder is down."""
+    recorder_states = {name: {"state": "up" if recorder.connected else "down"} for name, recorder in recorders.items()}
+    all_up = all(link.state is LinkState.UP for link in links.values()) and all(
+        state["state"] == "up" for state in recorder_states.values()
+    )
+    return {
+        "status": "ok" if all_up else "degraded",
+        "links": {name: link.as_dict() for name, link in links.items()},
+        "recorders": recorder_states,
+        "calls": {"ongoing": ongoing_calls, "stored": stored_calls},
+    }

@@ -1,0 +1,107 @@
+"""The running gateway: wires config → store → call tracker → recorders/links → HTTP API, and shuts it all down."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from gateway.api.app import ApiServices, create_app, create_runner, ssl_context
+from gateway.api.auth import Authenticator
+from gateway.api.verba import ActionContext
+from gateway.calls import CallTracker
+from gateway.config import GatewayConfig
+from gateway.events import DriverEvent
+from gateway.model import Call
+from gateway.ops import LinkHealth, health_report
+from gateway.recording import RecorderControl, RecordingService, UnavailableRecorder
+from gateway.store import Store
+
+log = structlog.get_logger(__name__)
+
+
+class Gateway:
+    """One gateway process's components. `start()` returns when the HTTP port accepts connections."""
+
+    def __init__(self, config: GatewayConfig, *, recorders: dict[str, RecorderControl] | None = None) -> None:
+        self.config = config
+        self.store = Store(config.store.path)
+        self.tracker = CallTracker(self.store, config.extensions)
+        self.recorders: dict[str, RecorderControl] = recorders if recorders is not None else {
+            recorder.name: UnavailableRecorder(recorder.name, recorder.timeout_s) for recorder in config.recorders
+        }
+        self.links: dict[str, LinkHealth] = {link.name: LinkHealth(link.name) for link in config.links}
+        self.recording = RecordingService(self.tracker, self.recorders)
+        self.auth = Authenticator(config.api)
+        self.app: web.Application = create_app(
+            ApiServices(
+                auth=self.auth,
+                actions=ActionContext(self.tracker, self.recording, config.api.next_window_s),
+                health=self.health,
+            )
+        )
+        self._runner: web.AppRunner | None = None
+        self._stored_calls_at_start = 0
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.config.http.tls else "http"
+        host = self.config.http.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{self.port}"
+
+    def submit(self, event: DriverEvent) -> Call | None:
+        """Where drivers hand in what they saw."""
+        return self.tracker.apply(event)
+
+    async def health(self) -> dict[str, Any]:
+        return health_report(
+            self.links,
+            self.recorders,
+            ongoing_calls=self.tracker.ongoing_count,
+            stored_calls=self._stored_calls_at_start + self.tracker.new_call_count,
+        )
+
+    async def start(self) -> None:
+        await self.store.open()
+        try:
+            self._stored_calls_at_start = await self.store.count_calls()
+            for link_name, errors in (await self.store.quarantine_counts()).items():
+                if link_name in self.links:
+                    self.links[link_name].errors = errors
+            await self.tracker.start()
+            http = self.config.http
+            self._runner = create_runner(self.app)
+            await self._runner.setup()
+            context = ssl_context(str(http.tls.certfile), str(http.tls.keyfile)) if http.tls else None
+            site = web.TCPSite(self._runner, http.host, http.port, ssl_context=context)
+            await site.start()
+        except BaseException:
+            await self.stop()
+            raise
+        self.port = self._bound_port(site)
+        log.info(
+            "gateway ready",
+            url=self.url,
+            calls_stored=self._stored_calls_at_start,
+            links=len(self.links),
+            recorders=len(self.recorders),
+        )
+
+    @staticmethod
+    def _bound_port(site: web.TCPSite) -> int:
+        server = site._server  # the only way to learn the port when the config asks for port 0
+        assert isinstance(server, asyncio.base_events.Server)
+        return server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.tracker.flush()
+        await self.store.close()
+        log.info("gateway stopped")

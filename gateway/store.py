@@ -1,0 +1,792 @@
+"""The durable store: calls, recordings, the raw line journal and the quarantine in one SQLite (WAL) file.
+
+One writer thread group-commits every write; readers use their own connections in a small pool, never the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from queue import SimpleQueue
+from typing import Any, TypeVar
+
+import structlog
+
+from gateway.errors import StoreError
+from gateway.model import Call, CallState, Direction, Recording, RecordingMode
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_BATCH_MAX = 2000  # ops per transaction: big enough to amortise the fsync, small enough to bound latency
+READER_THREADS = 2  # the machine has two cores; more readers would only contend for the GIL
+# The writer is the only writer, so a lock is only ever held by another process poking at the file
+# (sqlite3 CLI, backup); wait that long rather than fail a whole batch.
+BUSY_TIMEOUT_MS = 5000
+DEFAULT_LOOKUP_LIMIT = 2  # callers ask for two to tell "one hit" from "ambiguous"
+DEFAULT_PAGE_LIMIT = 1000
+
+MIGRATIONS: list[str] = [
+    # 1: the initial schema. Times are UTC epoch seconds.
+    """
+    CREATE TABLE calls (
+        call_id TEXT PRIMARY KEY,
+        state INTEGER NOT NULL,
+        direction TEXT NOT NULL,
+        extension TEXT,
+        calling TEXT,
+        called TEXT,
+        platform_call_id TEXT,
+        native_id TEXT,
+        recorder TEXT,
+        channel TEXT,
+        link TEXT,
+        account TEXT,
+        trunk TEXT,
+        start_time REAL NOT NULL,
+        connect_time REAL,
+        end_time REAL,
+        ring_s REAL,
+        duration_s REAL,
+        recording_mode TEXT,
+        kept INTEGER NOT NULL DEFAULT 0,
+        do_not_delete INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX calls_platform_call_id ON calls(platform_call_id);
+    CREATE INDEX calls_native_id ON calls(native_id);
+    CREATE INDEX calls_ongoing ON calls(state) WHERE state = 0;
+
+    CREATE TABLE call_parties (
+        call_id TEXT NOT NULL,
+        number TEXT NOT NULL,
+        end_time REAL,
+        PRIMARY KEY (number, call_id)
+    ) WITHOUT ROWID;  -- small rows; every index then carries call_id, so party lookups never touch the table
+    CREATE INDEX call_parties_number_end ON call_parties(number, end_time);
+    -- Every upsert replaces the call's party rows by call_id; without this that delete scans the table.
+    CREATE INDEX call_parties_call_id ON call_parties(call_id);
+
+    CREATE TABLE recordings (
+        recording_id TEXT PRIMARY KEY,
+        call_id TEXT NOT NULL,
+        recorder TEXT,
+        channel TEXT,
+        native_id TEXT,
+        start_time REAL NOT NULL,
+        end_time REAL,
+        manual INTEGER NOT NULL,
+        deleted INTEGER NOT NULL,
+        seq INTEGER
+    );
+    -- Ordered like get_call reads them, so loading a call's recordings needs no sort.
+    CREATE INDEX recordings_call_id ON recordings(call_id, start_time, seq);
+    CREATE INDEX recordings_native_id ON recordings(native_id);
+
+    CREATE TABLE journal (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        link TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        raw BLOB NOT NULL
+    );
+    CREATE INDEX journal_link_seq ON journal(link, seq);
+
+    CREATE TABLE quarantine (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        journal_seq INTEGER,
+        link TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        raw BLOB NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX quarantine_link ON quarantine(link);
+    """,
+]
+
+_CALL_COLUMNS = (
+    "call_id, state, direction, extension, calling, called, platform_call_id, native_id, recorder, channel, link,"
+    " account, trunk, start_time, connect_time, end_time, ring_s, duration_s, recording_mode, kept, do_not_delete"
+)
+_RECORDING_COLUMNS = "recording_id, call_id, recorder, channel, native_id, start_time, end_time, manual, deleted, seq"
+
+
+def _upsert_sql(table: str, columns: str, key: str) -> str:
+    names = [name.strip() for name in columns.split(",")]
+    updates = ", ".join(f"{name} = excluded.{name}" for name in names if name != key)
+    placeholders = ", ".join("?" * len(names))
+    return f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) ON CONFLICT({key}) DO UPDATE SET {updates}"
+
+
+_UPSERT_CALL = _upsert_sql("calls", _CALL_COLUMNS, "call_id")
+_UPSERT_RECORDING = _upsert_sql("recordings", _RECORDING_COLUMNS, "recording_id")
+_DELETE_PARTIES = "DELETE FROM call_parties WHERE call_id = ?"
+_INSERT_PARTY = "INSERT INTO call_parties (call_id, number, end_time) VALUES (?, ?, ?)"
+_INSERT_JOURNAL = "INSERT INTO journal (link, received_at, raw) VALUES (?, ?, ?)"
+_INSERT_QUARANTINE = "INSERT INTO quarantine (journal_seq, link, received_at, raw, reason) VALUES (?, ?, ?, ?, ?)"
+
+# Read queries are module constants so the tests can EXPLAIN exactly what runs.
+SELECT_CALL = f"SELECT {_CALL_COLUMNS} FROM calls WHERE call_id = ?"
+SELECT_CALL_PARTIES = "SELECT call_id, number FROM call_parties WHERE call_id = ?"
+SELECT_CALL_RECORDINGS = (
+    f"SELECT {_RECORDING_COLUMNS} FROM recordings WHERE call_id = ? ORDER BY start_time, seq, rowid"
+)
+SELECT_ONGOING_CALLS = f"SELECT {_CALL_COLUMNS} FROM calls WHERE state = 0"
+SELECT_ONGOING_PARTIES = (
+    "SELECT p.call_id, p.number FROM calls AS c CROSS JOIN call_parties AS p ON p.call_id = c.call_id"
+    " WHERE c.state = 0"
+)
+SELECT_ONGOING_RECORDINGS = (
+    "SELECT r.recording_id, r.call_id, r.recorder, r.channel, r.native_id, r.start_time, r.end_time, r.manual,"
+    " r.deleted, r.seq FROM calls AS c CROSS JOIN recordings AS r ON r.call_id = c.call_id WHERE c.state = 0"
+    " ORDER BY r.call_id, r.start_time, r.seq, r.rowid"
+)
+SELECT_BY_PLATFORM_CALL_ID = "SELECT call_id FROM calls WHERE platform_call_id = ? LIMIT ?"
+SELECT_BY_NATIVE_ID = "SELECT call_id FROM calls WHERE native_id = ? LIMIT ?"
+# CROSS JOIN pins the plan: walk the party index newest end first, check each call's state by primary key.
+SELECT_LAST_ENDED = (
+    "SELECT p.end_time, p.call_id FROM call_parties AS p CROSS JOIN calls AS c ON c.call_id = p.call_id"
+    " WHERE p.number = ? AND p.end_time IS NOT NULL AND c.state = 1 ORDER BY p.end_time DESC LIMIT ?"
+)
+COUNT_CALLS = "SELECT count(*) FROM calls"
+COUNT_ONGOING_CALLS = "SELECT count(*) FROM calls WHERE state = 0"
+QUARANTINE_COUNTS = "SELECT link, count(*) FROM quarantine GROUP BY link"
+SELECT_JOURNAL = "SELECT seq, link, received_at, raw FROM journal WHERE seq > ? ORDER BY seq LIMIT ?"
+SELECT_JOURNAL_BY_LINK = (
+    "SELECT seq, link, received_at, raw FROM journal WHERE link = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
+SELECT_QUARANTINE = "SELECT seq, journal_seq, link, received_at, raw, reason FROM quarantine ORDER BY seq LIMIT ?"
+SELECT_QUARANTINE_BY_LINK = (
+    "SELECT seq, journal_seq, link, received_at, raw, reason FROM quarantine WHERE link = ? ORDER BY seq LIMIT ?"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One raw line exactly as a link delivered it."""
+
+    seq: int
+    link: str
+    received_at: datetime
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    """A raw line no parser could make sense of, kept for a human to look at."""
+
+    seq: int
+    journal_seq: int | None
+    link: str
+    received_at: datetime
+    raw: bytes
+    reason: str
+
+
+def _epoch(moment: datetime | None) -> float | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        # A naive datetime is a bug upstream; UTC is the only reading that never shifts stored times.
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _datetime(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+
+
+# ---- snapshots: a Call flattened into rows on the loop thread, so later mutations cannot leak in
+
+_CallRow = tuple[Any, ...]
+_PartyRow = tuple[str, str, float | None]
+_RecordingRow = tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _CallSnapshot:
+    call_id: str
+    call_row: _CallRow
+    party_rows: list[_PartyRow]
+    recording_rows: list[_RecordingRow]
+
+
+def _snapshot(call: Call) -> _CallSnapshot:
+    end_time = _epoch(call.end_time)
+    call_row = (
+        call.call_id,
+        int(call.state),
+        call.direction.value,
+        call.extension,
+        call.calling,
+        call.called,
+        call.platform_call_id,
+        call.native_id,
+        call.recorder,
+        call.channel,
+        call.link,
+        call.account,
+        call.trunk,
+        _epoch(call.start_time),
+        _epoch(call.connect_time),
+        end_time,
+        call.ring_s,
+        call.duration_s,
+        None if call.recording_mode is None else call.recording_mode.value,
+        int(call.kept),
+        int(call.do_not_delete),
+    )
+    party_rows = [(call.call_id, number, end_time) for number in sorted(call.parties)]
+    # Stored under the owning call's id: the list a recording sits in is what get_call reads it back by.
+    recording_rows = [
+        (
+            recording.recording_id,
+            call.call_id,
+            recording.recorder,
+            recording.channel,
+            recording.native_id,
+            _epoch(recording.start_time),
+            _epoch(recording.end_time),
+            int(recording.manual),
+            int(recording.deleted),
+            position,
+        )
+        for position, recording in enumerate(call.recordings)
+    ]
+    return _CallSnapshot(call.call_id, call_row, party_rows, recording_rows)
+
+
+def _call_from_row(row: Sequence[Any], parties: Iterable[str], recordings: list[Recording]) -> Call:
+    (
+        call_id, state, direction, extension, calling, called, platform_call_id, native_id, recorder, channel,
+        link, account, trunk, start_time, connect_time, end_time, ring_s, duration_s, recording_mode, kept,
+        do_not_delete,
+    ) = row  # fmt: skip
+    own_numbers = {extension, calling, called}
+    return Call(
+        call_id=call_id,
+        start_time=_datetime(start_time),  # type: ignore[arg-type]  # NOT NULL column
+        state=CallState(state),
+        direction=Direction(direction),
+        extension=extension,
+        calling=calling,
+        called=called,
+        # The table holds Call.parties; the "other" ones are whatever the call's own numbers do not explain.
+        other_parties={number for number in parties if number not in own_numbers},
+        platform_call_id=platform_call_id,
+        native_id=native_id,
+        recorder=recorder,
+        channel=channel,
+        link=link,
+        account=account,
+        trunk=trunk,
+        connect_time=_datetime(connect_time),
+        end_time=_datetime(end_time),
+        ring_s=ring_s,
+        duration_s=duration_s,
+        recording_mode=None if recording_mode is None else RecordingMode(recording_mode),
+        kept=bool(kept),
+        do_not_delete=bool(do_not_delete),
+        recordings=recordings,
+    )
+
+
+def _recording_from_row(row: Sequence[Any]) -> Recording:
+    recording_id, call_id, recorder, channel, native_id, start_time, end_time, manual, deleted, _seq = row
+    return Recording(
+        recording_id=recording_id,
+        call_id=call_id,
+        start_time=_datetime(start_time),  # type: ignore[arg-type]  # NOT NULL column
+        recorder=recorder,
+        channel=channel,
+        native_id=native_id,
+        end_time=_datetime(end_time),
+        manual=bool(manual),
+        deleted=bool(deleted),
+    )
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (executescript would COMMIT our transaction)."""
+    statements: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    if pending.strip() and not pending.strip().startswith("--"):
+        statements.append(pending.strip())
+    return statements
+
+
+def _configure(connection: sqlite3.Connection) -> None:
+    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    # FULL: a COMMIT has reached the disk before the future resolves; NORMAL could lose the last commits on power loss.
+    connection.execute("PRAGMA synchronous = FULL")
+
+
+# ---- the writer's operations
+
+_SAVE_CALL = 0
+_APPEND_JOURNAL = 1
+_QUARANTINE = 2
+
+# (kind, payload, future); the future is None only for the stop marker.
+_Op = tuple[int, Any, "asyncio.Future[Any] | None"]
+_STOP: _Op = (-1, None, None)
+
+_NEW, _OPENING, _OPEN, _CLOSING, _CLOSED = range(5)
+
+
+class Store:
+    """The gateway's SQLite store. Writes are group-committed by one thread; reads run in a small pool."""
+
+    def __init__(self, path: str | Path, *, batch_max: int = DEFAULT_BATCH_MAX) -> None:
+        if batch_max < 1:
+            raise ValueError("batch_max must be at least 1")
+        self._path = Path(path)
+        self._batch_max = batch_max
+        self._state = _NEW
+        # Guards state + queue.put together, so nothing can be queued behind the stop marker.
+        self._state_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: SimpleQueue[_Op] = SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._writer_done: asyncio.Future[None] | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self._reader_local = threading.local()
+        self._reader_connections: list[sqlite3.Connection] = []
+        self._reader_connections_lock = threading.Lock()
+        self._pending_reads: set[asyncio.Future[Any]] = set()
+        self._closed: asyncio.Future[None] | None = None
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    # ---- lifecycle
+
+    async def open(self) -> None:
+        """Create the folder and database, apply migrations and start the writer thread."""
+        if self._state != _NEW:
+            raise StoreError(f"store {self._path} was already opened")
+        self._state = _OPENING
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        ready: asyncio.Future[None] = loop.create_future()
+        self._writer_done = loop.create_future()
+        self._writer = threading.Thread(target=self._run_writer, args=(ready,), name="store-writer", daemon=True)
+        self._writer.start()
+        try:
+            await ready
+        except BaseException:
+            # Startup failed or open() was cancelled: the thread must not outlive us either way.
+            self._queue.put(_STOP)
+            self._state = _CLOSED
+            raise
+        if self._state != _OPENING:
+            raise StoreError(f"store {self._path} was closed while opening")
+        self._readers = ThreadPoolExecutor(max_workers=READER_THREADS, thread_name_prefix="store-reader")
+        self._state = _OPEN
+        log.debug("store opened", path=str(self._path))
+
+    async def close(self) -> None:
+        """Commit every queued write, stop the writer and close all connections. Safe to call twice."""
+        if self._state in (_NEW, _CLOSED) and self._closed is None:
+            self._state = _CLOSED
+            return
+        if self._closed is not None:
+            await asyncio.shield(self._closed)
+            return
+        loop = asyncio.get_running_loop()
+        self._closed = loop.create_future()
+        try:
+            with self._state_lock:
+                self._state = _CLOSING
+            # Reads already running finish before their connections go away.
+            if self._pending_reads:
+                await asyncio.gather(*self._pending_reads, return_exceptions=True)
+            # The writer drains the queue up to this marker, commits, then closes every connection itself
+            # (the last close checkpoints the WAL: disk work that must not run on the loop).
+            self._queue.put(_STOP)
+            assert self._writer_done is not None
+            await asyncio.shield(self._writer_done)
+            if self._writer is not None:
+                self._writer.join()  # the thread has signalled its last act; this returns at once
+        finally:
+            self._state = _CLOSED
+            self._closed.set_result(None)
+        log.debug("store closed", path=str(self._path))
+
+    # ---- writes
+
+    def save_call_soon(self, call: Call) -> asyncio.Future[None]:
+        """Queue an upsert of the call, its parties and recordings; the future resolves once committed."""
+        return self._submit(_SAVE_CALL, _snapshot(call))
+
+    async def save_call(self, call: Call) -> None:
+        await self.save_call_soon(call)
+
+    def append_journal_soon(self, link: str, received_at: datetime, raw: bytes) -> asyncio.Future[int]:
+        """Queue a raw line for the journal; the future resolves to its seq once committed."""
+        return self._submit(_APPEND_JOURNAL, (link, _epoch(received_at), bytes(raw)))
+
+    async def append_journal(self, link: str, received_at: datetime, raw: bytes) -> int:
+        return await self.append_journal_soon(link, received_at, raw)
+
+    async def quarantine(
+        self, link: str, received_at: datetime, raw: bytes, reason: str, journal_seq: int | None = None
+    ) -> None:
+        await self._submit(_QUARANTINE, (journal_seq, link, _epoch(received_at), bytes(raw), reason))
+
+    def _submit(self, kind: int, payload: Any) -> asyncio.Future[Any]:
+        loop = self._loop
+        with self._state_lock:
+            if self._state != _OPEN or loop is None:
+                raise StoreError(f"store {self._path} is not open")
+            future: asyncio.Future[Any] = loop.create_future()
+            self._queue.put((kind, payload, future))
+        return future
+
+    # ---- the writer thread
+
+    def _run_writer(self, ready: asyncio.Future[None]) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            connection = self._open_writer_connection()
+        except Exception as exc:  # noqa: BLE001 — any failure here means the store cannot open
+            error = exc
+            if not isinstance(exc, StoreError):
+                error = StoreError(f"cannot open store {self._path}: {exc}")
+                error.__cause__ = exc
+            self._call_soon(loop, _settle, ready, None, error)
+            self._call_soon(loop, _settle, self._writer_done, None, None)
+            return
+        self._call_soon(loop, _settle, ready, None, None)
+        try:
+            self._write_until_stopped(connection)
+        finally:
+            self._close_connections(connection)
+            self._call_soon(loop, _settle, self._writer_done, None, None)
+
+    def _open_writer_connection(self) -> sqlite3.Connection:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so sqlite3 never commits behind our back.
+        connection = sqlite3.connect(self._path, isolation_level=None)
+        try:
+            _configure(connection)
+            mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"store {self._path}: cannot use WAL journal (got {mode!r})")
+            self._migrate(connection)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _migrate(self, connection: sqlite3.Connection) -> None:
+        migrations = MIGRATIONS  # read at open time, so a test can extend the list
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = connection.execute("SELECT version FROM schema_version").fetchone()
+            if row is None:
+                connection.execute("INSERT INTO schema_version (version) VALUES (0)")
+                version = 0
+            else:
+                version = row[0]
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.rollback()
+            raise
+        if version > len(migrations):
+            raise StoreError(
+                f"store {self._path} has schema version {version}; this gateway knows only {len(migrations)}"
+            )
+        for number in range(version + 1, len(migrations) + 1):
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                # Re-read under the write lock: another process may have migrated meanwhile.
+                (current,) = connection.execute("SELECT version FROM schema_version").fetchone()
+                if current < number:
+                    for statement in _statements(migrations[number - 1]):
+                        connection.execute(statement)
+                    connection.execute("UPDATE schema_version SET version = ?", (number,))
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.rollback()
+                raise
+            log.info("store migrated", path=str(self._path), version=number)
+
+    def _write_until_stopped(self, connection: sqlite3.Connection) -> None:
+        cursor = connection.cursor()
+        batch_max = self._batch_max
+        queue = self._queue
+        stopping = False
+        while True:
+            if stopping:
+                # Everything queued before the marker is already in; the lock in _submit keeps anything after out.
+                return
+            batch: list[_Op] = [queue.get()]
+            while len(batch) < batch_max and not queue.empty():
+                batch.append(queue.get_nowait())
+            ops = [op for op in batch if op[2] is not None]
+            stopping = len(ops) != len(batch)
+            if ops:
+                self._write_batch(connection, cursor, ops)
+
+    def _write_batch(self, connection: sqlite3.Connection, cursor: sqlite3.Cursor, ops: list[_Op]) -> None:
+        """Commit a batch in one transaction, then settle every future in one hop to the loop."""
+        try:
+            results = self._apply_fast(cursor, ops)
+        except Exception:  # noqa: BLE001 — some op failed; find which, one savepoint each
+            _rollback(connection)
+            try:
+                results = self._apply_isolated(cursor, ops)
+            except Exception as exc:  # noqa: BLE001 — BEGIN or COMMIT itself failed: nothing was stored
+                _rollback(connection)
+                log.warning("store batch failed", path=str(self._path), ops=len(ops), error=str(exc))
+                error = StoreError(f"store {self._path}: commit failed: {exc}")
+                error.__cause__ = exc
+                results = [(op[2], None, error) for op in ops]
+        assert self._loop is not None
+        self._call_soon(self._loop, _settle_all, results)
+
+    def _apply_fast(self, cursor: sqlite3.Cursor, ops: list[_Op]) -> list[_Result]:
+        # The common case: nothing fails, so no savepoint per op.
+        cursor.execute("BEGIN IMMEDIATE")
+        results: list[_Result] = [(future, self._apply(cursor, kind, payload), None) for kind, payload, future in ops]
+        cursor.execute("COMMIT")
+        return results
+
+    def _apply_isolated(self, cursor: sqlite3.Cursor, ops: list[_Op]) -> list[_Result]:
+        cursor.execute("BEGIN IMMEDIATE")
+        results: list[_Result] = []
+        for kind, payload, future in ops:
+            cursor.execute("SAVEPOINT op")
+            try:
+                value = self._apply(cursor, kind, payload)
+            except Exception as exc:  # noqa: BLE001 — the op's own failure goes to its own future only
+                cursor.execute("ROLLBACK TO op")
+                cursor.execute("RELEASE op")
+                error = StoreError(f"store {self._path}: {_describe(kind, payload)} failed: {exc}")
+                error.__cause__ = exc
+                results.append((future, None, error))
+                log.warning("store write failed", path=str(self._path), op=_describe(kind, payload), error=str(exc))
+            else:
+                cursor.execute("RELEASE op")
+                results.append((future, value, None))
+        cursor.execute("COMMIT")
+        return results
+
+    @staticmethod
+    def _apply(cursor: sqlite3.Cursor, kind: int, payload: Any) -> Any:
+        if kind == _SAVE_CALL:
+            snapshot: _CallSnapshot = payload
+            cursor.execute(_UPSERT_CALL, snapshot.call_row)
+            cursor.execute(_DELETE_PARTIES, (snapshot.call_id,))
+            cursor.executemany(_INSERT_PARTY, snapshot.party_rows)
+            if snapshot.recording_rows:
+                cursor.executemany(_UPSERT_RECORDING, snapshot.recording_rows)
+            return None
+        if kind == _APPEND_JOURNAL:
+            cursor.execute(_INSERT_JOURNAL, payload)
+            return cursor.lastrowid
+        if kind == _QUARANTINE:
+            cursor.execute(_INSERT_QUARANTINE, payload)
+            return None
+        raise AssertionError(f"unknown store op {kind}")
+
+    def _close_connections(self, writer_connection: sqlite3.Connection) -> None:
+        # Readers first (their pool is idle: close() waited for every read), so the writer's close is the last
+        # one and checkpoints the WAL back into the database file.
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+        with self._reader_connections_lock:
+            connections, self._reader_connections = self._reader_connections, []
+        for connection in connections:
+            _close_quietly(connection)
+        _close_quietly(writer_connection)
+
+    @staticmethod
+    def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is left to await these futures
+
+    # ---- reads
+
+    async def get_call(self, call_id: str) -> Call | None:
+        """The full call with its recordings (by start time, then insertion) and parties, or None."""
+        return await self._read(self._read_call, call_id)
+
+    async def call_ids_by_platform_call_id(self, platform_call_id: str, limit: int = DEFAULT_LOOKUP_LIMIT) -> list[str]:
+        """Calls carrying this PBX call id, oldest stored first."""
+        return await self._read(self._read_ids, SELECT_BY_PLATFORM_CALL_ID, (platform_call_id, limit))
+
+    async def call_ids_by_native_id(self, native_id: str, limit: int = DEFAULT_LOOKUP_LIMIT) -> list[str]:
+        """Calls carrying this recorder call id, oldest stored first."""
+        return await self._read(self._read_ids, SELECT_BY_NATIVE_ID, (native_id, limit))
+
+    async def last_ended_call_ids(self, extension: str, limit: int = DEFAULT_LOOKUP_LIMIT) -> list[tuple[datetime, str]]:
+        """Finished calls that `extension` was a party to, newest end first."""
+        rows = await self._read(self._read_rows, SELECT_LAST_ENDED, (extension, limit))
+        return [(datetime.fromtimestamp(end_time, UTC), call_id) for end_time, call_id in rows]
+
+    async def load_ongoing_calls(self) -> list[Call]:
+        """Every call still ONGOING, in full (what the tracker reloads after a restart)."""
+        return await self._read(self._read_ongoing_calls)
+
+    async def count_calls(self) -> int:
+        # count(*) walks the narrowest index: linear, but off the loop and only for status pages.
+        return (await self._read(self._read_rows, COUNT_CALLS, ()))[0][0]
+
+    async def count_ongoing_calls(self) -> int:
+        return (await self._read(self._read_rows, COUNT_ONGOING_CALLS, ()))[0][0]
+
+    async def quarantine_counts(self) -> dict[str, int]:
+        """Quarantined lines per link name."""
+        return dict(await self._read(self._read_rows, QUARANTINE_COUNTS, ()))
+
+    async def journal_entries(
+        self, link: str | None = None, after_seq: int = 0, limit: int = DEFAULT_PAGE_LIMIT
+    ) -> list[JournalEntry]:
+        """Journal lines with seq > after_seq in seq order, optionally of one link."""
+        if link is None:
+            rows = await self._read(self._read_rows, SELECT_JOURNAL, (after_seq, limit))
+        else:
+            rows = await self._read(self._read_rows, SELECT_JOURNAL_BY_LINK, (link, after_seq, limit))
+        return [JournalEntry(seq, link_, datetime.fromtimestamp(at, UTC), bytes(raw)) for seq, link_, at, raw in rows]
+
+    async def quarantined(self, link: str | None = None, limit: int = DEFAULT_PAGE_LIMIT) -> list[QuarantineEntry]:
+        """Quarantined lines in seq order (oldest first), optionally of one link."""
+        if link is None:
+            rows = await self._read(self._read_rows, SELECT_QUARANTINE, (limit,))
+        else:
+            rows = await self._read(self._read_rows, SELECT_QUARANTINE_BY_LINK, (link, limit))
+        return [
+            QuarantineEntry(seq, journal_seq, link_, datetime.fromtimestamp(at, UTC), bytes(raw), reason)
+            for seq, journal_seq, link_, at, raw, reason in rows
+        ]
+
+    async def _read(self, function: Callable[..., T], *args: Any) -> T:
+        loop = self._loop
+        if self._state != _OPEN or loop is None or self._readers is None:
+            raise StoreError(f"store {self._path} is not open")
+        future = loop.run_in_executor(self._readers, self._run_read, function, args)
+        self._pending_reads.add(future)
+        future.add_done_callback(self._pending_reads.discard)
+        return await future
+
+    def _run_read(self, function: Callable[..., T], args: tuple[Any, ...]) -> T:
+        try:
+            return function(self._reader_connection(), *args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self._path}: read failed: {exc}") from exc
+
+    def _reader_connection(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._reader_local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            _configure(connection)
+            connection.execute("PRAGMA query_only = ON")
+            self._reader_local.connection = connection
+            with self._reader_connections_lock:
+                self._reader_connections.append(connection)
+        return connection
+
+    # Each of these runs in a reader thread. Autocommit mode: a lone SELECT sees every commit made before it
+    # started; several SELECTs that must agree share one read transaction.
+
+    @staticmethod
+    def _read_rows(connection: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+        return connection.execute(sql, params).fetchall()
+
+    @staticmethod
+    def _read_ids(connection: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[str]:
+        return [call_id for (call_id,) in connection.execute(sql, params).fetchall()]
+
+    @staticmethod
+    def _read_call(connection: sqlite3.Connection, call_id: str) -> Call | None:
+        connection.execute("BEGIN")
+        try:
+            row = connection.execute(SELECT_CALL, (call_id,)).fetchone()
+            if row is None:
+                return None
+            parties = [number for _, number in connection.execute(SELECT_CALL_PARTIES, (call_id,)).fetchall()]
+            recordings = [
+                _recording_from_row(r) for r in connection.execute(SELECT_CALL_RECORDINGS, (call_id,)).fetchall()
+            ]
+        finally:
+            connection.execute("COMMIT")
+        return _call_from_row(row, parties, recordings)
+
+    @staticmethod
+    def _read_ongoing_calls(connection: sqlite3.Connection) -> list[Call]:
+        connection.execute("BEGIN")
+        try:
+            rows = connection.execute(SELECT_ONGOING_CALLS).fetchall()
+            party_rows = connection.execute(SELECT_ONGOING_PARTIES).fetchall()
+            recording_rows = connection.execute(SELECT_ONGOING_RECORDINGS).fetchall()
+        finally:
+            connection.execute("COMMIT")
+        parties_by_call: dict[str, list[str]] = {}
+        for call_id, number in party_rows:
+            parties_by_call.setdefault(call_id, []).append(number)
+        recordings_by_call: dict[str, list[Recording]] = {}
+        for recording_row in recording_rows:
+            recordings_by_call.setdefault(recording_row[1], []).append(_recording_from_row(recording_row))
+        return [
+            _call_from_row(row, parties_by_call.get(row[0], ()), recordings_by_call.get(row[0], []))
+            for row in rows
+        ]
+
+
+# ---- settling futures on the loop (these run on the loop thread)
+
+_Result = tuple["asyncio.Future[Any] | None", Any, "BaseException | None"]
+
+
+def _settle(future: asyncio.Future[Any] | None, value: Any, error: BaseException | None) -> None:
+    if future is None or future.done():  # cancelled by its awaiter: the write happened anyway
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+def _settle_all(results: list[_Result]) -> None:
+    for future, value, error in results:
+        _settle(future, value, error)
+
+
+def _rollback(connection: sqlite3.Connection) -> None:
+    if connection.in_transaction:
+        try:
+            connection.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # SQLite already rolled back (e.g. after an I/O error)
+
+
+def _close_quietly(connection: sqlite3.Connection) -> None:
+    try:
+        connection.close()
+    except sqlite3.Error as exc:
+        log.warning("store connection close failed", error=str(exc))
+
+
+def _describe(kind: int, payload: Any) -> str:
+    if kind == _SAVE_CALL:
+        return f"save call {payload.call_id}"
+    if kind == _APPEND_JOURNAL:
+        return f"journal append on link {payload[0]}"
+    return f"quarantine on link {payload[1]}"

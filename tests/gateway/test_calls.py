@@ -1,0 +1,285 @@
+"""Call tracker: events → calls, status lookups, next-waiters, PBX records and correlation."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from gateway.calls import CallTracker, numbers_match, parse_statuses
+from gateway.config import ExtensionConfig
+from gateway.errors import AmbiguousCall, CallNotFound
+from gateway.events import (
+    CallConnected,
+    CallEnded,
+    CallRecord,
+    CallStarted,
+    RecorderSynced,
+    RecordingStarted,
+    RecordingStopped,
+)
+from gateway.model import CallState, Direction, RecordingMode
+from gateway.store import Store
+
+T0 = datetime(2026, 11, 23, 10, 0, 0, tzinfo=timezone.utc)
+EXTENSIONS = (
+    ExtensionConfig("8856", RecordingMode.CONTROLLED, "trunk1", "1/5"),
+    ExtensionConfig("8857", RecordingMode.FULL, "trunk1", "1/6"),
+)
+
+
+@pytest.fixture
+async def store(tmp_path):
+    store = Store(tmp_path / "calls.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def tracker(store):
+    tracker = CallTracker(store, EXTENSIONS, finished_cache_size=50)
+    await tracker.start()
+    yield tracker
+    await tracker.flush()
+
+
+def setup_event(native_id="TRS1", channel="1/5", calling="01707392200", called="8856", at=T0, direction=Direction.IN):
+    return CallStarted("trunk1", channel, native_id, calling, called, direction, at)
+
+
+def release_event(native_id="TRS1", channel="1/5", at=T0 + timedelta(seconds=30)):
+    return CallEnded("trunk1", channel, native_id, at, "16")
+
+
+def avaya_record(**overrides):
+    fields = dict(
+        format="avaya-ipo",
+        source="pbx-main",
+        raw="…",
+        received_at=T0 + timedelta(seconds=40),
+        start=T0,
+        duration_s=25.0,
+        ring_s=5.0,
+        extension="8856",
+        other_number="01707392200",
+        direction=Direction.IN,
+        platform_call_id="1000014160",
+        account="42",
+        answered=True,
+    )
+    fields.update(overrides)
+    return CallRecord(**fields)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("ongoing", ["ongoing"]), ("ONGOING, next", ["ongoing", "next"]), ("last,ongoing", ["last", "ongoing"])],
+)
+def test_parse_statuses(text, expected):
+    assert parse_statuses(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "soon", "ongoing,,next", "ongoing;next"])
+def test_parse_statuses_refuses(text):
+    with pytest.raises(ValueError):
+        parse_statuses(text)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "match"),
+    [("01707392200", "+441707392200", True), ("8856", "8856", True), ("", "123", True), ("01707392200", "01707392299", False)],
+)
+def test_numbers_match(a, b, match):
+    assert numbers_match(a, b) is match
+
+
+async def test_setup_makes_an_ongoing_call_of_the_mapped_extension(tracker):
+    call = tracker.apply(setup_event())
+    assert call.extension == "8856" and call.ongoing and call.recording_mode is RecordingMode.CONTROLLED
+    assert await tracker.find_by_status("8856", ["ongoing"], 1) is call
+    # the external party finds it too
+    assert await tracker.find_by_status("01707392200", ["ongoing"], 1) is call
+    assert (await tracker.find_by_native_id("TRS1")) is call
+
+
+async def test_replayed_setup_is_the_same_call(tracker):
+    first = tracker.apply(setup_event())
+    assert tracker.apply(setup_event()) is first
+    assert tracker.ongoing_count == 1
+
+
+async def test_two_ongoing_calls_are_ambiguous_never_a_guess(tracker):
+    tracker.apply(setup_event("TRS1", channel="1/5"))
+    tracker.apply(setup_event("TRS2", channel="1/9", calling="555", called="8856"))
+    with pytest.raises(AmbiguousCall):
+        await tracker.find_by_status("8856", ["ongoing"], 1)
+
+
+async def test_release_moves_the_call_to_last(tracker, store):
+    call = tracker.apply(setup_event())
+    tracker.apply(CallConnected("trunk1", "1/5", "TRS1", T0 + timedelta(seconds=3)))
+    tracker.apply(release_event())
+    assert call.state is CallState.FINISHED and call.duration_s == 27
+    with pytest.raises(CallNotFound):
+        await tracker.find_by_status("8856", ["ongoing"], 1)
+    assert await tracker.find_by_status("8856", ["last"], 1) is call
+    assert await tracker.find_by_status("8856", ["ongoing", "last"], 1) is call
+    await tracker.flush()
+    stored = await store.get_call(call.call_id)
+    assert stored.state is CallState.FINISHED and stored.end_time == call.end_time
+
+
+async def test_last_prefers_the_latest_end_and_survives_a_restart(tracker, store):
+    first = tracker.apply(setup_event("TRS1"))
+    tracker.apply(release_event("TRS1", at=T0 + timedelta(seconds=10)))
+    second = tracker.apply(setup_event("TRS2", at=T0 + timedelta(seconds=20)))
+    tracker.apply(release_event("TRS2", at=T0 + timedelta(seconds=50)))
+    assert (await tracker.last_calls_of("8856")) == [second]
+    await tracker.flush()
+
+    restarted = CallTracker(store, EXTENSIONS)
+    await restarted.start()
+    found = await restarted.find_by_status("8856", ["last"], 1)
+    assert found.call_id == second.call_id != first.call_id
+
+
+async def test_last_tie_is_ambiguous(tracker):
+    tracker.apply(setup_event("TRS1"))
+    tracker.apply(setup_event("TRS2", channel="1/9", calling="555"))
+    tracker.apply(release_event("TRS1"))
+    tracker.apply(release_event("TRS2", channel="1/9"))
+    with pytest.raises(AmbiguousCall):
+        await tracker.find_by_status("8856", ["last"], 1)
+
+
+async def test_status_list_order_is_respected(tracker):
+    finished = tracker.apply(setup_event("TRS1"))
+    tracker.apply(release_event("TRS1"))
+    ongoing = tracker.apply(setup_event("TRS2", at=T0 + timedelta(minutes=1)))
+    assert await tracker.find_by_status("8856", ["last", "ongoing"], 1) is finished
+    assert await tracker.find_by_status("8856", ["ongoing", "last"], 1) is ongoing
+
+
+async def test_next_is_woken_by_the_call_start_itself(tracker):
+    waiting = asyncio.create_task(tracker.find_by_status("8856", ["next"], 30))
+    while tracker.next_waiter_count == 0:
+        await asyncio.sleep(0)
+    call = tracker.apply(setup_event())
+    assert await asyncio.wait_for(waiting, 1) is call
+    assert tracker.next_waiter_count == 0
+
+
+async def test_next_times_out_as_not_found(tracker):
+    with pytest.raises(CallNotFound):
+        await tracker.find_by_status("8856", ["next"], 0.01)
+    assert tracker.next_waiter_count == 0
+
+
+async def test_cancelled_next_wait_leaves_no_waiter(tracker):
+    waiting = asyncio.create_task(tracker.find_by_status("8856", ["ongoing", "next"], 30))
+    while tracker.next_waiter_count == 0:
+        await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert tracker.next_waiter_count == 0
+
+
+async def test_recording_events_make_recordings(tracker):
+    call = tracker.apply(setup_event())
+    tracker.apply(RecordingStarted("trunk1", "1/5", "R1", "TRS1", T0 + timedelta(seconds=4)))
+    assert call.active_recording.native_id == "R1"
+    tracker.apply(RecordingStopped("trunk1", "1/5", "R1", T0 + timedelta(seconds=9), 5))
+    assert call.active_recording is None and call.recordings[0].end_time == T0 + timedelta(seconds=9)
+    # a restart makes a new recording with its own id
+    tracker.apply(RecordingStarted("trunk1", "1/5", "R2", "TRS1", T0 + timedelta(seconds=12)))
+    assert [r.native_id for r in call.recordings] == ["R1", "R2"]
+    assert call.recordings[0].recording_id != call.recordings[1].recording_id
+    tracker.apply(release_event())
+    assert call.recordings[1].end_time == T0 + timedelta(seconds=30)
+
+
+async def test_sync_ends_calls_the_recorder_no_longer_has(tracker):
+    kept = tracker.apply(setup_event("TRS1"))
+    gone = tracker.apply(setup_event("TRS2", channel="1/6", called="8857"))
+    tracker.apply(RecorderSynced("trunk1", frozenset({"TRS1"}), T0 + timedelta(minutes=5)))
+    assert kept.ongoing and not gone.ongoing
+    assert gone.end_time == T0 + timedelta(minutes=5)
+
+
+async def test_record_without_live_call_creates_a_finished_call(tracker):
+    call = tracker.apply(avaya_record())
+    assert call.state is CallState.FINISHED
+    assert (call.platform_call_id, call.extension, call.calling, call.called) == (
+        "1000014160",
+        "8856",
+        "01707392200",
+        "8856",
+    )
+    assert call.end_time == T0 + timedelta(seconds=30)
+    assert call.connect_time == T0 + timedelta(seconds=5)
+    assert call.link == "pbx-main" and call.recording_mode is RecordingMode.CONTROLLED
+    assert await tracker.find_by_platform_call_id("1000014160") is call
+    assert await tracker.find_by_status("8856", ["last"], 1) is call
+
+
+async def test_record_completes_the_live_call_instead_of_a_second_one(tracker):
+    live = tracker.apply(setup_event(at=T0 + timedelta(seconds=1)))
+    tracker.apply(release_event())
+    completed = tracker.apply(avaya_record())
+    assert completed is live
+    assert live.platform_call_id == "1000014160" and live.account == "42" and live.link == "pbx-main"
+    assert tracker.new_call_count == 1
+
+
+async def test_record_with_other_number_does_not_steal_a_live_call(tracker):
+    live = tracker.apply(setup_event(calling="0123456789"))
+    call = tracker.apply(avaya_record(other_number="0987654321"))
+    assert call is not live and live.platform_call_id is None
+
+
+async def test_multi_record_call_is_one_call_with_all_parties(tracker):
+    first = tracker.apply(avaya_record(more_follows=True, extension="4750"))
+    second = tracker.apply(avaya_record(more_follows=False, extension="4751", duration_s=21.0))
+    assert second is first
+    assert {"4750", "4751"} <= first.parties
+    assert first.duration_s == 46
+    assert await tracker.find_by_status("4751", ["last"], 1) is first
+    assert await tracker.find_by_status("4750", ["last"], 1) is first
+
+
+async def test_get_call_reads_evicted_calls_back_once(tracker, store):
+    calls = [tracker.apply(avaya_record(platform_call_id=str(n), extension=str(2000 + n))) for n in range(120)]
+    await tracker.flush()
+    first = calls[0]
+    loaded = await asyncio.gather(*(tracker.get_call(first.call_id) for _ in range(5)))
+    assert all(call is loaded[0] for call in loaded)
+    assert loaded[0].platform_call_id == "0"
+    assert (await tracker.find_by_platform_call_id("0")).call_id == first.call_id
+
+
+async def test_platform_id_shared_by_two_calls_is_ambiguous(tracker):
+    tracker.apply(avaya_record(source="pbx-a"))
+    tracker.apply(avaya_record(source="pbx-b", extension="9999", other_number="555"))
+    with pytest.raises(AmbiguousCall):
+        await tracker.find_by_platform_call_id("1000014160")
+
+
+async def test_unknown_ids_are_not_found(tracker):
+    with pytest.raises(CallNotFound):
+        await tracker.find_by_native_id("nope")
+    with pytest.raises(CallNotFound):
+        await tracker.find_by_platform_call_id("nope")
+    assert await tracker.get_call("00000000-0000-0000-0000-000000000000") is None
+
+
+async def test_ongoing_calls_survive_a_restart(tracker, store):
+    call = tracker.apply(setup_event())
+    await tracker.flush()
+    restarted = CallTracker(store, EXTENSIONS)
+    await restarted.start()
+    assert (await restarted.find_by_status("8856", ["ongoing"], 1)).call_id == call.call_id
+    restarted.apply(release_event())
+    assert restarted.ongoing_count == 0
