@@ -200,7 +200,7 @@ _STR, _INT, _FLOAT, _BOOL, _NULL, _TIMESTAMP = (_TAG + t for t in ("str", "int",
 _MAP, _SEQ, _MERGE = _TAG + "map", _TAG + "seq", _TAG + "merge"
 _DECIMAL = re.compile(r"[-+]?[0-9][0-9_]*")
 _FLOAT_TEXT = re.compile(r"[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?")
-_DURATION = re.compile(r"(?P<amount>[0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*(?P<unit>[smh])")
+_DURATION = re.compile(r"(?P<amount>[0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*(?P<unit>[smh]?)")
 _DURATION_UNIT_S = {"s": 1, "m": 60, "h": 3600}
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _DIAL_STRING = re.compile(r"\+?[0-9*#]+")
@@ -231,9 +231,12 @@ def load_config(path: str | Path) -> GatewayConfig:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise ConfigError("the file is not UTF-8 text", file=file, line=line) from None
-    root = _compose(text, file)
     reader = _Reader(file, source.absolute().parent)
-    config = reader.gateway(root, source)
+    config = None
+    try:
+        config = reader.gateway(_compose(text, file), source)
+    except ConfigError as problem:
+        reader.problems.append(problem)
     reader.raise_problems()
     assert config is not None
     return config
@@ -248,13 +251,16 @@ def _compose(text: str, file: str) -> Node | None:
         line = mark.line + 1 if mark is not None else None
         problem = exc.problem or exc.context or "invalid YAML"
         context = f" ({exc.context})" if exc.problem and exc.context else ""
-        hint = ""
-        if line is not None and "::" in (text.splitlines() or [""])[min(line, len(text.splitlines())) - 1]:
-            hint = '; an IPv6 address inside [...] must be quoted, e.g. ["::1"]'
+        lines = text.splitlines()
+        source_line = lines[line - 1] if line is not None and 0 < line <= len(lines) else ""
+        hint = '; an IPv6 address inside [...] must be quoted, e.g. ["::1"]' if "::" in source_line else ""
         raise ConfigError(f"YAML syntax error: {problem}{context}{hint}", file=file, line=line) from None
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
-        raise ConfigError(f"YAML syntax error: {exc.reason} (character {exc.character!r})", file=file, line=line) from None
+        character = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise ConfigError(
+            f"YAML syntax error: {exc.reason} (character U+{character:04X})", file=file, line=line
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"YAML syntax error: {exc}", file=file) from None
 
@@ -271,15 +277,15 @@ def _child(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _kind(node: Node) -> str:
-    """How to name what was found, for 'must be …' messages."""
+def _kind(node: Node, *, echo: bool = True) -> str:
+    """How to name what was found, for 'must be …' messages (echo=False: never repeat a scalar's text)."""
     if isinstance(node, MappingNode):
         return "a mapping"
     if isinstance(node, SequenceNode):
         return "a list"
     if node.tag == _NULL:
         return "empty (null)"
-    return repr(node.value)
+    return repr(node.value) if echo else "a single value"
 
 
 def _is_null(node: Node | None) -> bool:
@@ -309,7 +315,9 @@ class _Map:
             name = key_node.value
             if name in self.entries:
                 first_line = _line(self.entries[name][0])
-                reader.report(key_node, _child(path, name), f"duplicate key '{name}' (already given on line {first_line})")
+                reader.report(
+                    key_node, _child(path, name), f"duplicate key '{name}' (already given on line {first_line})"
+                )
                 continue
             self.entries[name] = (key_node, value_node)
         for name, key_node, value_node in merged:
@@ -330,7 +338,9 @@ class _Map:
         for name, (key_node, _value) in self.entries.items():
             if name not in allowed:
                 expected = ", ".join(allowed)
-                self.reader.report(key_node, _child(self.path, name), f"unknown key '{name}'; expected one of: {expected}{hint}")
+                self.reader.report(
+                    key_node, _child(self.path, name), f"unknown key '{name}'; expected one of: {expected}{hint}"
+                )
 
     def key(self, name: str) -> str:
         return _child(self.path, name)
@@ -398,7 +408,7 @@ class _Reader:
 
     def mapping(self, node: Node, path: str, allowed: Collection[str] | None = None, hint: str = "") -> _Map:
         if not isinstance(node, MappingNode) or node.tag != _MAP:
-            raise self.error(node, path, f"must be a mapping (key: value lines), not {_kind(node)}")
+            raise self.error(node, path, f"must be a mapping (key: value lines), not {_kind(node, echo=False)}")
         mapping = _Map(self, node, path)
         if allowed is not None:
             mapping.refuse_unknown(allowed, hint)
@@ -406,7 +416,7 @@ class _Reader:
 
     def sequence(self, node: Node, path: str) -> list[Node]:
         if not isinstance(node, SequenceNode) or node.tag != _SEQ:
-            raise self.error(node, path, f"must be a list, not {_kind(node)}")
+            raise self.error(node, path, f"must be a list, not {_kind(node, echo=False)}")
         return list(node.value)
 
     def scalar(self, node: Node, path: str, what: str) -> ScalarNode:
@@ -426,7 +436,9 @@ class _Reader:
         if scalar.tag == _NULL:
             raise self.error(node, path, f"must be {what}, not empty (null)")
         if scalar.tag == _BOOL:
-            raise self.error(node, path, f"must be {what}, not the boolean {scalar.value!r} (quote it if the text is meant)")
+            raise self.error(
+                node, path, f"must be {what}, not the boolean {scalar.value!r} (quote it if the text is meant)"
+            )
         raise self.error(node, path, f"unsupported YAML tag {scalar.tag}")
 
     def name(self, node: Node, path: str) -> str:
@@ -476,7 +488,9 @@ class _Reader:
         try:
             zoneinfo.ZoneInfo(value)
         except (ValueError, OSError, zoneinfo.ZoneInfoNotFoundError):
-            raise self.error(node, path, f"unknown time zone {value!r} (use an IANA name such as Europe/Budapest or UTC)") from None
+            raise self.error(
+                node, path, f"unknown time zone {value!r} (use an IANA name such as Europe/Budapest or UTC)"
+            ) from None
         return value
 
     def duration(self, node: Node, path: str) -> float:
@@ -486,8 +500,12 @@ class _Reader:
             return self.number(node, path)
         match = _DURATION.fullmatch(scalar.value.strip()) if scalar.tag == _STR else None
         if match is None:
-            raise self.error(node, path, f"must be a duration: seconds, or a number with s, m or h (48h, 90m, 3600s), not {_kind(scalar)}")
-        return float(match["amount"]) * _DURATION_UNIT_S[match["unit"]]
+            raise self.error(
+                node,
+                path,
+                f"must be a duration: seconds, or a number with s, m or h (48h, 90m, 3600s), not {_kind(scalar)}",
+            )
+        return float(match["amount"]) * _DURATION_UNIT_S[match["unit"] or "s"]
 
     def plain(self, node: Node, path: str) -> Any:
         """A node as a plain Python value (safe_load semantics; strings and dates keep their source text)."""
@@ -510,9 +528,16 @@ class _Reader:
 
     def gateway(self, root: Node | None, source: Path) -> GatewayConfig | None:
         if root is None or _is_null(root):
-            raise self.error(1, None, "the configuration is empty; expected sections such as http, api, extensions, links, recorders")
+            raise self.error(
+                1, None, "the configuration is empty; expected sections such as http, api, extensions, links, recorders"
+            )
         if not isinstance(root, MappingNode):
-            raise self.error(root, None, f"the top level must be a mapping of sections ({', '.join(TOP_LEVEL_KEYS)}), not {_kind(root)}")
+            raise self.error(
+                root,
+                None,
+                f"the top level must be a mapping of sections ({', '.join(TOP_LEVEL_KEYS)}), "
+                f"not {_kind(root, echo=False)}",
+            )
         top = self.mapping(root, "", TOP_LEVEL_KEYS)
         sections: dict[str, Any] = {}
         readers = {
@@ -529,11 +554,13 @@ class _Reader:
             if node is not None:
                 with self.collecting():
                     sections[name] = read(node, name)
-        recorders_complete = not self.problems or not any((p.key or "").startswith("recorders") for p in self.problems)
+        # With a broken recorder, references to it are not checked: its own error says what to fix.
+        recorders_complete = not any((problem.key or "").startswith("recorders") for problem in self.problems)
         node = top.given("extensions")
         if node is not None:
             with self.collecting():
-                sections["extensions"] = self.extensions(node, "extensions", sections.get("recorders", ()), recorders_complete)
+                recorders = sections.get("recorders", ())
+                sections["extensions"] = self.extensions(node, "extensions", recorders, recorders_complete)
         sections.setdefault("store", StoreConfig(path=_absolute(Path(DEFAULT_STORE_PATH))))
         if self.problems:
             return None
@@ -545,10 +572,18 @@ class _Reader:
         if (value := section.get("host")) is not None:
             host = self.text(value, section.key("host"), "a host name or IP address")
             if not _is_host(host):
-                raise self.error(value, section.key("host"), f"must be a host name or an IP address (0.0.0.0 or :: for all), not {host!r}")
+                raise self.error(
+                    value,
+                    section.key("host"),
+                    f"must be a host name or an IP address (0.0.0.0 or :: for all), not {host!r}",
+                )
         if (value := section.get("port")) is not None:
             port = self.port(value, section.key("port"))
-        if (value := section.given("tls")) is not None:
+        if (value := section.get("tls")) is not None:
+            if _is_null(value):
+                raise self.error(
+                    value, section.key("tls"), "needs certfile and keyfile (leave tls out to serve plain HTTP)"
+                )
             tls = self.tls(value, section.key("tls"))
         return HttpConfig(host=host, port=port, tls=tls)
 
@@ -569,7 +604,11 @@ class _Reader:
             file = Path(text) if Path(text).is_absolute() else self.base_dir / text
             if not file.is_file():
                 state = "is not a file" if file.exists() else "does not exist"
-                raise self.error(value, section.key(name), f"{file} {state} (relative paths are relative to the configuration file's folder)")
+                raise self.error(
+                    value,
+                    section.key(name),
+                    f"{file} {state} (relative paths are relative to the configuration file's folder)",
+                )
             files.append(file)
         return TlsConfig(certfile=files[0], keyfile=files[1])
 
@@ -609,13 +648,19 @@ class _Reader:
                 key_node = entry.require("key")
                 key = self.text(key_node, entry.key("key"), "a GUID")
                 if not _GUID.fullmatch(key.strip()):
-                    raise self.error(key_node, entry.key("key"), "must be a GUID in the 8-4-4-4-12 hex form, e.g. 74c8eea0-50c6-40b2-9f3e-252ed501c3c8")
+                    raise self.error(
+                        key_node,
+                        entry.key("key"),
+                        "must be a GUID in the 8-4-4-4-12 hex form, e.g. 74c8eea0-50c6-40b2-9f3e-252ed501c3c8",
+                    )
                 key = str(uuid.UUID(key.strip()))
                 name_node = entry.require("name")
                 name = self.name(name_node, entry.key("name"))
                 low, high = _KEY_NAME_LENGTH
                 if not low <= len(name) <= high:
-                    raise self.error(name_node, entry.key("name"), f"must be {low}–{high} characters long, not {len(name)}")
+                    raise self.error(
+                        name_node, entry.key("name"), f"must be {low}–{high} characters long, not {len(name)}"
+                    )
                 require_token = False
                 if (value := entry.get("require_token")) is not None:
                     require_token = self.boolean(value, entry.key("require_token"))
@@ -624,10 +669,16 @@ class _Reader:
                     networks = self.networks(value, entry.key("networks"))
                 if key in first_by_key:
                     where, line = first_by_key[key]
-                    raise self.error(key_node, entry.key("key"), f"duplicate key: the same GUID is already used by {where} (line {line})")
+                    raise self.error(
+                        key_node,
+                        entry.key("key"),
+                        f"duplicate key: the same GUID is already used by {where} (line {line})",
+                    )
                 if name in first_by_name:
                     where, line = first_by_name[name]
-                    raise self.error(name_node, entry.key("name"), f"duplicate name {name!r}: already used by {where} (line {line})")
+                    raise self.error(
+                        name_node, entry.key("name"), f"duplicate name {name!r}: already used by {where} (line {line})"
+                    )
                 first_by_key[key] = (item_path, _line(key_node))
                 first_by_name[name] = (item_path, _line(name_node))
                 keys.append(ApiKeyConfig(key=key, name=name, require_token=require_token, networks=networks))
@@ -650,7 +701,9 @@ class _Reader:
                 try:
                     networks.append(ipaddress.ip_network(text, strict=False))
                 except ValueError:
-                    raise self.error(item, item_path, f"{text!r} is not a valid CIDR network (e.g. 10.0.0.0/8, fe80::/10)") from None
+                    raise self.error(
+                        item, item_path, f"{text!r} is not a valid CIDR network (e.g. 10.0.0.0/8, fe80::/10)"
+                    ) from None
                 continue
             if not _is_host_name(text):
                 raise self.error(item, item_path, f"{text!r} is neither an IP address, a CIDR network nor a host name")
@@ -672,13 +725,19 @@ class _Reader:
                     parse_password_hash(password_hash.strip())
                 except ValueError as exc:
                     # The reason never contains the hash itself; neither may this message.
-                    raise self.error(hash_node, entry.key("password_hash"), f"{exc}; print a new one with `gateway hash-password`") from None
+                    raise self.error(
+                        hash_node, entry.key("password_hash"), f"{exc}; print a new one with `gateway hash-password`"
+                    ) from None
                 timezone = "UTC"
                 if (value := entry.get("timezone")) is not None:
                     timezone = self.timezone(value, entry.key("timezone"))
                 if name in first_by_name:
                     where, line = first_by_name[name]
-                    raise self.error(name_node, entry.key("name"), f"duplicate user {name!r}: already defined at {where} (line {line})")
+                    raise self.error(
+                        name_node,
+                        entry.key("name"),
+                        f"duplicate user {name!r}: already defined at {where} (line {line})",
+                    )
                 first_by_name[name] = (item_path, _line(name_node))
                 users.append(UserConfig(name=name, password_hash=password_hash.strip(), timezone=timezone))
         return users
@@ -691,7 +750,9 @@ class _Reader:
             if retention_s <= 0:
                 raise self.error(value, section.key("retention"), "must be greater than 0")
             if retention_s > MAX_ON_DEMAND_RETENTION_S:
-                raise self.error(value, section.key("retention"), f"must be at most 48h, not {_format_duration(retention_s)}")
+                raise self.error(
+                    value, section.key("retention"), f"must be at most 48h, not {_format_duration(retention_s)}"
+                )
         return OnDemandConfig(retention_s=retention_s)
 
     def log(self, node: Node, path: str) -> LogConfig:
@@ -738,7 +799,9 @@ class _Reader:
             elif name == "parity":
                 values[name] = self.text(node, key, "one of N, E, O, M, S").upper()
                 if values[name] not in SERIAL_PARITIES:
-                    raise self.error(node, key, f"must be one of N, E, O, M, S (none, even, odd, mark, space), not {values[name]!r}")
+                    raise self.error(
+                        node, key, f"must be one of N, E, O, M, S (none, even, odd, mark, space), not {values[name]!r}"
+                    )
             elif name == "stopbits":
                 values[name] = self.number(node, key)
                 if values[name] not in SERIAL_STOPBITS:
@@ -763,9 +826,14 @@ class _Reader:
                 serial = self.serial_settings(entry, kind)
                 if name in first_by_name:
                     where, line = first_by_name[name]
-                    raise self.error(name_node, entry.key("name"), f"duplicate recorder name {name!r}: already used by {where} (line {line})")
+                    raise self.error(
+                        name_node,
+                        entry.key("name"),
+                        f"duplicate recorder name {name!r}: already used by {where} (line {line})",
+                    )
                 first_by_name[name] = (item_path, _line(name_node))
-                recorders.append(RecorderConfig(name=name, url=url, timeout_s=timeout_s, serial=serial, line=entry.line))
+                recorder = RecorderConfig(name=name, url=url, timeout_s=timeout_s, serial=serial, line=entry.line)
+                recorders.append(recorder)
         return tuple(recorders)
 
     def links(self, node: Node, path: str) -> tuple[LinkConfig, ...]:
@@ -777,7 +845,11 @@ class _Reader:
                 link, name_node = self.link(item, item_path)
                 if link.name in first_by_name:
                     where, line = first_by_name[link.name]
-                    raise self.error(name_node, f"{item_path}.name", f"duplicate link name {link.name!r}: already used by {where} (line {line})")
+                    raise self.error(
+                        name_node,
+                        f"{item_path}.name",
+                        f"duplicate link name {link.name!r}: already used by {where} (line {line})",
+                    )
                 first_by_name[link.name] = (item_path, _line(name_node))
                 links.append(link)
         return tuple(links)
@@ -807,7 +879,8 @@ class _Reader:
         options_map: _Map | None = None
         if (value := entry.given("options")) is not None:
             options_map = self.mapping(value, entry.key("options"))
-            options = {key: self.plain(option, options_map.key(key)) for key, (_k, option) in options_map.entries.items()}
+            for key, (_, option) in options_map.entries.items():
+                options[key] = self.plain(option, options_map.key(key))
         direct: dict[str, Any] = {}
         if (value := entry.get("idle_timeout")) is not None:
             direct["idle_timeout"] = float(self.positive(value, entry.key("idle_timeout")))
@@ -819,7 +892,11 @@ class _Reader:
                     direct[key] = self.custom_option(key, value, entry.key(key))
         for key in direct:
             if options_map is not None and key in options_map.entries:
-                raise self.error(entry.key_line(key), entry.key(key), f"is given both here and under options (line {options_map.key_line(key)}); keep one")
+                raise self.error(
+                    entry.key_line(key),
+                    entry.key(key),
+                    f"is given both here and under options (line {options_map.key_line(key)}); keep one",
+                )
         options.update(direct)
         if link_format is None:
             raise _AlreadyReported("format")
@@ -857,7 +934,9 @@ class _Reader:
             try:
                 codecs.lookup(encoding)
             except LookupError:
-                raise self.error(node, path, f"unknown encoding {encoding!r} (e.g. ascii, latin-1, utf-8, cp1252)") from None
+                raise self.error(
+                    node, path, f"unknown encoding {encoding!r} (e.g. ascii, latin-1, utf-8, cp1252)"
+                ) from None
             return encoding
         return self.plain(node, path)
 
@@ -876,31 +955,61 @@ class _Reader:
                 number_node = entry.require("number")
                 number = self.text(number_node, entry.key("number"), "an extension number").strip()
                 if not _DIAL_STRING.fullmatch(number):
-                    raise self.error(number_node, entry.key("number"), f"must be a dial string of digits (with optional leading +, and * or #), not {number!r}")
-                mode = RecordingMode(self.choice(entry.require("mode", f"is required (one of: {', '.join(modes)})"), entry.key("mode"), modes, "mode"))
+                    raise self.error(
+                        number_node,
+                        entry.key("number"),
+                        f"must be a dial string of digits (with optional leading +, and * or #), not {number!r}",
+                    )
+                mode_node = entry.require("mode", f"is required (one of: {', '.join(modes)})")
+                mode = RecordingMode(self.choice(mode_node, entry.key("mode"), modes, "mode"))
                 recorder_node, channel_node = entry.given("recorder"), entry.given("channel")
                 recorder = channel = None
                 if recorder_node is not None:
                     recorder = self.name(recorder_node, entry.key("recorder"))
                     if recorder not in recorder_names and recorders_complete:
                         configured = ", ".join(recorder_names) if recorder_names else "none"
-                        raise self.error(recorder_node, entry.key("recorder"), f"unknown recorder {recorder!r}; configured recorders: {configured}")
+                        raise self.error(
+                            recorder_node,
+                            entry.key("recorder"),
+                            f"unknown recorder {recorder!r}; configured recorders: {configured}",
+                        )
                     if channel_node is None:
-                        raise self.error(entry.line, entry.key("channel"), "is required when a recorder is given (the recorder channel as SPAN/TIMESLOT, e.g. \"1/5\")")
+                        raise self.error(
+                            entry.line,
+                            entry.key("channel"),
+                            'is required when a recorder is given (the recorder channel as SPAN/TIMESLOT, e.g. "1/5")',
+                        )
                 if channel_node is not None:
                     channel = self.channel(channel_node, entry.key("channel"))
                     if recorder is None and recorders_complete:
                         if not recorder_names:
-                            raise self.error(channel_node, entry.key("channel"), "no recorder is configured (add one under recorders:)")
+                            raise self.error(
+                                channel_node,
+                                entry.key("channel"),
+                                "no recorder is configured (add one under recorders:)",
+                            )
                         if len(recorder_names) > 1:
-                            raise self.error(entry.line, entry.key("recorder"), "recorder is required when more than one recorder is configured")
+                            raise self.error(
+                                entry.line,
+                                entry.key("recorder"),
+                                "recorder is required when more than one recorder is configured",
+                            )
                         recorder = recorder_names[0]
                 if number in first_by_number:
                     where, line = first_by_number[number]
-                    raise self.error(number_node, entry.key("number"), f"extension {number} is already defined at {where} (line {line})")
+                    raise self.error(
+                        number_node,
+                        entry.key("number"),
+                        f"extension {number} is already defined at {where} (line {line})",
+                    )
                 if recorder is not None and channel is not None and (recorder, channel) in first_by_channel:
                     other, line = first_by_channel[(recorder, channel)]
-                    raise self.error(channel_node, entry.key("channel"), f"channel {channel} of recorder {recorder} is already mapped to extension {other} (line {line})")
+                    raise self.error(
+                        channel_node,
+                        entry.key("channel"),
+                        f"channel {channel} of recorder {recorder} is already mapped to extension {other} "
+                        f"(line {line})",
+                    )
                 first_by_number[number] = (item_path, _line(number_node))
                 if recorder is not None and channel is not None:
                     first_by_channel[(recorder, channel)] = (number, _line(channel_node))
@@ -965,7 +1074,9 @@ def _url_kind(url: str) -> str:
     elif not match["host"]:
         raise ValueError("the host is missing")
     elif not _is_host(match["host"]):
-        raise ValueError(f"{match['host']!r} is not a host name or an IP address (an IPv6 address goes in brackets: [::1]:5100)")
+        raise ValueError(
+            f"{match['host']!r} is not a host name or an IP address (an IPv6 address goes in brackets: [::1]:5100)"
+        )
     if match["port"] is None:
         raise ValueError("the port is missing (HOST:PORT)")
     if not match["port"].isdigit() or not 1 <= int(match["port"]) <= 65535:
@@ -1020,7 +1131,9 @@ def describe_config(config: GatewayConfig) -> str:
         lines.append(f"  {link.name}: {link.format} at {link.url} ({'; '.join(details)})")
     lines.append(f"extensions ({len(config.extensions)}):")
     for extension in config.extensions:
-        where = f"recorder {extension.recorder} channel {extension.channel}" if extension.channel else "no recorder channel"
+        where = "no recorder channel"
+        if extension.channel:
+            where = f"recorder {extension.recorder} channel {extension.channel}"
         lines.append(f"  {extension.number}: {extension.mode.value}, {where}")
     lines.append(f"log: {config.log.level}, {config.log.format}")
     return "\n".join(lines)
@@ -1028,7 +1141,8 @@ def describe_config(config: GatewayConfig) -> str:
 
 def _describe_serial(serial: SerialSettings) -> str:
     flow = [name for name in ("xonxoff", "rtscts") if getattr(serial, name)]
-    return f"{serial.baudrate} {serial.bytesize}{serial.parity}{serial.stopbits:g}" + (f" {'+'.join(flow)}" if flow else "")
+    text = f"{serial.baudrate} {serial.bytesize}{serial.parity}{serial.stopbits:g}"
+    return f"{text} {'+'.join(flow)}" if flow else text
 
 
 def check_config(config: GatewayConfig) -> list[str]:
@@ -1042,7 +1156,9 @@ def check_config(config: GatewayConfig) -> list[str]:
         if not os.path.exists(url):
             problems.append(f"{label}: serial port {url} does not exist")
         elif not os.access(url, os.R_OK | os.W_OK):
-            problems.append(f"{label}: no read/write permission on serial port {url} (is this user in the dialout group?)")
+            problems.append(
+                f"{label}: no read/write permission on serial port {url} (is this user in the dialout group?)"
+            )
     tls = config.http.tls
     if tls is not None:
         unreadable = False
@@ -1056,7 +1172,8 @@ def check_config(config: GatewayConfig) -> list[str]:
         if not unreadable:
             try:
                 # An empty password makes an encrypted key fail here instead of prompting on the terminal.
-                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls.certfile, tls.keyfile, password="")
+                context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                context.load_cert_chain(tls.certfile, tls.keyfile, password="")
             except (ssl.SSLError, OSError, ValueError) as exc:
                 problems.append(f"http.tls: cannot use {tls.certfile} with {tls.keyfile}: {exc}")
     store_path = config.store.path

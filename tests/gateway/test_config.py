@@ -1,0 +1,631 @@
+"""Configuration loading: the bundled files load, and every kind of mistake is refused with file, line and key."""
+
+from __future__ import annotations
+
+import ipaddress
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gateway.config import (
+    MAX_ON_DEMAND_RETENTION_S,
+    GatewayConfig,
+    SerialSettings,
+    check_config,
+    describe_config,
+    load_config,
+)
+from gateway.errors import ConfigError
+from gateway.model import RecordingMode
+from gateway.passwords import hash_password
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLED = REPO / "config" / "gateway.yaml"
+EXAMPLES = sorted((REPO / "config" / "examples").glob("*.yaml"))
+# A cheap hash (tiny scrypt cost) keeps the module fast; the loader only parses it.
+CHEAP_HASH = hash_password("secret", n=16)
+GUID = "74c8eea0-50c6-40b2-9f3e-252ed501c3c8"
+
+ONE_RECORDER = """\
+recorders:
+  - name: trunk1
+    url: tcp://127.0.0.1:7010
+"""
+TWO_RECORDERS = """\
+recorders:
+  - name: trunk1
+    url: tcp://127.0.0.1:7010
+  - name: trunk2
+    url: tcp://127.0.0.1:7011
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "gw.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def load(tmp_path: Path, text: str) -> GatewayConfig:
+    return load_config(write(tmp_path, text))
+
+
+def refused(tmp_path: Path, text: str) -> ConfigError:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    return caught.value
+
+
+def assert_names(error: ConfigError, line: int, key: str | None, fragment: str) -> None:
+    """The first line of the message is FILE:LINE: KEY: message, naming all three."""
+    first = str(error).splitlines()[0]
+    assert first.startswith(f"{error.file}:{line}: "), first
+    assert "gw.yaml" in first
+    assert error.line == line
+    if key is not None:
+        assert f":{line}: {key}: " in first, first
+        assert error.key == key
+    assert fragment in first, first
+
+
+# ---- the files that ship
+
+
+@pytest.mark.parametrize("path", [BUNDLED, *EXAMPLES], ids=lambda path: path.name)
+def test_shipped_files_load(path: Path) -> None:
+    config = load_config(path)
+    assert config.source == path
+    assert describe_config(config)
+
+
+def test_examples_exist() -> None:
+    names = {path.name for path in EXAMPLES}
+    assert {"minimal.yaml", "site-avaya-trunk.yaml", "secured-api.yaml", "serial-panasonic.yaml"} <= names
+
+
+def test_bundled_default_content() -> None:
+    config = load_config(BUNDLED)
+    assert (config.http.host, config.http.port, config.http.tls) == ("127.0.0.1", 8010, None)
+    assert config.store.path == Path.cwd() / "var" / "gateway.db"
+    demo, secure = config.api.keys
+    assert (demo.key, demo.name, demo.require_token) == ("6f1c2a7e-3b8d-4e59-9a41-0c2d7e5b8f13", "demo", False)
+    assert demo.networks == (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    assert (secure.key, secure.name, secure.require_token) == ("3d2b9c14-8e7a-4f06-b5d1-2a9e6c7f4b80", "demo-secure", True)
+    assert [user.name for user in config.api.users] == ["demo"]
+    assert config.on_demand.retention_s == MAX_ON_DEMAND_RETENTION_S
+    assert [(e.number, e.mode, e.recorder, e.channel) for e in config.extensions] == [
+        ("8856", RecordingMode.CONTROLLED, "trunk1", "1/5"),
+        ("8857", RecordingMode.FULL, "trunk1", "1/6"),
+        ("8858", RecordingMode.ON_DEMAND, "trunk1", "1/7"),
+        ("8859", RecordingMode.CONTROLLED_AUTOSTART, "trunk1", "1/8"),
+        ("8860", RecordingMode.DO_NOT_RECORD, None, None),
+    ]
+    (recorder,) = config.recorders
+    assert (recorder.name, recorder.url, recorder.timeout_s) == ("trunk1", "tcp://127.0.0.1:7010", 2.0)
+    (link,) = config.links
+    assert (link.name, link.format, link.url, link.serial) == ("pbx-main", "avaya-ipo", "listen://127.0.0.1:5100", None)
+    assert (config.log.level, config.log.format) == ("info", "console")
+    assert check_config(config) == []
+
+
+def test_defaults_for_a_tiny_file(tmp_path: Path) -> None:
+    config = load(tmp_path, "log:\n  level: debug\n")
+    assert config.http.port == 8010
+    assert config.api.token_ttl_s == 3600 and config.api.next_window_s == 60
+    assert config.store.path.is_absolute()
+    assert config.extensions == () and config.links == () and config.recorders == ()
+    assert config.log.level == "debug"
+
+
+# ---- scalars keep their source text
+
+
+def test_extension_number_keeps_leading_zero(tmp_path: Path) -> None:
+    config = load(tmp_path, ONE_RECORDER + "extensions:\n  - {number: 0123, mode: full, channel: 1/5}\n  - {number: '+3612', mode: full}\n  - {number: '*72#', mode: full}\n")
+    assert [extension.number for extension in config.extensions] == ["0123", "+3612", "*72#"]
+    assert config.extension("0123") is not None
+
+
+def test_names_take_source_text(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        """\
+        recorders:
+          - name: 007
+            url: tcp://127.0.0.1:7010
+        links:
+          - name: 0100
+            format: 3cx
+            url: listen://127.0.0.1:5100
+        extensions:
+          - number: 10
+            mode: full
+            recorder: 007
+            channel: 01/05
+        """,
+    )
+    assert config.recorders[0].name == "007"
+    assert config.links[0].name == "0100"
+    assert (config.extensions[0].recorder, config.extensions[0].channel) == ("007", "1/5")
+
+
+# ---- durations
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("48h", 172800), ("90m", 5400), ("3600s", 3600), ("1.5h", 5400), ("'1.5h'", 5400),
+        ("3600", 3600), ("'3600'", 3600), ("7200.5", 7200.5), ("172800", 172800),
+    ],
+)
+def test_retention_parsing(tmp_path: Path, text: str, seconds: float) -> None:
+    assert load(tmp_path, f"on_demand:\n  retention: {text}\n").on_demand.retention_s == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("49h", "at most 48h"),
+        ("172801", "at most 48h"),
+        ("2881m", "at most 48h"),
+        ("0", "greater than 0"),
+        ("0h", "greater than 0"),
+        ("-5", "greater than 0"),
+        ("2d", "must be a duration"),
+        ("soon", "must be a duration"),
+        ("true", "must be a duration"),
+    ],
+)
+def test_retention_refused(tmp_path: Path, text: str, fragment: str) -> None:
+    error = refused(tmp_path, f"# retention\non_demand:\n  retention: {text}\n")
+    assert_names(error, 3, "on_demand.retention", fragment)
+
+
+# ---- api keys
+
+
+def test_key_guid_is_lower_cased_and_networks_parsed(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        """\
+        api:
+          keys:
+            - key: 74C8EEA0-50C6-40B2-9F3E-252ED501C3C8
+              name: crm
+              require_token: true
+              networks:
+                - 10.1.2.3
+                - 10.0.0.1/8
+                - ::1
+                - fe80::/10
+                - Crm.Example.COM
+        """,
+    )
+    (key,) = config.api.keys
+    assert key.key == GUID and key.require_token is True
+    assert key.networks == (
+        ipaddress.ip_network("10.1.2.3/32"),
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+        ipaddress.ip_network("fe80::/10"),
+        "crm.example.com",
+    )
+
+
+def test_key_listed_bare_is_not_echoed(tmp_path: Path) -> None:
+    error = refused(tmp_path, f"api:\n  keys:\n    - {GUID}\n")
+    assert_names(error, 3, "api.keys[0]", "must be a mapping")
+    assert GUID not in str(error)
+
+
+def test_key_without_networks_allows_any(tmp_path: Path) -> None:
+    config = load(tmp_path, f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n")
+    assert config.api.keys[0].networks is None
+    assert config.api.keys[0].require_token is False
+
+
+def test_user_defaults_and_timezone(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        f"""\
+        api:
+          users:
+            - name: a
+              password_hash: "{CHEAP_HASH}"
+            - name: b
+              password_hash: "{CHEAP_HASH}"
+              timezone: Europe/Budapest
+        """,
+    )
+    assert [(user.name, user.timezone) for user in config.api.users] == [("a", "UTC"), ("b", "Europe/Budapest")]
+    assert config.api.users[0].password_hash == CHEAP_HASH
+
+
+def test_password_hash_error_does_not_echo_the_hash(tmp_path: Path) -> None:
+    secret = "scrypt$n=16384,r=8,p=1$c2VjcmV0c2FsdA==$TOPSECRETDIGESTVALUE!!"
+    error = refused(tmp_path, f"api:\n  users:\n    - name: a\n      password_hash: \"{secret}\"\n")
+    assert_names(error, 4, "api.users[0].password_hash", "base64")
+    assert secret not in str(error)
+    assert "TOPSECRET" not in str(error)
+
+
+# ---- extensions and recorders
+
+
+def test_recorder_is_inferred_when_only_one(tmp_path: Path) -> None:
+    config = load(tmp_path, ONE_RECORDER + "extensions:\n  - number: '8856'\n    mode: controlled\n    channel: '1/5'\n")
+    assert config.extensions[0].recorder == "trunk1"
+
+
+def test_recorder_named_among_several(tmp_path: Path) -> None:
+    config = load(tmp_path, TWO_RECORDERS + "extensions:\n  - {number: '1', mode: full, recorder: trunk2, channel: '1/5'}\n  - {number: '2', mode: full, recorder: trunk1, channel: '1/5'}\n")
+    assert [(e.recorder, e.channel) for e in config.extensions] == [("trunk2", "1/5"), ("trunk1", "1/5")]
+
+
+def test_channel_mapped_twice(tmp_path: Path) -> None:
+    error = refused(
+        tmp_path,
+        ONE_RECORDER
+        + """\
+extensions:
+  - number: "8856"
+    mode: full
+    channel: "1/5"
+  - number: "8857"
+    mode: full
+    channel: "01/05"
+""",
+    )
+    assert_names(error, 10, "extensions[1].channel", "channel 1/5 of recorder trunk1 is already mapped to extension 8856 (line 7)")
+
+
+def test_recorder_serial_settings(tmp_path: Path) -> None:
+    config = load(tmp_path, "recorders:\n  - {name: r, url: /dev/ttyS0, baudrate: 19200}\n  - {name: s, url: 'socket://h:7000'}\n")
+    assert config.recorders[0].serial == SerialSettings(baudrate=19200)
+    assert config.recorders[1].serial is None
+    assert config.recorders[0].timeout_s == 2.0
+
+
+# ---- links
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "listen://0.0.0.0:5100",
+        "listen://[::]:5100",
+        "tcp://pbx.example.com:2300",
+        "tcp://[::1]:5100",
+        "tcp://10.0.0.5:65535",
+        "/dev/ttyUSB0",
+        "/dev/serial/by-id/usb-FTDI_FT232R-if00-port0",
+        "rfc2217://10.0.0.9:4001",
+        "socket://10.0.0.9:4001",
+    ],
+)
+def test_link_url_accepted(tmp_path: Path, url: str) -> None:
+    config = load(tmp_path, f"links:\n  - name: pbx\n    format: avaya-ipo\n    url: '{url}'\n")
+    assert config.links[0].url == url
+    assert config.links[0].line == 2
+    serial_url = url.startswith(("/", "rfc2217:"))
+    assert (config.links[0].serial == SerialSettings()) if serial_url else (config.links[0].serial is None)
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("http://pbx:80", "'http://' URLs are not supported"),
+        ("tcp://pbx", "port is missing"),
+        ("tcp://pbx:0", "1–65535"),
+        ("tcp://pbx:99999", "1–65535"),
+        ("listen://:5100", "host is missing"),
+        ("tcp://::1:5100", "accepted forms"),
+        ("tcp://[zz]:5100", "not an IPv6 address"),
+        ("dev/ttyUSB0", "neither a URL nor an absolute serial port path"),
+        ("COM3", "neither a URL nor an absolute serial port path"),
+        ("tcp://pbx:5100/path", "after the port"),
+        ("", "must not be empty"),
+    ],
+)
+def test_link_url_refused(tmp_path: Path, url: str, fragment: str) -> None:
+    error = refused(tmp_path, f"links:\n  - name: pbx\n    format: avaya-ipo\n    url: '{url}'\n")
+    assert_names(error, 4, "links[0].url", fragment)
+    assert "accepted forms: listen://HOST:PORT, tcp://HOST:PORT" in str(error)
+
+
+def test_link_serial_settings_and_options(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        """\
+        links:
+          - name: kx
+            format: panasonic
+            url: /dev/ttyUSB0
+            timezone: Europe/Budapest
+            baudrate: 1200
+            bytesize: 7
+            parity: e
+            stopbits: 1.5
+            xonxoff: true
+            rtscts: false
+            idle_timeout: 300
+            keepalive: "\\r\\n"
+            options:
+              time_is: start
+              layout: [a, b]
+        """,
+    )
+    (link,) = config.links
+    assert link.serial == SerialSettings(baudrate=1200, bytesize=7, parity="E", stopbits=1.5, xonxoff=True, rtscts=False)
+    assert link.timezone == "Europe/Budapest"
+    assert link.options == {"time_is": "start", "layout": ["a", "b"], "idle_timeout": 300.0, "keepalive": "\r\n"}
+
+
+def test_link_login_on_tcp(tmp_path: Path) -> None:
+    config = load(tmp_path, "links:\n  - name: m\n    format: mitel-mivb\n    url: tcp://10.0.0.1:1752\n    login:\n      - {expect: 'login:', send: 'smdr'}\n")
+    assert [(step.expect, step.send) for step in config.links[0].login] == [("login:", "smdr")]
+
+
+def test_custom_format_keys_go_into_options(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        """\
+        links:
+          - name: csv
+            format: custom
+            url: listen://127.0.0.1:5200
+            mode: csv
+            delimiter: ","
+            min_fields: 5
+            skip_regex: '^\\s*$'
+            fields: [date, time, duration, ext]
+            direction_map: {I: in, O: out}
+            year: 2024
+            strip: true
+        """,
+    )
+    assert config.links[0].options == {
+        "mode": "csv",
+        "delimiter": ",",
+        "min_fields": 5,
+        "skip_regex": "^\\s*$",
+        "fields": ["date", "time", "duration", "ext"],
+        "direction_map": {"I": "in", "O": "out"},
+        "year": 2024,
+        "strip": True,
+    }
+
+
+def test_merge_keys_are_honoured(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        """\
+        links:
+          - &base
+            name: a
+            format: avaya-ipo
+            url: listen://0.0.0.0:5100
+            timezone: Europe/Budapest
+          - <<: *base
+            name: b
+            url: listen://0.0.0.0:5101
+        """,
+    )
+    assert [(link.name, link.url, link.timezone) for link in config.links] == [
+        ("a", "listen://0.0.0.0:5100", "Europe/Budapest"),
+        ("b", "listen://0.0.0.0:5101", "Europe/Budapest"),
+    ]
+
+
+# ---- the refusals: every class of mistake names file, line and key
+
+REFUSALS = [
+    # (id, yaml, line, key, fragment)
+    ("unknown top-level key", "http:\n  port: 8010\nlinkz: []\n", 3, "linkz", "unknown key 'linkz'"),
+    ("unknown http key", "http:\n  host: 127.0.0.1\n  prot: 80\n", 3, "http.prot", "unknown key 'prot'; expected one of: host, port, tls"),
+    ("duplicate key", "http:\n  port: 8010\n  host: 127.0.0.1\n  port: 8011\n", 4, "http.port", "duplicate key 'port' (already given on line 2)"),
+    ("duplicate section", "log:\n  level: info\nlog:\n  level: debug\n", 3, "log", "duplicate key 'log'"),
+    ("port not an integer", "http:\n  port: eighty\n", 2, "http.port", "must be an integer"),
+    ("port quoted", "http:\n  port: '8010'\n", 2, "http.port", "must be an integer"),
+    ("port float", "http:\n  port: 80.5\n", 2, "http.port", "must be an integer"),
+    ("port zero", "http:\n  port: 0\n", 2, "http.port", "1–65535"),
+    ("port too big", "http:\n  port: 65536\n", 2, "http.port", "1–65535"),
+    ("host empty", "http:\n  host: ''\n", 2, "http.host", "host name or an IP address"),
+    ("host is a list", "http:\n  host: [a]\n", 2, "http.host", "must be a host name or IP address, not a list"),
+    ("http not a mapping", "http: 8010\n", 1, "http", "must be a mapping"),
+    ("tls without keyfile", "http:\n  tls:\n    certfile: gw.yaml\n", 3, "http.tls.keyfile", "is required when tls is given"),
+    ("tls missing file", "http:\n  tls:\n    certfile: no-such-cert.pem\n    keyfile: gw.yaml\n", 3, "http.tls.certfile", "does not exist"),
+    ("store path empty", "store:\n  path: ''\n", 2, "store.path", "must not be empty"),
+    ("token_ttl zero", "api:\n  token_ttl: 0\n", 2, "api.token_ttl", "greater than 0"),
+    ("token_ttl float", "api:\n  token_ttl: 1.5\n", 2, "api.token_ttl", "must be an integer"),
+    ("next_window text", "api:\n  next_window: soon\n", 2, "api.next_window", "must be a number"),
+    ("keys not a list", "api:\n  keys: {key: x}\n", 2, "api.keys", "must be a list"),
+    ("key not a GUID", "api:\n  keys:\n    - key: not-a-guid\n      name: crm\n", 3, "api.keys[0].key", "must be a GUID"),
+    ("key GUID in braces", "api:\n  keys:\n    - key: '{" + GUID + "}'\n      name: crm\n", 3, "api.keys[0].key", "must be a GUID"),
+    ("key GUID without dashes", "api:\n  keys:\n    - key: " + GUID.replace("-", "") + "\n      name: crm\n", 3, "api.keys[0].key", "must be a GUID"),
+    ("key missing", "api:\n  keys:\n    - name: crm\n", 3, "api.keys[0].key", "is required"),
+    ("key name short", f"api:\n  keys:\n    - key: {GUID}\n      name: ab\n", 4, "api.keys[0].name", "3–128 characters"),
+    ("key name long", f"api:\n  keys:\n    - key: {GUID}\n      name: {'x' * 129}\n", 4, "api.keys[0].name", "3–128 characters"),
+    ("require_token yes please", f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      require_token: yes please\n", 5, "api.keys[0].require_token", "must be true or false"),
+    ("require_token yes", f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      require_token: yes\n", 5, "api.keys[0].require_token", "must be true or false"),
+    ("duplicate key in an item", "extensions:\n  - number: '1'\n    mode: full\n    number: '2'\n", 4, "extensions[0].number", "duplicate key 'number' (already given on line 2)"),
+    ("require_token quoted", f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      require_token: 'true'\n", 5, "api.keys[0].require_token", "must be true or false"),
+    (
+        "duplicate key value",
+        f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n    - key: {GUID.upper()}\n      name: crm2\n",
+        5, "api.keys[1].key", "already used by api.keys[0] (line 3)",
+    ),
+    (
+        "duplicate key name",
+        f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n    - key: 3d2b9c14-8e7a-4f06-b5d1-2a9e6c7f4b80\n      name: crm\n",
+        6, "api.keys[1].name", "duplicate name 'crm'",
+    ),
+    ("network bad", f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      networks:\n        - 10.0.0.0/8\n        - 300.1.1.1\n", 7, "api.keys[0].networks[1]", "neither an IP address"),
+    ("network bad cidr", f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      networks: [10.0.0.0/33]\n", 5, "api.keys[0].networks[0]", "not a valid CIDR"),
+    ("network bad host", f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      networks: [-bad-.example]\n", 5, "api.keys[0].networks[0]", "neither an IP address"),
+    ("networks empty", f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      networks: []\n", 5, "api.keys[0].networks", "at least one network"),
+    ("unquoted ::1 in a flow list", f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      networks: [127.0.0.1, ::1]\n", 5, None, "must be quoted"),
+    ("user without name", f"api:\n  users:\n    - password_hash: '{CHEAP_HASH}'\n", 3, "api.users[0].name", "is required"),
+    ("user empty name", f"api:\n  users:\n    - name: ''\n      password_hash: '{CHEAP_HASH}'\n", 3, "api.users[0].name", "must not be empty"),
+    ("user without hash", "api:\n  users:\n    - name: bob\n", 3, "api.users[0].password_hash", "gateway hash-password"),
+    ("user bad hash", "api:\n  users:\n    - name: bob\n      password_hash: plaintext\n", 4, "api.users[0].password_hash", "not a password hash"),
+    ("user bad timezone", f"api:\n  users:\n    - name: bob\n      password_hash: '{CHEAP_HASH}'\n      timezone: Mars/Olympus\n", 5, "api.users[0].timezone", "unknown time zone"),
+    (
+        "duplicate user",
+        f"api:\n  users:\n    - name: bob\n      password_hash: '{CHEAP_HASH}'\n    - name: bob\n      password_hash: '{CHEAP_HASH}'\n",
+        5, "api.users[1].name", "duplicate user 'bob'",
+    ),
+    ("retention not a mapping", "on_demand: 48h\n", 1, "on_demand", "must be a mapping"),
+    ("extensions not a list", "extensions:\n  number: 1\n", 2, "extensions", "must be a list"),
+    ("extension item not a mapping", "extensions:\n  - 8856\n", 2, "extensions[0]", "must be a mapping"),
+    ("extension number missing", "extensions:\n  - mode: full\n", 2, "extensions[0].number", "is required"),
+    ("extension number letters", "extensions:\n  - number: 88a6\n    mode: full\n", 2, "extensions[0].number", "dial string"),
+    ("extension number empty", "extensions:\n  - number: ''\n    mode: full\n", 2, "extensions[0].number", "dial string"),
+    ("extension number null", "extensions:\n  - number:\n    mode: full\n", 2, "extensions[0].number", "not empty (null)"),
+    ("extension mode missing", "extensions:\n  - number: 1\n", 2, "extensions[0].mode", "is required"),
+    ("extension mode unknown", "extensions:\n  - number: 1\n    mode: always\n", 3, "extensions[0].mode", "unknown mode 'always'"),
+    ("extension unknown key", "extensions:\n  - number: 1\n    mode: full\n    chanel: 1/5\n", 4, "extensions[0].chanel", "unknown key 'chanel'"),
+    ("duplicate extension", "extensions:\n  - {number: '1', mode: full}\n  - {number: '1', mode: on_demand}\n", 3, "extensions[1].number", "already defined at extensions[0] (line 2)"),
+    ("channel bad form", ONE_RECORDER + "extensions:\n  - number: 1\n    mode: full\n    channel: 1-5\n", 7, "extensions[0].channel", "SPAN/TIMESLOT"),
+    ("channel zero", ONE_RECORDER + "extensions:\n  - number: 1\n    mode: full\n    channel: 0/5\n", 7, "extensions[0].channel", "positive"),
+    ("channel no recorder", "extensions:\n  - number: 1\n    mode: full\n    channel: 1/5\n", 4, "extensions[0].channel", "no recorder is configured"),
+    ("channel needs recorder", TWO_RECORDERS + "extensions:\n  - number: 1\n    mode: full\n    channel: 1/5\n", 7, "extensions[0].recorder", "recorder is required when more than one recorder is configured"),
+    ("recorder without channel", ONE_RECORDER + "extensions:\n  - number: 1\n    mode: full\n    recorder: trunk1\n", 5, "extensions[0].channel", "is required when a recorder is given"),
+    ("unknown recorder", ONE_RECORDER + "extensions:\n  - number: 1\n    mode: full\n    recorder: trunk9\n    channel: 1/5\n", 7, "extensions[0].recorder", "unknown recorder 'trunk9'; configured recorders: trunk1"),
+    ("recorder name missing", "recorders:\n  - url: tcp://h:1\n", 2, "recorders[0].name", "is required"),
+    ("recorder url missing", "recorders:\n  - name: r\n", 2, "recorders[0].url", "is required"),
+    ("recorder listen url", "recorders:\n  - name: r\n    url: listen://0.0.0.0:7010\n", 3, "recorders[0].url", "listen://HOST:PORT is not accepted here"),
+    ("recorder timeout zero", "recorders:\n  - name: r\n    url: tcp://h:1\n    timeout: 0\n", 4, "recorders[0].timeout", "greater than 0"),
+    ("recorder timeout text", "recorders:\n  - name: r\n    url: tcp://h:1\n    timeout: fast\n", 4, "recorders[0].timeout", "must be a number"),
+    ("recorder serial on tcp", "recorders:\n  - name: r\n    url: tcp://h:1\n    baudrate: 9600\n", 4, "recorders[0].baudrate", "serial settings are only for"),
+    ("duplicate recorder", "recorders:\n  - {name: r, url: 'tcp://h:1'}\n  - {name: r, url: 'tcp://h:2'}\n", 3, "recorders[1].name", "duplicate recorder name 'r'"),
+    ("link name missing", "links:\n  - format: 3cx\n    url: listen://0.0.0.0:1\n", 2, "links[0].name", "is required"),
+    ("link format missing", "links:\n  - name: a\n    url: listen://0.0.0.0:1\n", 2, "links[0].format", "is required"),
+    ("link format unknown", "links:\n  - name: a\n    format: avaya\n    url: listen://0.0.0.0:1\n", 3, "links[0].format", "unknown format 'avaya'"),
+    ("link url missing", "links:\n  - name: a\n    format: 3cx\n", 2, "links[0].url", "is required"),
+    ("link unknown key", "links:\n  - name: a\n    format: 3cx\n    url: listen://0.0.0.0:1\n    speed: 9600\n", 5, "links[0].speed", "unknown key 'speed'"),
+    ("custom key on a non-custom link", "links:\n  - name: a\n    format: 3cx\n    url: listen://0.0.0.0:1\n    pattern: x\n", 5, "links[0].pattern", "go under options"),
+    ("serial settings on tcp", "links:\n  - name: a\n    format: 3cx\n    url: tcp://pbx:1\n    baudrate: 9600\n", 5, "links[0].baudrate", "serial settings are only for"),
+    ("serial settings on socket", "links:\n  - name: a\n    format: 3cx\n    url: socket://pbx:1\n    parity: N\n", 5, "links[0].parity", "serial settings are only for"),
+    ("login on listen", "links:\n  - name: a\n    format: 3cx\n    url: listen://0.0.0.0:1\n    login:\n      - {expect: x, send: y}\n", 5, "links[0].login", "only for tcp://"),
+    ("login step incomplete", "links:\n  - name: a\n    format: 3cx\n    url: tcp://pbx:1\n    login:\n      - {expect: x}\n", 6, "links[0].login[0].send", "is required"),
+    ("login step unknown key", "links:\n  - name: a\n    format: 3cx\n    url: tcp://pbx:1\n    login:\n      - {expect: x, send: y, wait: 1}\n", 6, "links[0].login[0].wait", "unknown key 'wait'"),
+    ("baudrate negative", "links:\n  - name: a\n    format: 3cx\n    url: /dev/ttyS0\n    baudrate: -1\n", 5, "links[0].baudrate", "greater than 0"),
+    ("bytesize 9", "links:\n  - name: a\n    format: 3cx\n    url: /dev/ttyS0\n    bytesize: 9\n", 5, "links[0].bytesize", "5, 6, 7 or 8"),
+    ("parity X", "links:\n  - name: a\n    format: 3cx\n    url: /dev/ttyS0\n    parity: X\n", 5, "links[0].parity", "N, E, O, M, S"),
+    ("stopbits 3", "links:\n  - name: a\n    format: 3cx\n    url: /dev/ttyS0\n    stopbits: 3\n", 5, "links[0].stopbits", "1, 1.5 or 2"),
+    ("rtscts yes please", "links:\n  - name: a\n    format: 3cx\n    url: /dev/ttyS0\n    rtscts: yes please\n", 5, "links[0].rtscts", "true or false"),
+    ("link timezone bad", "links:\n  - name: a\n    format: 3cx\n    url: listen://0.0.0.0:1\n    timezone: Europe\n", 5, "links[0].timezone", "unknown time zone"),
+    ("idle_timeout zero", "links:\n  - name: a\n    format: 3cx\n    url: listen://0.0.0.0:1\n    idle_timeout: 0\n", 5, "links[0].idle_timeout", "greater than 0"),
+    ("options not a mapping", "links:\n  - name: a\n    format: 3cx\n    url: listen://0.0.0.0:1\n    options: [a]\n", 5, "links[0].options", "must be a mapping"),
+    ("custom bad regex", "links:\n  - name: a\n    format: custom\n    url: listen://0.0.0.0:1\n    pattern: '(unclosed'\n", 5, "links[0].pattern", "invalid regular expression"),
+    ("custom bad encoding", "links:\n  - name: a\n    format: custom\n    url: listen://0.0.0.0:1\n    encoding: klingon\n", 5, "links[0].encoding", "unknown encoding"),
+    (
+        "option given twice",
+        "links:\n  - name: a\n    format: custom\n    url: listen://0.0.0.0:1\n    mode: csv\n    options:\n      mode: fixed\n",
+        5, "links[0].mode", "given both here and under options (line 7)",
+    ),
+    (
+        "duplicate link",
+        "links:\n  - {name: a, format: 3cx, url: 'listen://0.0.0.0:1'}\n  - {name: a, format: 3cx, url: 'listen://0.0.0.0:2'}\n",
+        3, "links[1].name", "duplicate link name 'a'",
+    ),
+    ("log level", "log:\n  level: verbose\n", 2, "log.level", "expected one of: debug, info, warning, error"),
+    ("log format", "log:\n  format: xml\n", 2, "log.format", "expected one of: console, json"),
+    ("yaml syntax", "http:\n  host: 127.0.0.1\n port: 8010\n", 3, None, "YAML syntax error"),
+    ("yaml unclosed quote", "http:\n  host: \"127.0.0.1\n", 3, None, "YAML syntax error"),
+    ("top level a list", "- http\n- api\n", 1, None, "the top level must be a mapping"),
+    ("top level a scalar", "hello\n", 1, None, "the top level must be a mapping"),
+    ("empty file", "", 1, None, "the configuration is empty"),
+    ("only comments", "# nothing here\n", 1, None, "the configuration is empty"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "key", "fragment"), [case[1:] for case in REFUSALS], ids=[case[0] for case in REFUSALS])
+def test_refused(tmp_path: Path, text: str, line: int, key: str | None, fragment: str) -> None:
+    error = refused(tmp_path, text)
+    assert_names(error, line, key, fragment)
+
+
+def test_all_problems_are_listed_first_one_first(tmp_path: Path) -> None:
+    error = refused(tmp_path, "log:\n  level: loud\nhttp:\n  port: 0\n  prot: 1\n")
+    lines = str(error).splitlines()
+    assert lines[0].endswith("gw.yaml:2: log.level: unknown log level 'loud'; expected one of: debug, info, warning, error")
+    assert any(":4: http.port: " in line for line in lines[1:])
+    assert any(":5: http.prot: unknown key" in line for line in lines[1:])
+    assert len(error.problems) == 3  # type: ignore[attr-defined]
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config("/nonexistent/gateway.yaml")
+
+
+def test_tls_paths_relative_to_the_config_folder(tmp_path: Path) -> None:
+    (tmp_path / "tls").mkdir()
+    (tmp_path / "tls" / "cert.pem").write_text("not a certificate")
+    (tmp_path / "tls" / "key.pem").write_text("not a key")
+    config = load(tmp_path, "http:\n  tls:\n    certfile: tls/cert.pem\n    keyfile: tls/key.pem\n")
+    assert config.http.tls is not None
+    assert config.http.tls.certfile == tmp_path / "tls" / "cert.pem"
+    problems = check_config(config)
+    assert any(problem.startswith("http.tls: cannot use") for problem in problems)
+
+
+# ---- check_config and describe_config
+
+
+def test_check_reports_missing_serial_ports(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        """\
+        recorders:
+          - name: r
+            url: /dev/null
+        links:
+          - name: a
+            format: panasonic
+            url: /dev/serial/by-id/no-such-adapter
+          - name: b
+            format: panasonic
+            url: rfc2217://10.0.0.9:4001
+        """,
+    )
+    assert check_config(config) == ["links[0] a: serial port /dev/serial/by-id/no-such-adapter does not exist"]
+
+
+def test_describe_never_shows_secrets(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        f"""\
+        api:
+          keys:
+            - key: {GUID.upper()}
+              name: crm-key
+          users:
+            - name: bob
+              password_hash: "{CHEAP_HASH}"
+        links:
+          - name: m
+            format: mitel-mivb
+            url: tcp://10.0.0.1:1752
+            login:
+              - {{expect: "Password:", send: "hunter2"}}
+        """,
+    )
+    text = describe_config(config)
+    assert "crm-key" in text and "bob" in text and "tcp://10.0.0.1:1752" in text
+    for secret in (GUID, GUID.upper(), CHEAP_HASH, CHEAP_HASH.split("$")[-1], "hunter2"):
+        assert secret not in text
+
+
+def test_describe_bundled_default() -> None:
+    text = describe_config(load_config(BUNDLED))
+    assert "127.0.0.1:8010" in text
+    assert "8856: controlled, recorder trunk1 channel 1/5" in text
+    assert "pbx-main: avaya-ipo at listen://127.0.0.1:5100" in text
+    assert "trunk1: tcp://127.0.0.1:7010 (timeout 2 s)" in text
+    assert "6f1c2a7e" not in text and "3d2b9c14" not in text and "scrypt$" not in text
