@@ -151,7 +151,7 @@ def _ms(text: str) -> float:
 def run_wrk(url: str, paths_file: Path, script: Path, seconds: float, connections: int) -> Measurement:
     command = pinned(
         CLIENT_CPU,
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script), url],
     )
     output = subprocess.run(
         command, capture_output=True, text=True, check=True, env={**os.environ, "BENCH_PATHS": str(paths_file)}
@@ -191,7 +191,7 @@ def check_answers(base_url: str, paths: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=100_000)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--kinds", default="ongoing,last,platformCallID")

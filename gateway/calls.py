@@ -645,6 +645,11 @@ class CallTracker:
         finally:
             del self._loading[call_id]
 
+    async def expired_on_demand_call_ids(self, ended_before: datetime, limit: int) -> list[str]:
+        """Calls with an on-demand recording that ended before the cutoff and nobody kept or protected."""
+        await self.flush()  # flags just set in memory must be in the store the query reads
+        return await self._store.expired_on_demand_call_ids(ended_before, limit)
+
     async def find_by_platform_call_id(self, platform_call_id: str) -> Call:
         ids = set(self._memory_ids_by_platform.get(platform_call_id, ()))
         ids.update(await self._store.call_ids_by_platform_call_id(platform_call_id, limit=2))

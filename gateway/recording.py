@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import structlog
 
 from gateway.calls import CallTracker, recording_mode_of
-from gateway.errors import GatewayError, RecorderNotConnected
+from gateway.errors import GatewayError, RecorderError, RecorderNotConnected
 from gateway.model import Call, RecordingMode, utc_now
 
 log = structlog.get_logger(__name__)
@@ -123,3 +124,118 @@ class RecordingService:
                 self._tracker.end_recording(call, active, utc_now())
                 bound.info("manual recording stopped", rec=native_id)
             await self._tracker.save(call)
+
+
+# How often on-demand retention looks for expired recordings; retention is hours, so a minute is precise enough.
+RETENTION_SWEEP_INTERVAL_S = 60.0
+# Recordings discarded per sweep at most, so that a backlog after downtime does not stall the recorder.
+RETENTION_BATCH = 500
+
+
+class RecordingPolicy:
+    """Recording modes in action (api.md §7): start on CONNECT where the mode says so; on-demand retention."""
+
+    def __init__(
+        self,
+        tracker: CallTracker,
+        recorders: Mapping[str, RecorderControl],
+        *,
+        retention_s: float,
+        sweep_interval_s: float = RETENTION_SWEEP_INTERVAL_S,
+    ) -> None:
+        self._tracker = tracker
+        self._recorders = recorders
+        self._retention_s = retention_s
+        self._sweep_interval_s = sweep_interval_s
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self.autostart_failures = 0
+        tracker.subscribe(self._on_event)
+
+    # ---- start on connect
+
+    def _on_event(self, event: object, call: Call) -> None:
+        from gateway.events import CallConnected  # local: events ↔ recording have no other tie
+
+        if not isinstance(event, CallConnected):
+            return
+        mode = recording_mode_of(call, self._tracker)
+        if mode is None or not mode.starts_on_connect or call.active_recording is not None:
+            return
+        task = asyncio.create_task(self._autostart(call, mode), name=f"autostart-{call.call_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _autostart(self, call: Call, mode: RecordingMode) -> None:
+        extension = self._tracker.extension_config(call.extension)
+        if extension is None or not extension.channel or not extension.recorder:
+            return
+        recorder = self._recorders.get(extension.recorder)
+        bound = log.bind(call_id=call.call_id, recorder=extension.recorder, channel=extension.channel, mode=mode.value)
+        if recorder is None or not recorder.connected:
+            self.autostart_failures += 1
+            bound.warning("cannot start recording: recorder not connected")
+            return
+        try:
+            native_id = await recorder.start(extension.channel, ref=call.call_id)
+        except RecorderError as error:
+            if error.code == "ALREADY":
+                return  # the device records it already; its STARTED event tells us the id
+            self.autostart_failures += 1
+            bound.warning("recording did not start", code=error.code, reason=error.text)
+            return
+        if call.ongoing:
+            self._tracker.recording_started(call, recorder.name, extension.channel, native_id, utc_now())
+        bound.info("recording started", rec=native_id)
+
+    # ---- on-demand retention
+
+    async def sweep_retention(self, now: datetime | None = None) -> int:
+        """Discard on-demand recordings older than the retention that nobody kept or protected; returns how many."""
+        cutoff = (now or utc_now()) - timedelta(seconds=self._retention_s)
+        discarded = 0
+        for call_id in await self._tracker.expired_on_demand_call_ids(cutoff, RETENTION_BATCH):
+            call = await self._tracker.get_call(call_id)
+            if call is None or call.kept or call.do_not_delete or recording_mode_of(call, self._tracker) is not RecordingMode.ON_DEMAND:
+                continue
+            changed = False
+            for recording in call.recordings:
+                if recording.deleted or recording.end_time is None or recording.end_time > cutoff:
+                    continue
+                recorder = self._recorders.get(recording.recorder or "")
+                if recorder is None or not recorder.connected:
+                    continue  # retried on the next sweep
+                try:
+                    if recording.native_id:
+                        await recorder.discard(recording.native_id)
+                except RecorderError as error:
+                    if error.code != "NOREC":  # NOREC: already gone at the recorder, mark it deleted too
+                        log.warning("discard failed", call_id=call.call_id, rec=recording.native_id, code=error.code)
+                        continue
+                recording.deleted = True
+                changed = True
+                discarded += 1
+            if changed:
+                await self._tracker.save(call)
+        if discarded:
+            log.info("on-demand retention discarded recordings", recordings=discarded)
+        return discarded
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep_retention()
+            except Exception:
+                log.exception("retention sweep failed")
+            await asyncio.sleep(self._sweep_interval_s)
+
+    def start(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="on-demand-retention")
+
+    async def close(self) -> None:
+        tasks = list(self._tasks) + ([self._sweeper] if self._sweeper else [])
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._sweeper = None

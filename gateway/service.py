@@ -8,6 +8,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from drivers.trunkrec.client import TrunkRecorderClient
 from gateway.api.app import ApiServices, create_app, create_runner, ssl_context
 from gateway.api.auth import Authenticator
 from gateway.api.verba import ActionContext
@@ -16,7 +17,7 @@ from gateway.config import GatewayConfig
 from gateway.events import DriverEvent
 from gateway.model import Call
 from gateway.ops import LinkHealth, health_report
-from gateway.recording import RecorderControl, RecordingService, UnavailableRecorder
+from gateway.recording import RecorderControl, RecordingPolicy, RecordingService
 from gateway.store import Store
 
 log = structlog.get_logger(__name__)
@@ -29,11 +30,13 @@ class Gateway:
         self.config = config
         self.store = Store(config.store.path)
         self.tracker = CallTracker(self.store, config.extensions)
-        self.recorders: dict[str, RecorderControl] = recorders if recorders is not None else {
-            recorder.name: UnavailableRecorder(recorder.name, recorder.timeout_s) for recorder in config.recorders
-        }
+        self.recorder_clients = [TrunkRecorderClient(recorder, self.submit) for recorder in config.recorders]
+        self.recorders: dict[str, RecorderControl] = (
+            recorders if recorders is not None else {client.name: client for client in self.recorder_clients}
+        )
         self.links: dict[str, LinkHealth] = {link.name: LinkHealth(link.name) for link in config.links}
         self.recording = RecordingService(self.tracker, self.recorders)
+        self.policy = RecordingPolicy(self.tracker, self.recorders, retention_s=config.on_demand.retention_s)
         self.auth = Authenticator(config.api)
         self.app: web.Application = create_app(
             ApiServices(
@@ -74,6 +77,9 @@ class Gateway:
                 if link_name in self.links:
                     self.links[link_name].errors = errors
             await self.tracker.start()
+            for client in self.recorder_clients:
+                await client.open()
+            self.policy.start()
             http = self.config.http
             self._runner = create_runner(self.app)
             await self._runner.setup()
@@ -102,6 +108,9 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self.policy.close()
+        for client in self.recorder_clients:
+            await client.close()
         await self.tracker.flush()
         await self.store.close()
         log.info("gateway stopped")
