@@ -6,6 +6,7 @@ import asyncio
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from urllib.parse import quote, unquote
 
 import structlog
@@ -55,6 +56,27 @@ NOREC = "NOREC"
 SYNTAX = "SYNTAX"
 ERROR_CODES = frozenset({NOCALL, ALREADY, NOTREC, BUSY, ALARM, HWFAIL, DISK, BADCH, NOREC, SYNTAX})
 
+# Field keys (`key=value`) and their fixed values
+FIELD_CHANNELS = "channels"
+FIELD_NAME = "name"
+FIELD_ID = "id"  # the recorder's call id
+FIELD_CALLING = "calling"
+FIELD_CALLED = "called"
+FIELD_DIR = "dir"
+FIELD_CAUSE = "cause"  # Q.850 release cause
+FIELD_REC = "rec"  # recording id
+FIELD_DUR = "dur"  # whole seconds
+FIELD_REF = "ref"  # the gateway's call id on START
+FIELD_STATE = "state"
+FIELD_TS = "ts"
+DIR_IN = "in"
+DIR_OUT = "out"
+DIRECTIONS = frozenset({DIR_IN, DIR_OUT})
+STATE_IDLE = "idle"
+STATE_CALL = "call"
+STATE_RECORDING = "recording"
+CHANNEL_STATES = frozenset({STATE_IDLE, STATE_CALL, STATE_RECORDING})
+
 TAG_PATTERN = re.compile(r"[A-Za-z0-9]{1,16}")
 CHANNEL_PATTERN = re.compile(r"([1-9][0-9]*)/([1-9][0-9]*)")
 _PRINTABLE = re.compile(rb"[\x20-\x7e]*")
@@ -71,6 +93,24 @@ def encode_value(value: object) -> str:
 
 def decode_value(value: str) -> str:
     return unquote(value, errors="strict")
+
+
+def format_channel(span: int, timeslot: int) -> str:
+    return f"{span}/{timeslot}"
+
+
+def parse_channel(text: str) -> tuple[int, int]:
+    """`<span>/<timeslot>` → (span, timeslot); ProtocolError if it is not channel syntax."""
+    match = CHANNEL_PATTERN.fullmatch(text)
+    if match is None:
+        raise ProtocolError(f"bad channel {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def format_timestamp(at: datetime) -> str:
+    """A `ts=` value: ISO 8601 UTC with milliseconds, e.g. `2026-11-23T10:00:01.123Z` (`at` must be aware)."""
+    at = at.astimezone(timezone.utc)
+    return f"{at:%Y-%m-%dT%H:%M:%S}.{at.microsecond // 1000:03d}Z"
 
 
 def split_fields(tokens: list[str]) -> tuple[list[str], dict[str, str]]:
