@@ -1,0 +1,148 @@
+"""manualRecord start+stop through the HTTP API vs the same START/STOP sent raw to the recorder, same run.
+
+The recorder simulator runs in this process; the gateway runs as its own process connected to it.
+Each iteration does one API pair (KeepCall type=manualRecord, then unmark=1, on a Controlled
+extension's call) and one raw pair (START/STOP written on a separate TCP connection to the
+simulator, on another channel), interleaved so that noise hits both alike. Prints the medians and
+the gateway's overhead per start+stop.
+
+    python bench/control_bench.py [--iterations 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from drivers.trunkrec import protocol as p  # noqa: E402
+from simulators.trunkrec import TrunkRecorderSimulator  # noqa: E402
+
+API_KEY = "74c8eea0-50c6-40b2-9f3e-252ed501c3c8"
+API_CHANNEL = "1/5"  # mapped to the controlled extension 8856
+RAW_CHANNEL = "1/6"  # not mapped: the gateway ignores what happens there
+READY_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def write_config(folder: Path, http_port: int, recorder_port: int) -> Path:
+    config = folder / "control.yaml"
+    config.write_text(
+        f"""
+http: {{host: 127.0.0.1, port: {http_port}}}
+store: {{path: "{folder / 'control.db'}"}}
+api:
+  keys: [{{key: {API_KEY}, name: bench}}]
+extensions:
+  - {{number: "8856", mode: controlled, channel: "{API_CHANNEL}"}}
+recorders:
+  - {{name: trunk1, url: "tcp://127.0.0.1:{recorder_port}", timeout: 2.0}}
+log: {{level: warning}}
+"""
+    )
+    return config
+
+
+async def wait_for_health(session: aiohttp.ClientSession) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            async with session.get("/healthz") as response:
+                if (await response.json())["recorders"]["trunk1"]["state"] == "up":
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise SystemExit("gateway did not connect to the recorder in time")
+
+
+async def api_pair(session: aiohttp.ClientSession, call_id: str) -> float:
+    started = time.perf_counter()
+    for unmark in ("0", "1"):
+        params = {"action": "KeepCall", "apiKey": API_KEY, "callID": call_id, "type": "manualRecord", "unmark": unmark}
+        async with session.get("/verba/api", params=params) as response:
+            body = await response.read()
+            if b'code="0"' not in body:
+                raise SystemExit(f"API refused: {body.decode()}")
+    return time.perf_counter() - started
+
+
+async def raw_pair(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> float:
+    started = time.perf_counter()
+    for verb in (p.START, p.STOP):
+        tag = f"b{index}{verb[0]}"
+        writer.write(p.encode_request(tag, verb, RAW_CHANNEL))
+        while True:  # events for other connections' actions are interleaved: skip to our reply
+            line = (await reader.readline()).decode().rstrip("\r\n")
+            if line.startswith(tag + " "):
+                if " OK" not in line:
+                    raise SystemExit(f"simulator refused: {line}")
+                break
+    return time.perf_counter() - started
+
+
+async def main(iterations: int) -> None:
+    sim = TrunkRecorderSimulator(channels=60, name="bench")
+    sim.send_timestamps = True
+    recorder_port = await sim.start_tcp("127.0.0.1", 0)
+    http_port = free_port()
+    with tempfile.TemporaryDirectory(prefix="control-bench-") as tmp:
+        config = write_config(Path(tmp), http_port, recorder_port)
+        gateway = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "run", "--config", str(config), cwd=ROOT,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{http_port}") as session:
+                await wait_for_health(session)
+                sim.place_call(API_CHANNEL, calling="01707392200", called="8856")
+                sim.answer(API_CHANNEL)
+                sim.place_call(RAW_CHANNEL, calling="01707392201", called="7777")
+                sim.answer(RAW_CHANNEL)
+                params = {"action": "GetCallID", "apiKey": API_KEY, "extension": "8856", "status": "ongoing,next"}
+                async with session.get("/verba/api", params=params) as response:
+                    call_id = (await response.text()).split("<CallID>")[1].split("<")[0]
+                reader, writer = await asyncio.open_connection("127.0.0.1", recorder_port)
+                for _ in range(20):  # warm-up
+                    await api_pair(session, call_id)
+                    await raw_pair(reader, writer, 0)
+                api_times, raw_times = [], []
+                for index in range(iterations):
+                    api_times.append(await api_pair(session, call_id))
+                    raw_times.append(await raw_pair(reader, writer, index + 1))
+                writer.close()
+        finally:
+            gateway.send_signal(signal.SIGTERM)
+            await gateway.wait()
+            await sim.stop()
+
+    def ms(values: list[float], q: float) -> float:
+        return statistics.quantiles(values, n=100)[q - 1] * 1000 if q != 50 else statistics.median(values) * 1000
+
+    print(f"{iterations} start+stop pairs each, interleaved; gateway in its own process, simulator and client here")
+    print(f"{'path':<22}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}")
+    for name, values in (("raw START/STOP", raw_times), ("API manualRecord", api_times)):
+        print(f"{name:<22}{ms(values, 50):>9.2f}{ms(values, 90):>9.2f}{ms(values, 99):>9.2f}")
+    print(f"gateway overhead per start+stop (median): {ms(api_times, 50) - ms(raw_times, 50):.2f} ms")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=300)
+    asyncio.run(main(parser.parse_args().iterations))
