@@ -1,6 +1,6 @@
 """manualRecord start+stop through the HTTP API vs the same START/STOP sent raw to the recorder, same run.
 
-The recorder simulator runs in this process; the gateway runs as its own process connected to it.
+The recorder simulator and the gateway run as processes of their own; this process is only the client.
 Each iteration does one API pair (KeepCall type=manualRecord, then unmark=1, on a Controlled
 extension's call) and one raw pair (START/STOP written on a separate TCP connection to the
 simulator, on another channel), interleaved so that noise hits both alike. Prints the medians and
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
+import os
 import signal
 import socket
 import statistics
@@ -28,11 +30,58 @@ sys.path.insert(0, str(ROOT))
 
 from drivers.trunkrec import protocol as p  # noqa: E402
 from simulators.trunkrec import TrunkRecorderSimulator  # noqa: E402
+from gateway.logs import configure_logging  # noqa: E402
+
+configure_logging("warning")  # the bench prints its own table; the components stay quiet
 
 API_KEY = "74c8eea0-50c6-40b2-9f3e-252ed501c3c8"
 API_CHANNEL = "1/5"  # mapped to the controlled extension 8856
 RAW_CHANNEL = "1/6"  # not mapped: the gateway ignores what happens there
 READY_TIMEOUT_S = 30.0
+LOG_LEVEL = os.environ.get("BENCH_GATEWAY_LOG_LEVEL", "warning")  # debug: per-request timings in the log
+LOG_FILE = os.environ.get("BENCH_GATEWAY_LOG")
+WARMUP_ITERATIONS = 20
+
+
+class SimulatorProcess:
+    """The recorder simulator in a child process, driven over a pipe (place_call, answer, release, …)."""
+
+    def __init__(self) -> None:
+        self._conn, child = multiprocessing.Pipe()
+        self._process = multiprocessing.Process(target=self._serve, args=(child,), daemon=True)
+        self._process.start()
+        self.port: int = self._conn.recv()
+
+    def call(self, method: str, *args: object) -> object:
+        self._conn.send((method, args))
+        return self._conn.recv()
+
+    def close(self) -> None:
+        self._conn.send(("stop", ()))
+        self._process.join(timeout=10)
+
+    @staticmethod
+    def _serve(conn) -> None:  # runs in the child
+        async def run() -> None:
+            configure_logging("warning")
+            sim = TrunkRecorderSimulator(channels=60, name="bench")
+            conn.send(await sim.start_tcp("127.0.0.1", 0))
+            stopping = asyncio.Event()
+
+            def on_command() -> None:
+                while conn.poll():
+                    method, args = conn.recv()
+                    if method == "stop":
+                        stopping.set()
+                        return
+                    result = getattr(sim, method)(*args)
+                    conn.send(result if isinstance(result, (str, int, type(None))) else None)
+
+            asyncio.get_running_loop().add_reader(conn.fileno(), on_command)
+            await stopping.wait()
+            await sim.stop()
+
+        asyncio.run(run())
 
 
 def free_port() -> int:
@@ -53,7 +102,7 @@ extensions:
   - {{number: "8856", mode: controlled, channel: "{API_CHANNEL}"}}
 recorders:
   - {{name: trunk1, url: "tcp://127.0.0.1:{recorder_port}", timeout: 2.0}}
-log: {{level: warning}}
+log: {{level: {LOG_LEVEL}}}
 """
     )
     return config
@@ -70,6 +119,31 @@ async def wait_for_health(session: aiohttp.ClientSession) -> None:
             pass
         await asyncio.sleep(0.1)
     raise SystemExit("gateway did not connect to the recorder in time")
+
+
+async def api_answer(session: aiohttp.ClientSession, **params: str) -> str:
+    async with session.get("/verba/api", params={"apiKey": API_KEY, **params}) as response:
+        return await response.text()
+
+
+async def fresh_api_call(session: aiohttp.ClientSession, sim: SimulatorProcess) -> str:
+    """End the extension's call (if any), wait until the gateway saw that, place a new one; its callID."""
+    if sim.call("channel_state", API_CHANNEL) != "idle":
+        sim.call("release", API_CHANNEL)
+        while 'code="0"' in await api_answer(session, action="GetCallID", extension="8856", status="ongoing"):
+            await asyncio.sleep(0.001)
+    lookup = asyncio.create_task(api_answer(session, action="GetCallID", extension="8856", status="ongoing,next"))
+    await asyncio.sleep(0)  # let the lookup go out; with ongoing,next it finds the call either way
+    sim.call("place_call", API_CHANNEL, "01707392200", "8856")
+    sim.call("answer", API_CHANNEL)
+    return (await lookup).split("<CallID>")[1].split("<")[0]
+
+
+def fresh_raw_call(sim: SimulatorProcess) -> None:
+    if sim.call("channel_state", RAW_CHANNEL) != "idle":
+        sim.call("release", RAW_CHANNEL)
+    sim.call("place_call", RAW_CHANNEL, "01707392201", "7777")
+    sim.call("answer", RAW_CHANNEL)
 
 
 async def api_pair(session: aiohttp.ClientSession, call_id: str) -> float:
@@ -98,44 +172,41 @@ async def raw_pair(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, i
 
 
 async def main(iterations: int) -> None:
-    sim = TrunkRecorderSimulator(channels=60, name="bench")
-    sim.send_timestamps = True
-    recorder_port = await sim.start_tcp("127.0.0.1", 0)
+    sim = SimulatorProcess()
+    recorder_port = sim.port
     http_port = free_port()
     with tempfile.TemporaryDirectory(prefix="control-bench-") as tmp:
         config = write_config(Path(tmp), http_port, recorder_port)
+        gateway_log = open(LOG_FILE or Path(tmp) / "gateway.log", "w")  # noqa: SIM115 — closed below
         gateway = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", "run", "--config", str(config), cwd=ROOT,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=gateway_log,
         )
         try:
             async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{http_port}") as session:
                 await wait_for_health(session)
-                sim.place_call(API_CHANNEL, calling="01707392200", called="8856")
-                sim.answer(API_CHANNEL)
-                sim.place_call(RAW_CHANNEL, calling="01707392201", called="7777")
-                sim.answer(RAW_CHANNEL)
-                params = {"action": "GetCallID", "apiKey": API_KEY, "extension": "8856", "status": "ongoing,next"}
-                async with session.get("/verba/api", params=params) as response:
-                    call_id = (await response.text()).split("<CallID>")[1].split("<")[0]
                 reader, writer = await asyncio.open_connection("127.0.0.1", recorder_port)
-                for _ in range(20):  # warm-up
-                    await api_pair(session, call_id)
-                    await raw_pair(reader, writer, 0)
                 api_times, raw_times = [], []
-                for index in range(iterations):
-                    api_times.append(await api_pair(session, call_id))
-                    raw_times.append(await raw_pair(reader, writer, index + 1))
+                for index in range(WARMUP_ITERATIONS + iterations):
+                    # A fresh call each time, as in real use (a call has a few recordings, not hundreds).
+                    call_id = await fresh_api_call(session, sim)
+                    api_time = await api_pair(session, call_id)
+                    fresh_raw_call(sim)
+                    raw_time = await raw_pair(reader, writer, index)
+                    if index >= WARMUP_ITERATIONS:
+                        api_times.append(api_time)
+                        raw_times.append(raw_time)
                 writer.close()
         finally:
             gateway.send_signal(signal.SIGTERM)
             await gateway.wait()
-            await sim.stop()
+            gateway_log.close()
+            sim.close()
 
     def ms(values: list[float], q: float) -> float:
         return statistics.quantiles(values, n=100)[q - 1] * 1000 if q != 50 else statistics.median(values) * 1000
 
-    print(f"{iterations} start+stop pairs each, interleaved; gateway in its own process, simulator and client here")
+    print(f"{iterations} start+stop pairs each, interleaved; gateway, simulator and client in three processes")
     print(f"{'path':<22}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}")
     for name, values in (("raw START/STOP", raw_times), ("API manualRecord", api_times)):
         print(f"{name:<22}{ms(values, 50):>9.2f}{ms(values, 90):>9.2f}{ms(values, 99):>9.2f}")

@@ -62,6 +62,18 @@ class _LastEnded:
     merged_with_store: bool
 
 
+def _settle(future: asyncio.Future[None], done: asyncio.Future[None]) -> None:
+    """Pass a store future's outcome on to the tracker's future for the same save."""
+    if future.done():
+        return
+    if done.cancelled():
+        future.cancel()
+    elif done.exception() is not None:
+        future.set_exception(done.exception())  # type: ignore[arg-type]
+    else:
+        future.set_result(None)
+
+
 def parse_statuses(value: str) -> list[str]:
     """`ongoing, next` → ["ongoing", "next"]; ValueError on an empty or unknown item."""
     statuses = [item.strip().lower() for item in value.split(",")]
@@ -115,6 +127,8 @@ class CallTracker:
         self._uncorrelated_live: dict[str, dict[str, Call]] = defaultdict(dict)  # extension → recorder calls w/o record
         self._platform_groups: dict[tuple[str, str], tuple[str, datetime]] = {}  # (link, pcid) → (call id, seen)
         self._unsaved: dict[str, asyncio.Future[None]] = {}  # call id → latest save not yet committed
+        self._dirty: dict[str, tuple[Call, asyncio.Future[None]]] = {}  # changed this loop turn, not yet snapshotted
+        self._flush_scheduled = False
         self._listeners: list[CallListener] = []
         self._loading: dict[str, asyncio.Future[Call | None]] = {}
         self.new_call_count = 0  # calls created since start (for the health report's stored count)
@@ -153,8 +167,21 @@ class CallTracker:
     # ---- persistence
 
     def save_soon(self, call: Call) -> asyncio.Future[None]:
-        future = self._store.save_call_soon(call)
+        """Queue the call's state for the store; the future resolves when it is committed.
+
+        Changes made to one call within one turn of the event loop (an OK reply and the event that
+        came in the same read, a replay burst) share one snapshot, taken at the end of that turn.
+        """
+        pending = self._dirty.get(call.call_id)
+        if pending is not None:
+            return pending[1]
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._dirty[call.call_id] = (call, future)
         self._unsaved[call.call_id] = future
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._write_dirty)
 
         def saved(done: asyncio.Future[None], call_id: str = call.call_id) -> None:
             if self._unsaved.get(call_id) is done:
@@ -164,6 +191,17 @@ class CallTracker:
 
         future.add_done_callback(saved)
         return future
+
+    def _write_dirty(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, {}
+        for call, future in dirty.values():
+            try:
+                stored = self._store.save_call_soon(call)
+            except Exception as error:  # the store is closed: the caller learns it from the future
+                future.set_exception(error)
+                continue
+            stored.add_done_callback(lambda done, future=future: _settle(future, done))
 
     async def save(self, call: Call) -> None:
         """Queue the call's current state and wait for the commit (API answers that report a change)."""
@@ -632,10 +670,7 @@ class CallTracker:
             if in_memory is not None:
                 call = in_memory
             elif call is not None:
-                if call.ongoing:
-                    self._index_ongoing(call)
-                else:
-                    self._remember_finished(call)
+                self._adopt(call)
             future.set_result(call)
             return call
         except BaseException as error:
@@ -651,23 +686,48 @@ class CallTracker:
         return await self._store.expired_on_demand_call_ids(ended_before, limit)
 
     async def find_by_platform_call_id(self, platform_call_id: str) -> Call:
-        ids = set(self._memory_ids_by_platform.get(platform_call_id, ()))
-        ids.update(await self._store.call_ids_by_platform_call_id(platform_call_id, limit=2))
-        return await self._single(ids, f"platformCallID {platform_call_id}")
+        in_memory = set(self._memory_ids_by_platform.get(platform_call_id, ()))
+        stored = await self._store.calls_by_platform_call_id(platform_call_id, limit=2)
+        return self._single(in_memory, stored, f"platformCallID {platform_call_id}")
 
     async def find_by_native_id(self, native_id: str) -> Call:
-        ids = set(self._memory_ids_by_native.get(native_id, ()))
-        ids.update(await self._store.call_ids_by_native_id(native_id, limit=2))
-        return await self._single(ids, f"nativeID {native_id}")
+        in_memory = set(self._memory_ids_by_native.get(native_id, ()))
+        stored = await self._store.calls_by_native_id(native_id, limit=2)
+        return self._single(in_memory, stored, f"nativeID {native_id}")
 
-    async def _single(self, call_ids: set[str], what: str) -> Call:
+    async def find_id_by_platform_call_id(self, platform_call_id: str) -> str:
+        """Only the callID: one indexed query, no call read (GetCallID needs nothing more)."""
+        call_ids = set(self._memory_ids_by_platform.get(platform_call_id, ()))
+        call_ids.update(await self._store.call_ids_by_platform_call_id(platform_call_id, limit=2))
+        return self._single_id(call_ids, f"platformCallID {platform_call_id}")
+
+    async def find_id_by_native_id(self, native_id: str) -> str:
+        call_ids = set(self._memory_ids_by_native.get(native_id, ()))
+        call_ids.update(await self._store.call_ids_by_native_id(native_id, limit=2))
+        return self._single_id(call_ids, f"nativeID {native_id}")
+
+    @staticmethod
+    def _single_id(call_ids: set[str], what: str) -> str:
         if len(call_ids) > 1:
             raise AmbiguousCall(f"{len(call_ids)} calls have {what}")
-        if call_ids:
-            call = await self.get_call(call_ids.pop())
-            if call is not None:
-                return call
-        raise CallNotFound(what)
+        if not call_ids:
+            raise CallNotFound(what)
+        return call_ids.pop()
+
+    def _single(self, in_memory: set[str], stored: list[Call], what: str) -> Call:
+        """Exactly one call between memory (not yet committed) and the store, as the one shared object."""
+        call_id = self._single_id(in_memory | {call.call_id for call in stored}, what)
+        call = self._call_in_memory(call_id)
+        if call is None:  # only in the store: its object becomes the one in memory
+            call = next(stored_call for stored_call in stored if stored_call.call_id == call_id)
+            self._adopt(call)
+        return call
+
+    def _adopt(self, call: Call) -> None:
+        if call.ongoing:
+            self._index_ongoing(call)
+        else:
+            self._remember_finished(call)
 
 
 def recording_mode_of(call: Call, tracker: CallTracker) -> RecordingMode | None:

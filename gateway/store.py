@@ -9,11 +9,10 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from typing import Any, NamedTuple, TypeVar
 
 import structlog
@@ -27,6 +26,7 @@ T = TypeVar("T")
 
 DEFAULT_BATCH_MAX = 2000  # ops per transaction: big enough to amortise the fsync, small enough to bound latency
 READER_THREADS = 2  # the machine has two cores; more readers would only contend for the GIL
+READ_BATCH_MAX = 64  # reads one reader thread answers per wake-up of the event loop
 # The writer is the only writer, so a lock is only ever held by another process poking at the file
 # (sqlite3 CLI, backup); wait that long rather than fail a whole batch.
 BUSY_TIMEOUT_MS = 5000
@@ -382,7 +382,8 @@ class Store:
         self._queue: SimpleQueue[_Op] = SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_done: asyncio.Future[None] | None = None
-        self._readers: ThreadPoolExecutor | None = None
+        self._readers: list[threading.Thread] | None = None
+        self._read_queue: SimpleQueue[_Read | None] = SimpleQueue()
         self._reader_local = threading.local()
         self._reader_connections: list[sqlite3.Connection] = []
         self._reader_connections_lock = threading.Lock()
@@ -415,7 +416,12 @@ class Store:
             raise
         if self._state != _OPENING:
             raise StoreError(f"store {self._path} was closed while opening")
-        self._readers = ThreadPoolExecutor(max_workers=READER_THREADS, thread_name_prefix="store-reader")
+        self._readers = [
+            threading.Thread(target=self._run_reader, name=f"store-reader-{index}", daemon=True)
+            for index in range(READER_THREADS)
+        ]
+        for reader in self._readers:
+            reader.start()
         self._state = _OPEN
         log.debug("store opened", path=str(self._path))
 
@@ -643,7 +649,10 @@ class Store:
         # Readers first (their pool is idle: close() waited for every read), so the writer's close is the last
         # one and checkpoints the WAL back into the database file.
         if self._readers is not None:
-            self._readers.shutdown(wait=True)
+            for _ in self._readers:
+                self._read_queue.put(None)
+            for reader in self._readers:
+                reader.join()
         with self._reader_connections_lock:
             connections, self._reader_connections = self._reader_connections, []
         for connection in connections:
@@ -670,6 +679,14 @@ class Store:
     async def call_ids_by_native_id(self, native_id: str, limit: int = DEFAULT_LOOKUP_LIMIT) -> list[str]:
         """Calls carrying this recorder call id, oldest stored first."""
         return await self._read(self._read_ids, SELECT_BY_NATIVE_ID, (native_id, limit))
+
+    async def calls_by_platform_call_id(self, platform_call_id: str, limit: int = DEFAULT_LOOKUP_LIMIT) -> list[Call]:
+        """Like call_ids_by_platform_call_id, with each call read in full in the same trip."""
+        return await self._read(self._read_calls_by, SELECT_BY_PLATFORM_CALL_ID, (platform_call_id, limit))
+
+    async def calls_by_native_id(self, native_id: str, limit: int = DEFAULT_LOOKUP_LIMIT) -> list[Call]:
+        """Like call_ids_by_native_id, with each call read in full in the same trip."""
+        return await self._read(self._read_calls_by, SELECT_BY_NATIVE_ID, (native_id, limit))
 
     async def last_ended_call_ids(
         self, extension: str, limit: int = DEFAULT_LOOKUP_LIMIT
@@ -726,10 +743,41 @@ class Store:
         loop = self._loop
         if self._state != _OPEN or loop is None or self._readers is None:
             raise StoreError(f"store {self._path} is not open")
-        future = loop.run_in_executor(self._readers, self._run_read, function, args)
+        future: asyncio.Future[T] = loop.create_future()
         self._pending_reads.add(future)
         future.add_done_callback(self._pending_reads.discard)
+        self._read_queue.put((function, args, future))
         return await future
+
+    def _run_reader(self) -> None:
+        """A reader thread: takes every read queued (up to READ_BATCH_MAX), runs them, settles them in one hop.
+
+        Under load many lookups wait at once; answering them with one wake-up of the loop instead of
+        one each is what keeps store lookups near the cost of the queries themselves.
+        """
+        loop = self._loop
+        assert loop is not None
+        while True:
+            item = self._read_queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < READ_BATCH_MAX:
+                try:
+                    item = self._read_queue.get_nowait()
+                except Empty:
+                    break
+                if item is None:
+                    self._read_queue.put(None)  # keep the stop marker for this thread's next turn
+                    break
+                batch.append(item)
+            results: list[_Result] = []
+            for function, args, future in batch:
+                try:
+                    results.append((future, self._run_read(function, args), None))
+                except Exception as error:  # noqa: BLE001 — handed to the awaiting coroutine
+                    results.append((future, None, error))
+            self._call_soon(loop, _settle_all, results)
 
     def _run_read(self, function: Callable[..., T], args: tuple[Any, ...]) -> T:
         try:
@@ -762,16 +810,29 @@ class Store:
     def _read_call(connection: sqlite3.Connection, call_id: str) -> Call | None:
         connection.execute("BEGIN")
         try:
-            row = connection.execute(SELECT_CALL, (call_id,)).fetchone()
-            if row is None:
-                return None
-            parties = [number for _, number in connection.execute(SELECT_CALL_PARTIES, (call_id,)).fetchall()]
-            recordings = [
-                _recording_from_row(r) for r in connection.execute(SELECT_CALL_RECORDINGS, (call_id,)).fetchall()
-            ]
+            return Store._read_call_in_transaction(connection, call_id)
         finally:
             connection.execute("COMMIT")
+
+    @staticmethod
+    def _read_call_in_transaction(connection: sqlite3.Connection, call_id: str) -> Call | None:
+        row = connection.execute(SELECT_CALL, (call_id,)).fetchone()
+        if row is None:
+            return None
+        parties = [number for _, number in connection.execute(SELECT_CALL_PARTIES, (call_id,)).fetchall()]
+        recordings = [_recording_from_row(r) for r in connection.execute(SELECT_CALL_RECORDINGS, (call_id,)).fetchall()]
         return _call_from_row(row, parties, recordings)
+
+    @staticmethod
+    def _read_calls_by(connection: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Call]:
+        """The calls an id query finds, read in full in the same read transaction (one trip to the thread)."""
+        connection.execute("BEGIN")
+        try:
+            call_ids = [row[0] for row in connection.execute(sql, params).fetchall()]
+            calls = [Store._read_call_in_transaction(connection, call_id) for call_id in call_ids]
+        finally:
+            connection.execute("COMMIT")
+        return [call for call in calls if call is not None]
 
     @staticmethod
     def _read_ongoing_calls(connection: sqlite3.Connection) -> list[Call]:
@@ -797,6 +858,7 @@ class Store:
 # ---- settling futures on the loop (these run on the loop thread)
 
 _Result = tuple["asyncio.Future[Any] | None", Any, "BaseException | None"]
+_Read = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
 
 
 def _settle(future: asyncio.Future[Any] | None, value: Any, error: BaseException | None) -> None:

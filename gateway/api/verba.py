@@ -123,20 +123,28 @@ async def _find_call(context: ActionContext, request: ActionRequest, *, by_exter
 
 
 async def get_call_id(context: ActionContext, request: ActionRequest) -> Payload:
-    ways = [name for name in ("extension", "platformCallID", "nativeID") if request.get(name) is not None]
-    if not ways:
+    extension = request.get("extension")
+    platform_call_id = request.get("platformCallID")
+    native_id = request.get("nativeID")
+    given = (extension is not None) + (platform_call_id is not None) + (native_id is not None)
+    if not given:
         raise ApiError(400, "Missing parameter: one of 'extension', 'platformCallID' or 'nativeID' is required")
-    if len(ways) > 1:
+    if given > 1:
         raise ApiError(400, "Use exactly one of 'extension', 'platformCallID' or 'nativeID'")
     kind = request.get("type")
     if kind is not None and kind.lower() != TYPE_MANUAL_RECORD:
         raise invalid("type")
-    if ways[0] == "extension":
-        call = await _find_by_extension(context, request, request.get("extension") or "")
-    elif ways[0] == "platformCallID":
-        call = await context.tracker.find_by_platform_call_id(request.get("platformCallID") or "")
+    tracker = context.tracker
+    if kind is None and extension is None:  # the ID alone is asked for: no need to read the call
+        if platform_call_id is not None:
+            return CallIdPayload(await tracker.find_id_by_platform_call_id(platform_call_id))
+        return CallIdPayload(await tracker.find_id_by_native_id(native_id or ""))
+    if extension is not None:
+        call = await _find_by_extension(context, request, extension)
+    elif platform_call_id is not None:
+        call = await tracker.find_by_platform_call_id(platform_call_id)
     else:
-        call = await context.tracker.find_by_native_id(request.get("nativeID") or "")
+        call = await tracker.find_by_native_id(native_id or "")
     if kind is None:
         return CallIdPayload(call.call_id)
     recording = call.last_manual_recording
