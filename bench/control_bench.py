@@ -90,12 +90,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def write_config(folder: Path, http_port: int, recorder_port: int) -> Path:
+def write_config(folder: Path, http_port: int, recorder_port: int, sync: str) -> Path:
     config = folder / "control.yaml"
     config.write_text(
         f"""
 http: {{host: 127.0.0.1, port: {http_port}}}
-store: {{path: "{folder / 'control.db'}"}}
+store: {{path: "{folder / 'control.db'}", sync: {sync}}}
 api:
   keys: [{{key: {API_KEY}, name: bench}}]
 extensions:
@@ -146,14 +146,42 @@ def fresh_raw_call(sim: SimulatorProcess) -> None:
     sim.call("answer", RAW_CHANNEL)
 
 
-async def api_pair(session: aiohttp.ClientSession, call_id: str) -> float:
+class RawHttp:
+    """A minimal keep-alive HTTP/1.1 client, so the timings measure the gateway, not a client library."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader, self._writer = reader, writer
+
+    @classmethod
+    async def connect(cls, port: int) -> RawHttp:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def get(self, query: str) -> bytes:
+        self._writer.write(f"GET /verba/api?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        head = await self._reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        return await self._reader.readexactly(length)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+async def api_pair(http: RawHttp, call_id: str) -> float:
     started = time.perf_counter()
     for unmark in ("0", "1"):
-        params = {"action": "KeepCall", "apiKey": API_KEY, "callID": call_id, "type": "manualRecord", "unmark": unmark}
-        async with session.get("/verba/api", params=params) as response:
-            body = await response.read()
-            if b'code="0"' not in body:
-                raise SystemExit(f"API refused: {body.decode()}")
+        body = await http.get(
+            f"action=KeepCall&apiKey={API_KEY}&callID={call_id}&type=manualRecord&unmark={unmark}"
+        )
+        if b'code="0"' not in body:
+            raise SystemExit(f"API refused: {body.decode()}")
+    return time.perf_counter() - started
+
+
+async def lookup_pair(http: RawHttp) -> float:
+    """Two plain GetCallID requests: what the HTTP hop alone costs, for attributing the overhead."""
+    started = time.perf_counter()
+    for _ in range(2):
+        await http.get(f"action=GetCallID&apiKey={API_KEY}&extension=8856&status=ongoing")
     return time.perf_counter() - started
 
 
@@ -171,12 +199,12 @@ async def raw_pair(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, i
     return time.perf_counter() - started
 
 
-async def main(iterations: int) -> None:
+async def main(iterations: int, sync: str) -> None:
     sim = SimulatorProcess()
     recorder_port = sim.port
     http_port = free_port()
     with tempfile.TemporaryDirectory(prefix="control-bench-") as tmp:
-        config = write_config(Path(tmp), http_port, recorder_port)
+        config = write_config(Path(tmp), http_port, recorder_port, sync)
         gateway_log = open(LOG_FILE or Path(tmp) / "gateway.log", "w")  # noqa: SIM115 — closed below
         gateway = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", "run", "--config", str(config), cwd=ROOT,
@@ -186,17 +214,21 @@ async def main(iterations: int) -> None:
             async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{http_port}") as session:
                 await wait_for_health(session)
                 reader, writer = await asyncio.open_connection("127.0.0.1", recorder_port)
-                api_times, raw_times = [], []
+                http = await RawHttp.connect(http_port)
+                api_times, raw_times, lookup_times = [], [], []
                 for index in range(WARMUP_ITERATIONS + iterations):
                     # A fresh call each time, as in real use (a call has a few recordings, not hundreds).
                     call_id = await fresh_api_call(session, sim)
-                    api_time = await api_pair(session, call_id)
+                    api_time = await api_pair(http, call_id)
                     fresh_raw_call(sim)
                     raw_time = await raw_pair(reader, writer, index)
+                    lookup_time = await lookup_pair(http)
                     if index >= WARMUP_ITERATIONS:
                         api_times.append(api_time)
                         raw_times.append(raw_time)
+                        lookup_times.append(lookup_time)
                 writer.close()
+                http.close()
         finally:
             gateway.send_signal(signal.SIGTERM)
             await gateway.wait()
@@ -206,9 +238,14 @@ async def main(iterations: int) -> None:
     def ms(values: list[float], q: float) -> float:
         return statistics.quantiles(values, n=100)[q - 1] * 1000 if q != 50 else statistics.median(values) * 1000
 
-    print(f"{iterations} start+stop pairs each, interleaved; gateway, simulator and client in three processes")
+    print(f"{iterations} start+stop pairs each, interleaved; gateway (store sync: {sync}), simulator and client"
+          " in three processes")
     print(f"{'path':<22}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}")
-    for name, values in (("raw START/STOP", raw_times), ("API manualRecord", api_times)):
+    for name, values in (
+        ("raw START/STOP", raw_times),
+        ("API manualRecord", api_times),
+        ("API 2x GetCallID", lookup_times),
+    ):
         print(f"{name:<22}{ms(values, 50):>9.2f}{ms(values, 90):>9.2f}{ms(values, 99):>9.2f}")
     print(f"gateway overhead per start+stop (median): {ms(api_times, 50) - ms(raw_times, 50):.2f} ms")
 
@@ -216,4 +253,6 @@ async def main(iterations: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=300)
-    asyncio.run(main(parser.parse_args().iterations))
+    parser.add_argument("--sync", choices=("full", "normal"), default="full", help="the gateway's store.sync")
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.iterations, arguments.sync))

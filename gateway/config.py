@@ -46,9 +46,19 @@ class HttpConfig:
     tls: TlsConfig | None = None
 
 
+STORE_SYNC_MODES = ("full", "normal")
+DEFAULT_STORE_SYNC = "full"
+DEFAULT_LOG_LEVEL = "info"
+DEFAULT_LOG_FORMAT = "console"
+
+
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     path: Path = Path(DEFAULT_STORE_PATH)
+    # full: every commit is on disk before it is acknowledged, power loss included (fsync per commit).
+    # normal: commits survive a crash or kill of the gateway, but the last ones may be lost if the
+    # machine itself loses power; saves the fsync (~0.3–1 ms) on each KeepCall answer.
+    sync: str = DEFAULT_STORE_SYNC
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +138,8 @@ class RecorderConfig:
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
-    level: str = "info"  # debug | info | warning | error
-    format: str = "console"  # console | json
+    level: str = DEFAULT_LOG_LEVEL  # debug | info | warning | error
+    format: str = DEFAULT_LOG_FORMAT  # console | json
 
 
 @dataclass(frozen=True, slots=True)
@@ -613,14 +623,17 @@ class _Reader:
         return TlsConfig(certfile=files[0], keyfile=files[1])
 
     def store(self, node: Node, path: str) -> StoreConfig:
-        section = self.mapping(node, path, ("path",))
+        section = self.mapping(node, path, ("path", "sync"))
         store_path = Path(DEFAULT_STORE_PATH)
         if (value := section.get("path")) is not None:
             text = self.text(value, section.key("path"), "a file path")
             if not text.strip():
                 raise self.error(value, section.key("path"), "must not be empty")
             store_path = Path(text)
-        return StoreConfig(path=_absolute(store_path))
+        sync = DEFAULT_STORE_SYNC
+        if (value := section.get("sync")) is not None:
+            sync = self.choice(value, section.key("sync"), STORE_SYNC_MODES, "sync mode")
+        return StoreConfig(path=_absolute(store_path), sync=sync)
 
     def api(self, node: Node, path: str) -> ApiConfig:
         section = self.mapping(node, path, ("token_ttl", "next_window", "keys", "users"))
@@ -757,7 +770,7 @@ class _Reader:
 
     def log(self, node: Node, path: str) -> LogConfig:
         section = self.mapping(node, path, ("level", "format"))
-        level, format_ = LogConfig.level, LogConfig.format
+        level, format_ = DEFAULT_LOG_LEVEL, DEFAULT_LOG_FORMAT
         if (value := section.get("level")) is not None:
             level = self.choice(value, section.key("level"), LOG_LEVELS, "log level")
         if (value := section.get("format")) is not None:
@@ -1103,7 +1116,7 @@ def describe_config(config: GatewayConfig) -> str:
     lines = [f"configuration: {config.source}", f"HTTP API: {scheme}://{host}:{http.port}/"]
     if http.tls:
         lines.append(f"  TLS certificate: {http.tls.certfile}, key: {http.tls.keyfile}")
-    lines.append(f"store: {config.store.path}")
+    lines.append(f"store: {config.store.path} (sync: {config.store.sync})")
     api = config.api
     lines.append(f"API: token TTL {api.token_ttl_s} s, status=next window {api.next_window_s:g} s")
     lines.append(f"  keys ({len(api.keys)}):")

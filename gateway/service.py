@@ -28,7 +28,7 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig, *, recorders: dict[str, RecorderControl] | None = None) -> None:
         self.config = config
-        self.store = Store(config.store.path)
+        self.store = Store(config.store.path, sync=config.store.sync)
         self.tracker = CallTracker(self.store, config.extensions)
         self.recorder_clients = [TrunkRecorderClient(recorder, self.submit) for recorder in config.recorders]
         self.recorders: dict[str, RecorderControl] = (

@@ -370,7 +370,10 @@ _NEW, _OPENING, _OPEN, _CLOSING, _CLOSED = range(5)
 class Store:
     """The gateway's SQLite store. Writes are group-committed by one thread; reads run in a small pool."""
 
-    def __init__(self, path: str | Path, *, batch_max: int = DEFAULT_BATCH_MAX) -> None:
+    def __init__(self, path: str | Path, *, batch_max: int = DEFAULT_BATCH_MAX, sync: str = "full") -> None:
+        if sync not in ("full", "normal"):
+            raise ValueError(f"sync must be full or normal, not {sync!r}")
+        self._sync = sync
         if batch_max < 1:
             raise ValueError("batch_max must be at least 1")
         self._path = Path(path)
@@ -511,7 +514,7 @@ class Store:
         try:
             # FULL: the WAL is fsynced at every COMMIT, before any future resolves. NORMAL could lose the last
             # acknowledged commits on power loss.
-            connection.execute("PRAGMA synchronous = FULL")
+            connection.execute(f"PRAGMA synchronous = {self._sync.upper()}")
             mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(f"store {self._path}: cannot use WAL journal (got {mode!r})")

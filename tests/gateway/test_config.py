@@ -629,3 +629,27 @@ def test_describe_bundled_default() -> None:
     assert "pbx-main: avaya-ipo at listen://127.0.0.1:5100" in text
     assert "trunk1: tcp://127.0.0.1:7010 (timeout 2 s)" in text
     assert "6f1c2a7e" not in text and "3d2b9c14" not in text and "scrypt$" not in text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("log: {format: json}\n", ("info", "json", "full")),
+        ("log: {level: debug}\n", ("debug", "console", "full")),
+        ("store: {sync: normal}\n", ("info", "console", "normal")),
+    ],
+)
+def test_defaults_of_partly_given_sections_are_values(tmp_path, text, expected):
+    """A section that gives some keys gets the documented defaults for the others (not dataclass internals)."""
+    path = tmp_path / "partial.yaml"
+    path.write_text(text)
+    config = load_config(path)
+    assert (config.log.level, config.log.format, config.store.sync) == expected
+
+
+def test_store_sync_refuses_unknown_modes(tmp_path):
+    path = tmp_path / "sync.yaml"
+    path.write_text("store:\n  sync: sometimes\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert f"{path}:2" in str(raised.value) and "store.sync" in str(raised.value)

@@ -207,26 +207,33 @@ async def test_release_finishes_the_call_and_last_finds_it(gateway, http, sim):
 
 
 async def test_keep_and_protect_are_visible_and_retention_spares_them(gateway, http, sim):
-    kept = place(sim, "8858")
-    kept_id = await ongoing_call_id(http, "8858")
-    await sim.wait_for_request("START", channel="1/7")
-    sim.release("1/7")
-    mark = len(sim.requests)
-    unkept = place(sim, "8858")
-    await sim.wait_for_request("START", channel="1/7", since=mark)
-    sim.release("1/7")
-    while gateway.tracker.ongoing_count:
-        await asyncio.sleep(0.005)
-    status, code, _, error = await api(http, action="KeepCall", callID=kept_id)
-    assert code == 0, error
+    """Three on-demand calls, all recorded: one kept, one protected, one neither — only the last is discarded."""
+    native_ids, call_ids = [], []
+    for _ in range(3):
+        mark = len(sim.requests)
+        native_ids.append(place(sim, "8858").call_id)
+        call_ids.append(await ongoing_call_id(http, "8858"))
+        await sim.wait_for_request("START", channel="1/7", since=mark)
+        sim.release("1/7")
+        while gateway.tracker.ongoing_count:
+            await asyncio.sleep(0.005)
+    kept_id, protected_id, unkept_id = call_ids
+    assert (await api(http, action="KeepCall", callID=kept_id))[1] == 0
+    assert (await api(http, action="KeepCall", callID=protected_id, type="do_not_delete"))[1] == 0
     _, _, root, _ = await api(http, action="GetCallInformation", callID=kept_id)
     assert root.find("verbacdr/kept").text == "1" and root.find("verbacdr/ondemand").text == "1"
+    _, _, root, _ = await api(http, action="GetCallInformation", callID=protected_id)
+    assert root.find("verbacdr/do_not_delete").text == "1" and root.find("verbacdr/kept").text == "0"
 
     discarded = await gateway.policy.sweep_retention(now=utc_now() + timedelta(hours=2))
     assert discarded == 1
     discards = [r for r in sim.requests if r.verb == "DISCARD"]
-    assert len(discards) == 1
-    unkept_call = await gateway.tracker.find_by_native_id(unkept.call_id)
-    assert unkept_call.recordings[0].deleted and discards[0].args[0] == unkept_call.recordings[0].native_id
-    kept_call = await gateway.tracker.find_by_native_id(kept.call_id)
-    assert not kept_call.recordings[0].deleted
+    unkept_call = await gateway.tracker.find_by_native_id(native_ids[2])
+    assert [r.args[0] for r in discards] == [unkept_call.recordings[0].native_id]
+    assert unkept_call.recordings[0].deleted and sim.recordings[discards[0].args[0]].discarded
+    for native_id in native_ids[:2]:
+        assert not (await gateway.tracker.find_by_native_id(native_id)).recordings[0].deleted
+    _, _, root, _ = await api(http, action="GetCallInformation", callID=unkept_id)
+    assert root.findall("verbacdr/recordings/recording") == [] and root.find("verbacdr/recorded").text == "1"
+    # nothing left to discard: a second sweep sends nothing
+    assert await gateway.policy.sweep_retention(now=utc_now() + timedelta(hours=2)) == 0
