@@ -24,6 +24,7 @@ test: install
 
 bench: install
 	$(BIN)/python bench/api_bench.py
+	$(BIN)/python bench/control_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 import structlog
@@ -47,14 +46,6 @@ class EventSink:
 
     def count(self, kind: type) -> int:
         return sum(isinstance(event, kind) for event in self.events)
-
-
-@pytest.fixture
-async def sim():
-    simulator = TrunkRecorderSimulator(channels=60, name="sim1")
-    await simulator.start_tcp("127.0.0.1", 0)
-    yield simulator
-    await simulator.stop()
 
 
 @pytest.fixture
@@ -204,11 +195,8 @@ async def test_span_alarms_are_tracked_per_channel(client, sim, sink):
     assert client.span_alarms == {}
 
 
-async def test_not_connected_is_refused_at_once(sink):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    driver = make_client(f"tcp://127.0.0.1:{port}", sink)
+async def test_not_connected_is_refused_at_once(sink, unused_tcp_port):
+    driver = make_client(f"tcp://127.0.0.1:{unused_tcp_port}", sink)
     with structlog.testing.capture_logs() as logs:
         await driver.open()
         try:

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import ipaddress
 import json
-import socket
 import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
 
@@ -38,14 +37,8 @@ T0 = datetime(2026, 11, 23, 10, 0, 0, tzinfo=timezone.utc)
 HOSTILE = "<script>alert(1)</script>"
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
-async def gateway(tmp_path):
+async def gateway(tmp_path, unused_tcp_port):
     password_hash = hash_password(PASSWORD, n=2**4)  # cheap parameters: tests check logic, not scrypt
     config = GatewayConfig(
         source=tmp_path / "test.yaml",
@@ -71,7 +64,7 @@ async def gateway(tmp_path):
             ExtensionConfig("8858", RecordingMode.ON_DEMAND, "trunk1", "1/7"),
         ),
         links=(LinkConfig("pbx-main", "avaya-ipo", "listen://127.0.0.1:5100"),),
-        recorders=(RecorderConfig("trunk1", f"tcp://127.0.0.1:{closed_port()}"),),  # no device: not connected
+        recorders=(RecorderConfig("trunk1", f"tcp://127.0.0.1:{unused_tcp_port}"),),  # no device: not connected
     )
     gateway = Gateway(config)
     await gateway.start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -24,13 +23,7 @@ READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def write_config(tmp_path: Path, port: int) -> Path:
+def write_config(tmp_path: Path, port: int, recorder_port: int) -> Path:
     config = tmp_path / "gateway.yaml"
     config.write_text(
         f"""
@@ -57,7 +50,7 @@ extensions:
     channel: "1/5"
 recorders:
   - name: trunk1
-    url: tcp://127.0.0.1:{free_port()}
+    url: tcp://127.0.0.1:{recorder_port}
 log:
   level: debug
   format: json
@@ -83,9 +76,9 @@ async def wait_until_listening(process: asyncio.subprocess.Process, port: int) -
 
 
 @pytest.fixture
-async def gateway_process(tmp_path):
-    port = free_port()
-    config = write_config(tmp_path, port)
+async def gateway_process(tmp_path, unused_tcp_port_factory):
+    port = unused_tcp_port_factory()
+    config = write_config(tmp_path, port, unused_tcp_port_factory())
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "run", "--config", str(config),
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

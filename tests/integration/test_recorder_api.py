@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import xml.etree.ElementTree as ET
 from datetime import timedelta
 
@@ -22,7 +21,6 @@ from gateway.config import (
 )
 from gateway.model import RecordingMode, utc_now
 from gateway.service import Gateway
-from simulators.trunkrec import TrunkRecorderSimulator
 
 KEY = "74c8eea0-50c6-40b2-9f3e-252ed501c3c8"
 RECORDER_TIMEOUT_S = 0.5
@@ -34,14 +32,6 @@ EXTENSIONS = {
     "8859": (RecordingMode.CONTROLLED_AUTOSTART, "1/8"),
     "8860": (RecordingMode.DO_NOT_RECORD, "1/9"),
 }
-
-
-@pytest.fixture
-async def sim():
-    simulator = TrunkRecorderSimulator(channels=60, name="sim1")
-    await simulator.start_tcp("127.0.0.1", 0)
-    yield simulator
-    await simulator.stop()
 
 
 @pytest.fixture
