@@ -1,0 +1,43 @@
+"""SMDR/CDR record formats: one module per PBX family, chosen by a link's `format`."""
+
+from __future__ import annotations
+
+import importlib
+from datetime import tzinfo
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from drivers.smdr.base import RecordParser, SmdrParseError
+from gateway.config import LinkConfig
+
+# format name (config) → module exposing PARSER, a RecordParser subclass
+PARSER_MODULES = {
+    "avaya-ipo": "drivers.smdr.avaya_ipo",
+    "panasonic": "drivers.smdr.panasonic",
+    "nec-sv": "drivers.smdr.nec_sv",
+    "mitel-mivb": "drivers.smdr.mitel_mivb",
+    "3cx": "drivers.smdr.threecx",
+    "custom": "drivers.smdr.custom",
+}
+LOCALTIME_FILE = Path("/etc/localtime")
+
+
+def parser_class(format_name: str) -> type[RecordParser]:
+    return importlib.import_module(PARSER_MODULES[format_name]).PARSER
+
+
+def machine_timezone() -> tzinfo:
+    """The machine's zone with its DST rules (a fixed offset would be wrong half the year)."""
+    try:
+        with LOCALTIME_FILE.open("rb") as file:
+            return ZoneInfo.from_file(file, key="localtime")
+    except OSError:
+        return ZoneInfo("UTC")
+
+
+def create_parser(link: LinkConfig) -> RecordParser:
+    tz = ZoneInfo(link.timezone) if link.timezone else machine_timezone()
+    return parser_class(link.format)(link.name, tz=tz, options=link.options)
+
+
+__all__ = ["PARSER_MODULES", "RecordParser", "SmdrParseError", "create_parser", "machine_timezone", "parser_class"]

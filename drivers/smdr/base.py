@@ -1,0 +1,137 @@
+"""What every SMDR/CDR format parser provides, and the time rules they share (smdr-formats.md §1.3)."""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone, tzinfo
+from typing import Any, ClassVar
+
+from gateway.errors import LinkError
+from gateway.events import CallRecord
+
+# A record "more than 1 day after the receive time" belongs to the previous year (§1.3: `12/31` read on `01/01`).
+FUTURE_TOLERANCE = timedelta(days=1)
+
+
+class SmdrParseError(LinkError):
+    """A line that is neither a record nor a known non-record line; quarantined with `reason`."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
+
+class RecordParser(abc.ABC):
+    """One link's parser. Stateful: page headers carry years, continuation lines attach to held records.
+
+    `feed` gets one framed line at a time — terminators, NULs and form feeds already removed by the
+    transport, leading spaces kept (column 1 can matter) — decoded as latin-1 unless the link says
+    otherwise. It returns the records the line completes: usually one; none for headers, titles,
+    separators and blank or status lines (skipped silently), or while a record is held waiting for a
+    possible continuation. A line that cannot be understood raises SmdrParseError(reason): the link
+    quarantines it and goes on with the next line.
+    """
+
+    format: ClassVar[str]
+    # Seconds a held record may wait for a continuation line before `flush` releases it (0: never holds).
+    hold_timeout_s: ClassVar[float] = 0.0
+
+    def __init__(self, link: str, *, tz: tzinfo, options: Mapping[str, Any] | None = None) -> None:
+        self.link = link
+        self.tz = tz
+        self.options: Mapping[str, Any] = options or {}
+
+    @abc.abstractmethod
+    def feed(self, line: str, received_at: datetime) -> list[CallRecord]:
+        """Parse one line; `received_at` is timezone-aware UTC."""
+
+    def flush(self, now: datetime) -> list[CallRecord]:
+        """Release records held longer than `hold_timeout_s` (or all when the link closes: `now` = None semantics
+        are the caller's: it passes a time far in the future)."""
+        return []
+
+    def reset(self) -> None:
+        """The link reconnected: forget per-connection state (e.g. lines to skip after connecting)."""
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> None:
+        """Refuse bad format options at start-up (raise ValueError naming the key); default: accept all."""
+
+    def record(self, raw: str, received_at: datetime, **fields: Any) -> CallRecord:
+        """A CallRecord of this link and format."""
+        return CallRecord(format=self.format, source=self.link, raw=raw, received_at=received_at, **fields)
+
+
+# ---- time helpers (smdr-formats.md §1.3)
+
+
+def to_utc(local: datetime, tz: tzinfo) -> datetime:
+    """A PBX wall-clock time (naive) in the link's zone → aware UTC."""
+    return local.replace(tzinfo=tz).astimezone(timezone.utc)
+
+
+def local_now(received_at: datetime, tz: tzinfo) -> datetime:
+    """The receive time on the PBX's wall clock (naive), for year inference."""
+    return received_at.astimezone(tz).replace(tzinfo=None)
+
+
+def infer_year(month: int, day: int, received_local: datetime) -> int:
+    """The year of a date printed without one: the receive year, or the previous one when that would put the
+    record more than a day in the future (records come late, never early)."""
+    year = received_local.year
+    try:
+        candidate = datetime(year, month, day)
+    except ValueError:  # 29 February of a non-leap receive year: it was last year's... only if that was leap
+        return year - 1
+    if candidate - received_local > FUTURE_TOLERANCE:
+        return year - 1
+    return year
+
+
+def two_digit_year(yy: int, received_local: datetime) -> int:
+    """2000 + yy, unless that is more than a year in the future (then 1900 + yy: manual samples use 94–98)."""
+    year = 2000 + yy
+    if year > received_local.year + 1:
+        return 1900 + yy
+    return year
+
+
+_CLOCK_12H = re.compile(r"^\*?(\d{1,2}):(\d\d)(?::(\d\d))?\s*([AaPp])[Mm]?$")
+
+
+def parse_clock(text: str) -> tuple[int, int, int]:
+    """`10:03AM`, `1:04PM`, `12:52PM`, `13:14`, `13:14:13`, `11:42p` → (hour, minute, second); ValueError otherwise.
+
+    12-hour rules: `12:xxAM` = 00:xx, `12:xxPM` = 12:xx; a lone `p`/`P` after the minutes is PM (Mitel).
+    """
+    text = text.strip()
+    match = _CLOCK_12H.match(text)
+    if match:
+        hour, minute, second = int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
+        if not 1 <= hour <= 12:
+            raise ValueError(f"bad 12-hour clock {text!r}")
+        pm = match.group(4) in "Pp"
+        hour = (hour % 12) + (12 if pm else 0)
+    else:
+        parts = text.lstrip("*").split(":")
+        if len(parts) not in (2, 3) or not all(part.isdigit() for part in parts):
+            raise ValueError(f"bad time {text!r}")
+        hour, minute = int(parts[0]), int(parts[1])
+        second = int(parts[2]) if len(parts) == 3 else 0
+    if hour > 23 or minute > 59 or second > 59:
+        raise ValueError(f"bad time {text!r}")
+    return hour, minute, second
+
+
+def parse_duration(text: str) -> int:
+    """`HH:MM:SS`, `hhhh:mm:ss`, `MM:SS`, `HH:MM'SS` (Panasonic), `M'SS` → seconds; ValueError otherwise."""
+    cleaned = text.strip().replace("'", ":")
+    parts = cleaned.split(":")
+    if not 1 <= len(parts) <= 3 or not all(part.isdigit() for part in parts):
+        raise ValueError(f"bad duration {text!r}")
+    seconds = 0
+    for part in parts:
+        seconds = seconds * 60 + int(part)
+    return seconds
