@@ -1,4 +1,4 @@
-"""Command line (`gateway`, `python -m gateway`): run, check, hash-password (config.md)."""
+"""Command line (`gateway`, `python -m gateway`): run, check, tap, hash-password (config.md)."""
 
 from __future__ import annotations
 
@@ -69,6 +69,22 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_tap(args: argparse.Namespace) -> int:
+    from gateway.tap import run_tap  # imported late: only the tap needs the drivers loaded
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"gateway: configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging("warning", "console")  # the tap's own lines are the output; the link's warnings still show
+    try:
+        return asyncio.run(run_tap(config, args.link, sys.stdout))
+    except KeyError as error:
+        print(f"gateway: {error.args[0]}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
 def cmd_hash_password(args: argparse.Namespace) -> int:
     if sys.stdin.isatty():
         password = getpass.getpass("Password: ")
@@ -92,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a configuration file and its serial ports")
     check.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="configuration file (%(default)s)")
     check.set_defaults(handler=cmd_check)
+
+    tap = commands.add_parser("tap", help="show a link's raw lines and their parsed records live (stores nothing)")
+    tap.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="configuration file (%(default)s)")
+    tap.add_argument("--link", required=True, help="the link's name in the configuration")
+    tap.set_defaults(handler=cmd_tap)
 
     hash_cmd = commands.add_parser("hash-password", help="read a password on stdin, print a password_hash")
     hash_cmd.set_defaults(handler=cmd_hash_password)

@@ -913,11 +913,31 @@ class _Reader:
         options.update(direct)
         if link_format is None:
             raise _AlreadyReported("format")
+        self.format_options(link_format, options, entry, options_map)
         link = LinkConfig(
             name=name, format=link_format, url=url, timezone=timezone, serial=serial,
             login=tuple(login), options=options, line=entry.line,
         )
         return link, name_node
+
+    def format_options(self, link_format: str, options: dict[str, Any], entry: _Map, options_map: _Map | None) -> None:
+        """The format's own checks of its options (bad patterns, columns, field maps), refused at start-up."""
+        from drivers.smdr import parser_class  # late: the drivers import this module
+
+        try:
+            parser_class(link_format).validate_options(options)
+        except ValueError as error:
+            # Format checks start their messages with the key at fault: "pattern: is required in regex mode".
+            named, _, rest = str(error).partition(":")
+            key = named.strip() if named.strip() in options else None
+            message = rest.strip() if key is not None and rest.strip() else str(error)
+            if key is not None and options_map is not None and key in options_map.entries:
+                line, path = options_map.key_line(key), options_map.key(key)
+            elif key is not None and key in entry.entries:
+                line, path = entry.key_line(key), entry.key(key)
+            else:
+                line, path = entry.line, entry.key("options")
+            raise self.error(line, path, message) from None
 
     def login(self, node: Node, path: str) -> list[LoginStep]:
         steps = []
@@ -930,13 +950,10 @@ class _Reader:
         return steps
 
     def custom_option(self, key: str, node: Node, path: str) -> Any:
+        if key == "skip_regex" and isinstance(node, SequenceNode):  # several patterns: headers, dashes, titles
+            return [self.regex(item, f"{path}[{index}]") for index, item in enumerate(node.value)]
         if key in _CUSTOM_REGEX_KEYS:
-            pattern = self.text(node, path, "a regular expression")
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise self.error(node, path, f"invalid regular expression: {exc}") from None
-            return pattern
+            return self.regex(node, path)
         if key in _CUSTOM_COUNT_KEYS:
             count = self.integer(node, path)
             if count < 0:
@@ -952,6 +969,14 @@ class _Reader:
                 ) from None
             return encoding
         return self.plain(node, path)
+
+    def regex(self, node: Node, path: str) -> str:
+        pattern = self.text(node, path, "a regular expression")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise self.error(node, path, f"invalid regular expression: {exc}") from None
+        return pattern
 
     def extensions(
         self, node: Node, path: str, recorders: tuple[RecorderConfig, ...], recorders_complete: bool

@@ -8,6 +8,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from drivers.smdr.link import SmdrLink
 from drivers.trunkrec.client import TrunkRecorderClient
 from gateway.api.app import ApiServices, create_app, create_runner, ssl_context
 from gateway.api.auth import Authenticator
@@ -35,6 +36,7 @@ class Gateway:
             recorders if recorders is not None else {client.name: client for client in self.recorder_clients}
         )
         self.links: dict[str, LinkHealth] = {link.name: LinkHealth(link.name) for link in config.links}
+        self.smdr_links = [SmdrLink(link, self.store, self.submit, self.links[link.name]) for link in config.links]
         self.recording = RecordingService(self.tracker, self.recorders)
         self.policy = RecordingPolicy(self.tracker, self.recorders, retention_s=config.on_demand.retention_s)
         self.auth = Authenticator(config.api)
@@ -79,6 +81,8 @@ class Gateway:
             await self.tracker.start()
             for client in self.recorder_clients:
                 await client.open()
+            for link in self.smdr_links:
+                await link.open()
             self.policy.start()
             http = self.config.http
             self._runner = create_runner(self.app)
@@ -109,6 +113,8 @@ class Gateway:
             await self._runner.cleanup()
             self._runner = None
         await self.policy.close()
+        for link in self.smdr_links:
+            await link.close()
         for client in self.recorder_clients:
             await client.close()
         await self.tracker.flush()

@@ -135,3 +135,27 @@ def parse_duration(text: str) -> int:
     for part in parts:
         seconds = seconds * 60 + int(part)
     return seconds
+
+
+# ---- option helpers (fixed-width layouts)
+
+
+def column_span(value: Any, key: str) -> tuple[int, int]:
+    """`[first, last]` (1-based inclusive) or a single column number → (first, last); ValueError naming `key`."""
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, int) and not isinstance(value, bool):
+        first = last = value
+    elif (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(part, int) and not isinstance(part, bool) for part in value)
+    ):
+        first, last = value
+    else:
+        raise ValueError(f"{key}: must be [first, last] column numbers (1-based, inclusive), not {value!r}")
+    if first < 1:
+        raise ValueError(f"{key}: columns start at 1, not {first}")
+    if last < first:
+        raise ValueError(f"{key}: last column {last} is before first column {first}")
+    return first, last

@@ -38,7 +38,7 @@ HOSTILE = "<script>alert(1)</script>"
 
 
 @pytest.fixture
-async def gateway(tmp_path, unused_tcp_port):
+async def gateway(tmp_path, unused_tcp_port_factory):
     password_hash = hash_password(PASSWORD, n=2**4)  # cheap parameters: tests check logic, not scrypt
     config = GatewayConfig(
         source=tmp_path / "test.yaml",
@@ -63,8 +63,8 @@ async def gateway(tmp_path, unused_tcp_port):
             ExtensionConfig("8857", RecordingMode.FULL, "trunk1", "1/6"),
             ExtensionConfig("8858", RecordingMode.ON_DEMAND, "trunk1", "1/7"),
         ),
-        links=(LinkConfig("pbx-main", "avaya-ipo", "listen://127.0.0.1:5100"),),
-        recorders=(RecorderConfig("trunk1", f"tcp://127.0.0.1:{unused_tcp_port}"),),  # no device: not connected
+        links=(LinkConfig("pbx-main", "avaya-ipo", f"listen://127.0.0.1:{unused_tcp_port_factory()}"),),
+        recorders=(RecorderConfig("trunk1", f"tcp://127.0.0.1:{unused_tcp_port_factory()}"),),  # no device: not connected
     )
     gateway = Gateway(config)
     await gateway.start()
@@ -408,7 +408,7 @@ async def test_healthz_reports_links_recorders_and_calls(gateway, http):
         report = await response.json()
     assert report == {
         "status": "degraded",
-        "links": {"pbx-main": {"state": "down", "records": 0, "errors": 0, "last_record_at": None}},
+        "links": {"pbx-main": {"state": "up", "records": 0, "errors": 0, "last_record_at": None}},  # listening
         "recorders": {"trunk1": {"state": "down"}},
         "calls": {"ongoing": 1, "stored": 1},
     }

@@ -355,13 +355,13 @@ def test_link_serial_settings_and_options(tmp_path: Path) -> None:
             keepalive: "\\r\\n"
             options:
               time_is: start
-              layout: [a, b]
+              site_note: [a, b]
         """,
     )
     (link,) = config.links
     assert link.serial == SerialSettings(baudrate=1200, bytesize=7, parity="E", stopbits=1.5, xonxoff=True, rtscts=False)
     assert link.timezone == "Europe/Budapest"
-    assert link.options == {"time_is": "start", "layout": ["a", "b"], "idle_timeout": 300.0, "keepalive": "\r\n"}
+    assert link.options == {"time_is": "start", "site_note": ["a", "b"], "idle_timeout": 300.0, "keepalive": "\r\n"}
 
 
 def test_link_login_on_tcp(tmp_path: Path) -> None:
@@ -377,25 +377,23 @@ def test_custom_format_keys_go_into_options(tmp_path: Path) -> None:
           - name: csv
             format: custom
             url: listen://127.0.0.1:5200
-            mode: csv
+            mode: delimited
             delimiter: ","
             min_fields: 5
             skip_regex: '^\\s*$'
-            fields: [date, time, duration, ext]
+            fields: {date: 0, time: 1, duration: 2, extension: 3}
             direction_map: {I: in, O: out}
-            year: 2024
-            strip: true
+            year: infer
         """,
     )
     assert config.links[0].options == {
-        "mode": "csv",
+        "mode": "delimited",
         "delimiter": ",",
         "min_fields": 5,
         "skip_regex": "^\\s*$",
-        "fields": ["date", "time", "duration", "ext"],
+        "fields": {"date": 0, "time": 1, "duration": 2, "extension": 3},
         "direction_map": {"I": "in", "O": "out"},
-        "year": 2024,
-        "strip": True,
+        "year": "infer",
     }
 
 
@@ -653,3 +651,31 @@ def test_store_sync_refuses_unknown_modes(tmp_path):
     with pytest.raises(ConfigError) as raised:
         load_config(path)
     assert f"{path}:2" in str(raised.value) and "store.sync" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("link_yaml", "line", "key"),
+    [
+        ("    format: panasonic\n    url: /dev/ttyS0\n    options:\n      layout: Z\n", 6, "links[0].options.layout"),
+        ("    format: custom\n    url: listen://0.0.0.0:5100\n    mode: regex\n    pattern: '(no groups)'\n", 6, "links[0].pattern"),
+        ("    format: 3cx\n    url: listen://0.0.0.0:5100\n    options:\n      fields: [bogus]\n", 6, "links[0].options.fields"),
+    ],
+)
+def test_format_options_are_checked_by_the_format_at_start_up(tmp_path, link_yaml, line, key):
+    path = tmp_path / "formats.yaml"
+    path.write_text("links:\n  - name: pbx\n" + link_yaml)
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    message = str(raised.value).splitlines()[0]
+    assert message.startswith(f"{path}:{line}: {key}: "), message
+
+
+def test_custom_skip_regex_accepts_a_list(tmp_path):
+    path = tmp_path / "unify.yaml"
+    path.write_text(
+        "links:\n  - name: unify\n    format: custom\n    url: listen://0.0.0.0:5100\n    mode: delimited\n"
+        "    delimiter: '|'\n    skip_regex: ['^Datum\\|', '^-+$']\n"
+        "    fields: {date: 0, time: 1, trunk: 2, extension: 3, duration: 5, other_number: 6}\n"
+        "    date_format: '%d.%m.%y'\n    time_format: '%H:%M:%S'\n"
+    )
+    assert load_config(path).links[0].options["skip_regex"] == ["^Datum\\|", "^-+$"]

@@ -1,0 +1,120 @@
+"""One SMDR/CDR link at work: transport → raw journal (durable first) → format parser → call records.
+
+Every line read is committed to the journal before it is parsed; a line that does not parse (or
+that the transport could not frame) is quarantined with its reason and counted, and the link
+goes on with the next line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import timedelta
+
+import structlog
+
+from drivers.smdr import create_parser
+from drivers.smdr.base import RecordParser, SmdrParseError
+from drivers.transport import FramedLine, LineTransport, create_transport
+from gateway.config import LinkConfig
+from gateway.events import CallRecord
+from gateway.model import utc_now
+from gateway.ops import LinkHealth, LinkState
+from gateway.store import Store
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_ENCODING = "latin-1"  # never fails to decode; what most PBXs send (smdr-formats.md §1.2 rule 7)
+# Held records (a NEC `NEXT` line may follow) are checked this often; their own wait is the parser's hold_timeout_s.
+HOLD_CHECK_INTERVAL_S = 0.5
+# At close, everything still held is released: "the future" for the parser's flush.
+RELEASE_ALL = timedelta(days=365)
+
+
+class SmdrLink:
+    """A configured link: owns its transport and parser, reports health, hands records to `submit`."""
+
+    def __init__(
+        self,
+        config: LinkConfig,
+        store: Store,
+        submit: Callable[[CallRecord], object],
+        health: LinkHealth,
+        *,
+        transport_factory: Callable[..., LineTransport] = create_transport,
+    ) -> None:
+        self.config = config
+        self._store = store
+        self._submit = submit
+        self.health = health
+        self._transport_factory = transport_factory
+        self._encoding = str(config.options.get("encoding") or DEFAULT_ENCODING)
+        self._parser: RecordParser = create_parser(config)
+        self._transport: LineTransport | None = None
+        self._hold_task: asyncio.Task[None] | None = None
+        self._log = log.bind(link=config.name)
+
+    async def open(self) -> None:
+        self._transport = self._transport_factory(self.config, self._deliver, on_state=self._on_state)
+        await self._transport.open()
+        if self._parser.hold_timeout_s > 0:
+            self._hold_task = asyncio.create_task(self._release_held_forever(), name=f"smdr-hold-{self.config.name}")
+
+    async def close(self) -> None:
+        if self._transport is not None:
+            await self._transport.close()  # delivers what was still framed
+            self._transport = None
+        if self._hold_task is not None:
+            self._hold_task.cancel()
+            await asyncio.gather(self._hold_task, return_exceptions=True)
+            self._hold_task = None
+        self._emit(self._parser.flush(utc_now() + RELEASE_ALL))
+
+    def _on_state(self, state: LinkState) -> None:
+        if state is LinkState.UP and self.health.state is not LinkState.UP:
+            self._parser.reset()
+        self.health.state = state
+
+    async def _deliver(self, lines: list[FramedLine]) -> None:
+        # Journal first: the whole read goes to the writer at once (one group commit), and nothing is
+        # parsed before it is on disk.
+        seqs = await asyncio.gather(
+            *(self._store.append_journal_soon(self.config.name, line.received_at, line.raw) for line in lines)
+        )
+        quarantined = []
+        for line, seq in zip(lines, seqs):
+            reason = line.error or self._parse(line)
+            if reason is not None:
+                quarantined.append(self._store.quarantine(self.config.name, line.received_at, line.raw, reason, seq))
+        if quarantined:
+            self.health.errors += len(quarantined)
+            await asyncio.gather(*quarantined)
+
+    def _parse(self, line: FramedLine) -> str | None:
+        """Parse one journalled line and hand on its records; the reason when it must be quarantined."""
+        text = line.raw.decode(self._encoding, errors="replace")
+        try:
+            records = self._parser.feed(text, line.received_at)
+        except SmdrParseError as error:
+            self._log.info("line quarantined", reason=error.reason)
+            self._log.debug("quarantined line", raw=line.raw)
+            return error.reason
+        except Exception as error:  # a parser bug must not take the link down; the line is kept
+            self._log.exception("parser failed", format=self.config.format)
+            return f"parser failure: {type(error).__name__}: {error}"
+        self._emit(records)
+        return None
+
+    def _emit(self, records: list[CallRecord]) -> None:
+        for record in records:
+            self.health.records += 1
+            self.health.last_record_at = record.received_at
+            try:
+                self._submit(record)
+            except Exception:  # the tracker must not take the link down either
+                self._log.exception("record could not be applied", platform_call_id=record.platform_call_id)
+
+    async def _release_held_forever(self) -> None:
+        while True:
+            await asyncio.sleep(HOLD_CHECK_INTERVAL_S)
+            self._emit(self._parser.flush(utc_now()))

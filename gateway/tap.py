@@ -1,0 +1,124 @@
+"""`gateway tap`: one link's raw lines beside what its parser makes of them, live — for installers at the PBX.
+
+The tap opens the link itself (connects, listens or opens the serial port as configured), stores
+nothing, and stops on Ctrl-C. A gateway already holding the same port or device must be stopped
+first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from datetime import datetime, timedelta
+from typing import TextIO
+
+from drivers.smdr import create_parser
+from drivers.smdr.base import RecordParser, SmdrParseError
+from drivers.transport import FramedLine, create_transport
+from gateway.config import GatewayConfig, LinkConfig
+from gateway.events import CallRecord
+from gateway.model import utc_now
+from gateway.ops import LinkState
+
+HOLD_CHECK_INTERVAL_S = 0.5
+RELEASE_ALL = timedelta(days=365)
+
+
+def printable(raw: bytes) -> str:
+    """The raw line as latin-1 text with control bytes shown as \\xNN, so the installer sees exactly what came."""
+    return "".join(ch if " " <= ch <= "~" or ch >= "\xa0" else f"\\x{ord(ch):02x}" for ch in raw.decode("latin-1"))
+
+
+def describe(record: CallRecord) -> str:
+    def when(value: datetime | None) -> str:
+        return value.isoformat(timespec="seconds") if value else "?"
+
+    parts = [
+        f"start={when(record.start)}",
+        f"end={when(record.end)}",
+        f"ext={record.extension or '-'}",
+        f"other={record.other_number or '-'}",
+        f"dir={record.direction.value}",
+    ]
+    if record.platform_call_id:
+        parts.append(f"pcid={record.platform_call_id}" + ("+" if record.more_follows else ""))
+    if record.duration_s is not None:
+        parts.append(f"talk={record.duration_s:g}s")
+    if record.ring_s is not None:
+        parts.append(f"ring={record.ring_s:g}s")
+    if record.trunk:
+        parts.append(f"trunk={record.trunk}")
+    if record.account:
+        parts.append(f"account={record.account}")
+    if record.answered is not None:
+        parts.append(f"answered={'yes' if record.answered else 'no'}")
+    return " ".join(parts)
+
+
+class Tap:
+    def __init__(self, link: LinkConfig, out: TextIO) -> None:
+        self.link = link
+        self.out = out
+        self.parser: RecordParser = create_parser(link)
+        self.encoding = str(link.options.get("encoding") or "latin-1")
+        self.lines = 0
+        self.records = 0
+        self.errors = 0
+
+    def say(self, kind: str, text: str, at: datetime | None = None) -> None:
+        stamp = (at or utc_now()).astimezone().strftime("%H:%M:%S.%f")[:-3]
+        self.out.write(f"{stamp}  {kind:<6} {text}\n")
+        self.out.flush()
+
+    def show_records(self, records: list[CallRecord]) -> None:
+        for record in records:
+            self.records += 1
+            self.say("call", describe(record), record.received_at)
+
+    async def deliver(self, lines: list[FramedLine]) -> None:
+        for line in lines:
+            self.lines += 1
+            self.say("raw", printable(line.raw), line.received_at)
+            if line.error:
+                self.errors += 1
+                self.say("error", line.error, line.received_at)
+                continue
+            try:
+                records = self.parser.feed(line.raw.decode(self.encoding, errors="replace"), line.received_at)
+            except SmdrParseError as error:
+                self.errors += 1
+                self.say("error", error.reason, line.received_at)
+                continue
+            if records:
+                self.show_records(records)
+            elif self.parser.hold_timeout_s == 0:
+                self.say("skip", "not a call record (header, separator, status line)", line.received_at)
+
+    def on_state(self, state: LinkState) -> None:
+        self.say("link", state.value)
+
+
+async def run_tap(config: GatewayConfig, link_name: str, out: TextIO) -> int:
+    link = next((link for link in config.links if link.name == link_name), None)
+    if link is None:
+        names = ", ".join(link.name for link in config.links) or "none"
+        raise KeyError(f"no link named {link_name!r} in {config.source} (links: {names})")
+    tap = Tap(link, out)
+    tap.say("tap", f"{link.name}: {link.format} on {link.url} — Ctrl-C to stop")
+    transport = create_transport(link, tap.deliver, on_state=tap.on_state)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await transport.open()
+    try:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), HOLD_CHECK_INTERVAL_S)
+            except TimeoutError:
+                tap.show_records(tap.parser.flush(utc_now()))
+    finally:
+        await transport.close()
+        tap.show_records(tap.parser.flush(utc_now() + RELEASE_ALL))
+        tap.say("tap", f"stopped: {tap.lines} lines, {tap.records} records, {tap.errors} errors")
+    return 0
