@@ -315,7 +315,8 @@ class _Connection(asyncio.Protocol):
             self.data_bytes += len(data)
             lines = self._framer.feed(data, utc_now(), self.peer)
         except Exception:  # a framing bug must not take the link down
-            self._log.exception("framing failed; bytes lost", data=data)
+            self._log.exception("framing failed; bytes lost", size=len(data))
+            self._log.debug("bytes lost", data=data)
             return
         if lines:
             self._enqueue(lines)
@@ -498,7 +499,7 @@ class _ExecutorSerialTransport(asyncio.Transport):
                 if self._closing:
                     break
                 data = await self._loop.run_in_executor(None, self._read_some)
-                if data and not self._closing:
+                if data:  # even when closing: bytes already read are framed, not dropped
                     self._protocol.data_received(data)
         except (OSError, ValueError) as exc:  # SerialException is an OSError; a closed port raises ValueError
             error = exc
@@ -670,6 +671,7 @@ class LineTransport(abc.ABC):
                 self._log.exception("on_state callback failed")
 
     async def _deliver_lines(self, lines: list[FramedLine]) -> None:
+        # No timeout: waiting for the store is the backpressure (reading stays paused meanwhile).
         async with self._deliver_lock:
             await self._deliver(lines)
 
@@ -706,7 +708,8 @@ class LineTransport(abc.ABC):
             now = loop.time()
             if self._idle_timeout_s is not None and now - connection.last_activity >= self._idle_timeout_s:
                 connection.close(f"nothing received for {self._idle_timeout_s:g} s")
-                await asyncio.wait([connection.done])
+                # Its last lines are still delivered; a store stuck longer than this no longer holds up the reconnect.
+                await asyncio.wait([connection.done], timeout=CLOSE_DRAIN_TIMEOUT_S)
                 return
             if self._keepalive is not None and now - max(connection.last_activity, connection.keepalive_sent_at) >= self._keepalive_interval_s:
                 connection.keepalive_sent_at = now
@@ -780,7 +783,8 @@ class ListenLineTransport(LineTransport):
         super()._connection_made(connection)
         if not self._closing:
             self._established(connection)
-            self._log.info("PBX connected", peer=connection.peer, connections=self.connections)
+            # DEBUG: IP Office send mode connects for every burst of records; that is not news.
+            self._log.debug("PBX connected", peer=connection.peer, connections=self.connections)
             if self._idle_timeout_s is not None or self._keepalive is not None:
                 watcher = asyncio.get_running_loop().create_task(self._watch(connection), name=f"watch {connection.peer}")
                 self._watchers.add(watcher)
@@ -789,7 +793,7 @@ class ListenLineTransport(LineTransport):
     def _connection_lost(self, connection: _Connection) -> None:
         super()._connection_lost(connection)
         if connection.established:
-            self._log.info("PBX disconnected", peer=connection.peer, reason=connection.lost_reason)
+            self._log.debug("PBX disconnected", peer=connection.peer, reason=connection.lost_reason)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

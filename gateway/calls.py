@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from itertools import islice
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -43,6 +42,8 @@ DEFAULT_FINISHED_CACHE_SIZE = 10_000
 # A PBX record and the recorder's live call are the same call when their starts are this close:
 # SMDR rounds to the second or minute and PBX clocks drift from the recorder's.
 DEFAULT_CORRELATION_WINDOW_S = 120.0
+# The finished-call cache is trimmed once it is this far over its size, so trimming costs O(1) per call.
+EVICTION_BATCH = 1_000
 # Live calls not yet described by a PBX record are remembered this long (PBXs buffer records for hours).
 UNCORRELATED_HORIZON = timedelta(hours=24)
 # Multi-record calls (IP Office Continuation=1) are grouped this long waiting for their last part.
@@ -113,6 +114,8 @@ class CallTracker:
         }
         self._correlation_window = timedelta(seconds=correlation_window_s)
         self._finished_cache_size = finished_cache_size
+        self._eviction_batch = max(1, min(EVICTION_BATCH, finished_cache_size // 10))
+        self._evict_at = finished_cache_size + self._eviction_batch
 
         self._ongoing_by_id: dict[str, Call] = {}
         self._ongoing_by_party: dict[str, dict[str, Call]] = defaultdict(dict)
@@ -549,20 +552,26 @@ class CallTracker:
         self._finished_by_id[call.call_id] = call
         self._finished_by_id.move_to_end(call.call_id)
         self._index_external_ids(call)
+        if len(self._finished_by_id) >= self._evict_at:
+            self._evict_finished()
+
+    def _evict_finished(self) -> None:
+        """Drop the oldest cached calls down to the cache size, in one pass (amortised over EVICTION_BATCH calls).
+
+        A call whose save is still queued stays (the store would not find it yet), and so does one
+        waiting for the rest of its multi-record group.
+        """
         excess = len(self._finished_by_id) - self._finished_cache_size
-        if excess <= 0:
-            return
-        # Evict the oldest calls, but never one whose save is still queued (the store would not find it yet)
-        # nor one waiting for the rest of its multi-record group.
         pinned = {call_id for call_id, _ in self._platform_groups.values()}
-        oldest = list(islice(self._finished_by_id, excess + len(self._unsaved) + len(pinned)))
-        for call_id in oldest:
-            if excess == 0:
-                break
-            if call_id in self._unsaved or call_id in pinned:
-                continue
+        evictable = [
+            call_id
+            for call_id in self._finished_by_id
+            if call_id not in self._unsaved and call_id not in pinned
+        ][:excess]
+        for call_id in evictable:
             self._unindex_external_ids(self._finished_by_id.pop(call_id))
-            excess -= 1
+        # Next pass a batch later, even when little could go (saves still queued): never a scan per call.
+        self._evict_at = max(len(self._finished_by_id), self._finished_cache_size) + self._eviction_batch
 
     def _call_in_memory(self, call_id: str) -> Call | None:
         return self._ongoing_by_id.get(call_id) or self._finished_by_id.get(call_id)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import random
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -42,8 +44,17 @@ class CallState(enum.IntEnum):
 
 
 def new_id() -> str:
-    """A gateway identifier: a random GUID, never reused."""
-    return str(uuid.uuid4())
+    """A gateway identifier: a GUID in the time-ordered UUIDv7 layout (RFC 9562), never reused.
+
+    48 bits of Unix milliseconds, then 74 random bits. Ids made one after another sort together,
+    so the store's primary-key index grows at its right edge instead of touching a random page for
+    every new call (random v4 ids made bulk inserts ~1.7x slower, docs/benchmarks.md).
+    """
+    # Identifiers, not secrets (the API key guards access): the fast generator, no syscall per call.
+    value = (time.time_ns() // 1_000_000) << 80 | random.getrandbits(80)
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    return str(uuid.UUID(int=value))
 
 
 @dataclass(slots=True)

@@ -27,6 +27,8 @@ log = structlog.get_logger(__name__)
 DEFAULT_ENCODING = "latin-1"  # never fails to decode; what most PBXs send (smdr-formats.md §1.2 rule 7)
 # Held records (a NEC `NEXT` line may follow) are checked this often; their own wait is the parser's hold_timeout_s.
 HOLD_CHECK_INTERVAL_S = 0.5
+# Lines parsed per turn of the event loop before other work (API requests, other links) gets a turn.
+LINES_PER_TURN = 64
 # At close, everything still held is released: "the future" for the parser's flush.
 RELEASE_ALL = timedelta(days=365)
 
@@ -82,7 +84,9 @@ class SmdrLink:
             *(self._store.append_journal_soon(self.config.name, line.received_at, line.raw) for line in lines)
         )
         quarantined = []
-        for line, seq in zip(lines, seqs):
+        for index, (line, seq) in enumerate(zip(lines, seqs)):
+            if index and not index % LINES_PER_TURN:
+                await asyncio.sleep(0)  # a burst must not hold the API's answers back
             reason = line.error or self._parse(line)
             if reason is not None:
                 quarantined.append(self._store.quarantine(self.config.name, line.received_at, line.raw, reason, seq))

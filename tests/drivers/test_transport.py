@@ -189,7 +189,10 @@ class Sink:
         return await asyncio.wait_for(self.lines.get(), WAIT_S)
 
     async def take(self, count: int) -> list[FramedLine]:
-        return [await self.next() for _ in range(count)]
+        async def lines() -> list[FramedLine]:
+            return [await self.lines.get() for _ in range(count)]
+
+        return await asyncio.wait_for(lines(), WAIT_S)
 
 
 class States:
@@ -261,6 +264,18 @@ async def close_writer(writer: asyncio.StreamWriter) -> None:
         pass
 
 
+def assert_tcp_keepalive(link_transport) -> None:
+    """Every open connection of the link has TCP keepalive on (60 s idle, 10 s interval, 3 probes)."""
+    sockets = [connection.transport.get_extra_info("socket") for connection in link_transport._live]
+    assert sockets
+    for sock in sockets:
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 10
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+
+
 # ---- listen://
 
 
@@ -287,6 +302,7 @@ async def test_listen_two_pbx_connections_keep_their_bytes_apart(unused_tcp_port
         assert by_raw[b"BBB222"].peer == "127.0.0.1:%d" % writer_b.get_extra_info("sockname")[1]
         assert all(line.error is None for line in lines)
         assert link_transport.connections == 2
+        assert_tcp_keepalive(link_transport)
 
         # The PBX hangs up in mid-record and reconnects for its next burst (IP Office send mode).
         writer_a.write(b"HALF")
@@ -332,18 +348,15 @@ async def test_listen_retries_a_port_it_cannot_bind(unused_tcp_port: int) -> Non
 
 
 async def test_close_delivers_the_partial_line_as_an_error_line(unused_tcp_port: int) -> None:
-    sink = Sink()
-    link_transport = create_transport(link(f"listen://127.0.0.1:{unused_tcp_port}"), sink, **FAST_BACKOFF)
+    sink, states = Sink(), States()
+    link_transport = create_transport(
+        link(f"listen://127.0.0.1:{unused_tcp_port}"), sink, on_state=states, **FAST_BACKOFF
+    )
     await link_transport.open()
     writer = None
     try:
-        for _ in range(100):  # the listener comes up within a few loop turns
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
-                break
-            except ConnectionRefusedError:
-                await asyncio.sleep(0.01)
-        assert writer is not None
+        await states.wait(LinkState.UP)
+        _, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
         writer.write(b"WHOLE\r\nPART")
         await writer.drain()
         assert (await sink.next()).raw == b"WHOLE"
@@ -423,6 +436,7 @@ async def test_tcp_reconnects_after_the_server_closes(pbx: FakePbx) -> None:
         await states.wait(LinkState.DOWN)
         _, writer2 = await pbx.connection()
         await states.wait(LinkState.UP)
+        assert_tcp_keepalive(link_transport)
         writer2.write(b"SECOND\r\n")
         line = await sink.next()
         assert line.raw == b"SECOND"
@@ -476,7 +490,7 @@ async def test_slow_delivery_pauses_reading(pbx: FakePbx) -> None:
     await link_transport.open()
     try:
         _, writer = await pbx.connection()
-        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 131072)
         record = b"R" * 98 + b"\r\n"
         count = 40_000  # 4 MB: far more than the socket buffers hold while the link does not read
         writer.write(record * count)
@@ -488,6 +502,30 @@ async def test_slow_delivery_pauses_reading(pbx: FakePbx) -> None:
         lines = await sink.take(count)
         assert {line.raw for line in lines} == {record[:-2]}
         await asyncio.wait_for(writer.drain(), WAIT_S)
+    finally:
+        await link_transport.close()
+
+
+async def test_a_failing_deliver_does_not_stop_the_link(pbx: FakePbx) -> None:
+    delivered: asyncio.Queue[bytes] = asyncio.Queue()
+    failed = asyncio.Event()
+
+    async def deliver(lines: list[FramedLine]) -> None:
+        for line in lines:
+            if line.raw == b"BOOM":
+                failed.set()
+                raise RuntimeError("store failed")
+            delivered.put_nowait(line.raw)
+
+    link_transport = create_transport(link(f"tcp://127.0.0.1:{pbx.port}"), deliver, **FAST_BACKOFF)
+    await link_transport.open()
+    try:
+        _, writer = await pbx.connection()
+        writer.write(b"BOOM\r\n")
+        await asyncio.wait_for(failed.wait(), WAIT_S)
+        writer.write(b"FINE\r\n")
+        assert await asyncio.wait_for(delivered.get(), WAIT_S) == b"FINE"
+        assert link_transport.connections == 1
     finally:
         await link_transport.close()
 
@@ -606,6 +644,7 @@ async def test_socket_url_serial_device_server(pbx: FakePbx) -> None:
         await link_transport.close()
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pySerial's rfc2217 module uses Thread.setDaemon
 async def test_rfc2217_device_server() -> None:
     import serial
     from serial import rfc2217
@@ -638,6 +677,10 @@ async def test_rfc2217_device_server() -> None:
     finally:
         await link_transport.close()
         server.close()
+        while not accepted.empty():
+            accepted.get_nowait()
+        for manager in managers:
+            await close_writer(manager.connection)
         await server.wait_closed()
         for port in ports:
             port.close()
