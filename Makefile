@@ -25,6 +25,7 @@ test: install
 bench: install
 	$(BIN)/python bench/api_bench.py
 	$(BIN)/python bench/control_bench.py
+	$(BIN)/python bench/ingest_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

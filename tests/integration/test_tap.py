@@ -1,0 +1,59 @@
+"""`gateway tap`: raw lines beside parsed records and errors, live, from a real link."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RECORD = b"2008/06/28 09:28:41,00:00:00,9,8004206,I,4324,4324,,0,1000014155,0,E4324,Joe Bloggs,T9161,LINE 5.1,0,0"
+WAIT_S = 20.0
+
+
+async def read_until(stream: asyncio.StreamReader, needle: str, seen: list[str]) -> None:
+    while not any(needle in line for line in seen):
+        line = await asyncio.wait_for(stream.readline(), WAIT_S)
+        if not line:
+            raise AssertionError(f"tap ended before {needle!r}: {seen}")
+        seen.append(line.decode())
+
+
+async def test_tap_shows_raw_lines_records_and_errors(tmp_path, unused_tcp_port):
+    config = tmp_path / "tap.yaml"
+    config.write_text(
+        f"links:\n  - name: pbx\n    format: avaya-ipo\n    url: listen://127.0.0.1:{unused_tcp_port}\n    timezone: UTC\n"
+    )
+    tap = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "tap", "--config", str(config), "--link", "pbx",
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    seen: list[str] = []
+    try:
+        await read_until(tap.stdout, "link   up", seen)
+        _, pbx = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
+        pbx.write(b"garbage here\r\n" + RECORD + b"\r\n")
+        await pbx.drain()
+        await read_until(tap.stdout, "pcid=1000014155", seen)
+        pbx.close()
+    finally:
+        tap.send_signal(signal.SIGINT)
+        rest, _ = await asyncio.wait_for(tap.communicate(), WAIT_S)
+    output = "".join(seen) + rest.decode()
+    assert tap.returncode == 0
+    assert "raw    garbage here" in output and "error" in output
+    assert "ext=4324 other=8004206 dir=in" in output
+    assert "1 records, 1 errors" in output
+
+
+def test_tap_names_the_links_when_the_link_is_unknown(tmp_path):
+    import subprocess
+
+    config = tmp_path / "tap.yaml"
+    config.write_text("links:\n  - name: pbx\n    format: avaya-ipo\n    url: listen://127.0.0.1:5999\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "tap", "--config", str(config), "--link", "nope"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )
+    assert result.returncode == 1 and "links: pbx" in result.stderr
