@@ -2,11 +2,13 @@
 delay from a line's arrival to the API seeing its call (p50/p99).
 
 The gateway runs as its own process with one Avaya IP Office `listen://` link. This process
-pushes N records over one connection as fast as the gateway takes them, and meanwhile, over a
-second connection, sends a probe record every few milliseconds and polls the API
-(GetCallID by platformCallID) until the probe's call is found: that is the arrival-to-API delay.
+pushes N records over one connection, and meanwhile, over a second connection, sends a probe
+record every few milliseconds and polls the API (GetCallID by platformCallID) until the probe's
+call is found: that is the arrival-to-API delay. Two phases: first as fast as the gateway takes
+them (throughput, and the delay at saturation), then at a steady offered load (`--rate`), the
+delay a site running below capacity sees.
 
-    python bench/ingest_bench.py [--records 100000] [--sync full|normal]
+    python bench/ingest_bench.py [--records 100000] [--rate 2000] [--sync full|normal]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ PROBE_INTERVAL_S = 0.02
 READY_TIMEOUT_S = 30.0
 DONE_TIMEOUT_S = 600.0
 PROBE_PCID_BASE = 9_000_000_000
+STEADY_SECONDS = 10.0
 
 
 def free_port() -> int:
@@ -80,22 +83,28 @@ async def records_parsed(session: aiohttp.ClientSession) -> int:
         return (await response.json())["links"]["pbx"]["records"]
 
 
-async def bulk_sender(port: int, count: int) -> float:
+async def bulk_sender(port: int, count: int, first_pcid: int = 1_000_000_000, rate: float | None = None) -> float:
+    """Send `count` records; as fast as the link takes them, or `rate` records/s in chunks of CHUNK_RECORDS."""
     _, writer = await asyncio.open_connection("127.0.0.1", port)
     started = time.perf_counter()
-    for first in range(0, count, CHUNK_RECORDS):
-        writer.write(b"".join(ipo_record(i, 1_000_000_000 + i) for i in range(first, min(count, first + CHUNK_RECORDS))))
+    chunk = CHUNK_RECORDS if rate is None else max(1, int(rate / 50))  # paced: 50 writes a second
+    for first in range(0, count, chunk):
+        writer.write(b"".join(ipo_record(i, first_pcid + i) for i in range(first, min(count, first + chunk))))
         await writer.drain()
+        if rate is not None:
+            await asyncio.sleep(max(0.0, started + (first + chunk) / rate - time.perf_counter()))
     writer.close()
     await writer.wait_closed()
     return started
 
 
-async def prober(port: int, session: aiohttp.ClientSession, stop: asyncio.Event, delays: list[float]) -> None:
+async def prober(
+    port: int, session: aiohttp.ClientSession, stop: asyncio.Event, delays: list[float], pcid_base: int
+) -> None:
     _, writer = await asyncio.open_connection("127.0.0.1", port)
     index = 0
     while not stop.is_set():
-        pcid = PROBE_PCID_BASE + index
+        pcid = pcid_base + index
         writer.write(ipo_record(index, pcid))
         await writer.drain()
         sent = time.perf_counter()
@@ -110,7 +119,31 @@ async def prober(port: int, session: aiohttp.ClientSession, stop: asyncio.Event,
     writer.close()
 
 
-async def main(count: int, sync: str) -> None:
+async def run_phase(session, smdr_port: int, count: int, first_pcid: int, rate: float | None) -> tuple[float, list[float]]:
+    """Records/s achieved and the probes' arrival → API delays while `count` records go in."""
+    already = await records_parsed(session)
+    stop = asyncio.Event()
+    delays: list[float] = []
+    probes = asyncio.create_task(prober(smdr_port, session, stop, delays, PROBE_PCID_BASE + first_pcid))
+    started = await bulk_sender(smdr_port, count, first_pcid, rate)
+    deadline = time.monotonic() + DONE_TIMEOUT_S
+    while (parsed := await records_parsed(session) - already) < count + len(delays):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {parsed} of {count} records parsed")
+        await asyncio.sleep(0.01)
+    elapsed = time.perf_counter() - started
+    stop.set()
+    await probes
+    return count / elapsed, delays
+
+
+def delay_summary(delays: list[float]) -> str:
+    p99 = statistics.quantiles(delays, n=100)[98] if len(delays) >= 2 else delays[0]
+    return (f"{len(delays)} probes: p50 {statistics.median(delays) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
+            f"max {max(delays) * 1000:.1f} ms")
+
+
+async def main(count: int, rate: float, sync: str) -> None:
     http_port, smdr_port = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
         config = write_config(Path(tmp), http_port, smdr_port, sync)
@@ -121,31 +154,23 @@ async def main(count: int, sync: str) -> None:
         try:
             async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{http_port}") as session:
                 await wait_ready(session)
-                stop = asyncio.Event()
-                delays: list[float] = []
-                probes = asyncio.create_task(prober(smdr_port, session, stop, delays))
-                started = await bulk_sender(smdr_port, count)
-                deadline = time.monotonic() + DONE_TIMEOUT_S
-                while (parsed := await records_parsed(session)) < count + len(delays):
-                    if time.monotonic() > deadline:
-                        raise SystemExit(f"only {parsed} of {count} records parsed")
-                    await asyncio.sleep(0.01)
-                elapsed = time.perf_counter() - started
-                stop.set()
-                await probes
+                throughput, saturated = await run_phase(session, smdr_port, count, 1_000_000_000, None)
+                steady_count = int(rate * STEADY_SECONDS)
+                achieved, steady = await run_phase(session, smdr_port, steady_count, 2_000_000_000, rate)
         finally:
             gateway.send_signal(signal.SIGTERM)
             await gateway.wait()
-    quantiles = statistics.quantiles(delays, n=100)
-    print(f"{count:,} IP Office records over listen:// into the store (sync: {sync}), API answering meanwhile")
-    print(f"ingest: {count / elapsed:,.0f} records/s ({elapsed:.1f} s)")
-    print(f"line arrival → API finds the call, {len(delays)} probes: p50 {statistics.median(delays) * 1000:.1f} ms, "
-          f"p99 {quantiles[98] * 1000:.1f} ms, max {max(delays) * 1000:.1f} ms")
+    print(f"IP Office records over listen:// into the store (sync: {sync}), API answering meanwhile")
+    print(f"as fast as taken: {count:,} records at {throughput:,.0f} records/s; "
+          f"line arrival → API finds the call, {delay_summary(saturated)}")
+    print(f"steady {rate:,.0f} records/s offered ({achieved:,.0f} achieved, {steady_count:,} records): "
+          f"line arrival → API finds the call, {delay_summary(steady)}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--rate", type=float, default=2_000.0, help="offered records/s of the steady phase")
     parser.add_argument("--sync", choices=("full", "normal"), default="full")
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.records, arguments.sync))
+    asyncio.run(main(arguments.records, arguments.rate, arguments.sync))

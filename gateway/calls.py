@@ -130,8 +130,8 @@ class CallTracker:
         self._uncorrelated_live: dict[str, dict[str, Call]] = defaultdict(dict)  # extension → recorder calls w/o record
         self._platform_groups: dict[tuple[str, str], tuple[str, datetime]] = {}  # (link, pcid) → (call id, seen)
         self._unsaved: dict[str, asyncio.Future[None]] = {}  # call id → latest save not yet committed
-        self._dirty: dict[str, tuple[Call, asyncio.Future[None]]] = {}  # changed this loop turn, not yet snapshotted
-        self._flush_scheduled = False
+        self._dirty: dict[str, Call] = {}  # changed this loop turn, not yet snapshotted
+        self._dirty_batch: asyncio.Future[None] | None = None  # the future of this turn's batch
         self._listeners: list[CallListener] = []
         self._loading: dict[str, asyncio.Future[Call | None]] = {}
         self.new_call_count = 0  # calls created since start (for the health report's stored count)
@@ -172,39 +172,38 @@ class CallTracker:
     def save_soon(self, call: Call) -> asyncio.Future[None]:
         """Queue the call's state for the store; the future resolves when it is committed.
 
-        Changes made to one call within one turn of the event loop (an OK reply and the event that
-        came in the same read, a replay burst) share one snapshot, taken at the end of that turn.
+        Everything changed within one turn of the event loop is written as one batch, snapshotted at
+        the end of that turn: a call changed twice (an OK reply and the event in the same read) is
+        written once, and a burst of PBX records costs one queue entry and one future, not one each.
         """
-        pending = self._dirty.get(call.call_id)
-        if pending is not None:
-            return pending[1]
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._dirty[call.call_id] = (call, future)
-        self._unsaved[call.call_id] = future
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
+        batch = self._dirty_batch
+        if batch is None:
+            loop = asyncio.get_running_loop()
+            batch = self._dirty_batch = loop.create_future()
             loop.call_soon(self._write_dirty)
-
-        def saved(done: asyncio.Future[None], call_id: str = call.call_id) -> None:
-            if self._unsaved.get(call_id) is done:
-                del self._unsaved[call_id]
-            if not done.cancelled() and done.exception() is not None:
-                log.error("call could not be stored", call_id=call_id, error=str(done.exception()))
-
-        future.add_done_callback(saved)
-        return future
+        self._dirty[call.call_id] = call
+        self._unsaved[call.call_id] = batch
+        return batch
 
     def _write_dirty(self) -> None:
-        self._flush_scheduled = False
+        batch, self._dirty_batch = self._dirty_batch, None
         dirty, self._dirty = self._dirty, {}
-        for call, future in dirty.values():
-            try:
-                stored = self._store.save_call_soon(call)
-            except Exception as error:  # the store is closed: the caller learns it from the future
-                future.set_exception(error)
-                continue
-            stored.add_done_callback(lambda done, future=future: _settle(future, done))
+        assert batch is not None
+        try:
+            stored = self._store.save_calls_soon(dirty.values())
+        except Exception as error:  # the store is closed: the callers learn it from the future
+            stored = asyncio.get_running_loop().create_future()
+            stored.set_exception(error)
+
+        def saved(done: asyncio.Future[None]) -> None:
+            _settle(batch, done)
+            for call_id in dirty:
+                if self._unsaved.get(call_id) is batch:
+                    del self._unsaved[call_id]
+            if not done.cancelled() and done.exception() is not None:
+                log.error("calls could not be stored", calls=len(dirty), error=str(done.exception()))
+
+        stored.add_done_callback(saved)
 
     async def save(self, call: Call) -> None:
         """Queue the call's current state and wait for the commit (API answers that report a change)."""

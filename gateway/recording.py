@@ -12,6 +12,7 @@ import structlog
 
 from gateway.calls import CallTracker, recording_mode_of
 from gateway.errors import GatewayError, RecorderError, RecorderNotConnected
+from gateway.events import CallConnected
 from gateway.model import Call, RecordingMode, utc_now
 
 log = structlog.get_logger(__name__)
@@ -155,8 +156,6 @@ class RecordingPolicy:
     # ---- start on connect
 
     def _on_event(self, event: object, call: Call) -> None:
-        from gateway.events import CallConnected  # local: events ↔ recording have no other tie
-
         if not isinstance(event, CallConnected):
             return
         mode = recording_mode_of(call, self._tracker)

@@ -80,8 +80,8 @@ class SmdrLink:
     async def _deliver(self, lines: list[FramedLine]) -> None:
         # Journal first: the whole read goes to the writer at once (one group commit), and nothing is
         # parsed before it is on disk.
-        seqs = await asyncio.gather(
-            *(self._store.append_journal_soon(self.config.name, line.received_at, line.raw) for line in lines)
+        seqs = await self._store.append_journal_many_soon(
+            self.config.name, [(line.received_at, line.raw) for line in lines]
         )
         quarantined = []
         for index, (line, seq) in enumerate(zip(lines, seqs)):
