@@ -60,6 +60,9 @@ BACKOFF_MAX_S = 30.0
 # A connection counts as good (backoff reset, outage over) when it carried data or stayed up this long; a PBX
 # that accepts and hangs up at once (port busy with another collector) is retried with growing delays instead.
 STABLE_CONNECTION_S = 10.0
+# Lines handed to the link per delivery: large enough to amortise the journal commit, small enough
+# that another connection of the same link (or the API) waits at most a few tens of milliseconds.
+MAX_LINES_PER_DELIVERY = 256
 # A TCP connect or serial open that takes longer than this has failed (then: backoff, retry). A PBX on the LAN
 # answers in milliseconds; 10 s covers a serial device server that is slow to negotiate RFC 2217.
 CONNECT_TIMEOUT_S = 10.0
@@ -394,7 +397,10 @@ class _Connection(asyncio.Protocol):
             self.transport.write(data)  # type: ignore[attr-defined]
 
     def _enqueue(self, lines: list[FramedLine]) -> None:
-        self._pending.append(lines)
+        # One read can hold thousands of lines (a PBX flushing its buffer); delivered in slices, other
+        # connections of the link get their turn in between instead of waiting for the whole burst.
+        for first in range(0, len(lines), MAX_LINES_PER_DELIVERY):
+            self._pending.append(lines[first : first + MAX_LINES_PER_DELIVERY])
         if not self.lost and not self._reading_paused and self.transport is not None:
             self._reading_paused = True
             self.transport.pause_reading()  # type: ignore[attr-defined]
