@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -105,6 +105,7 @@ class CallTracker:
         extensions: Sequence[ExtensionConfig] = (),
         *,
         correlation_window_s: float = DEFAULT_CORRELATION_WINDOW_S,
+        correlation_window_by_link: Mapping[str, float] | None = None,
         finished_cache_size: int = DEFAULT_FINISHED_CACHE_SIZE,
     ) -> None:
         self._store = store
@@ -113,6 +114,9 @@ class CallTracker:
             (extension.recorder, extension.channel): extension for extension in extensions if extension.channel
         }
         self._correlation_window = timedelta(seconds=correlation_window_s)
+        self._correlation_window_by_link = {
+            link: timedelta(seconds=seconds) for link, seconds in (correlation_window_by_link or {}).items()
+        }
         self._finished_cache_size = finished_cache_size
         self._eviction_batch = max(1, min(EVICTION_BATCH, finished_cache_size // 10))
         self._evict_at = finished_cache_size + self._eviction_batch
@@ -430,7 +434,7 @@ class CallTracker:
             return None
         start, _ = self._record_times(record)
         best: Call | None = None
-        best_delta = self._correlation_window
+        best_delta = self._correlation_window_by_link.get(record.source, self._correlation_window)
         for call in list(candidates.values()):
             if record.received_at - call.start_time > UNCORRELATED_HORIZON:
                 del candidates[call.call_id]

@@ -179,7 +179,10 @@ CUSTOM_FORMAT_KEYS = (
 )
 _CUSTOM_REGEX_KEYS = ("skip_regex", "record_regex", "attach_regex", "pattern")
 _CUSTOM_COUNT_KEYS = ("skip_first", "min_length", "min_fields")
-LINK_KEYS = ("name", "format", "url", "timezone", *SERIAL_KEYS, "login", "options", "idle_timeout", "keepalive")
+LINK_KEYS = (
+    "name", "format", "url", "timezone", *SERIAL_KEYS, "login", "options", "idle_timeout", "keepalive",
+    "correlation_window",
+)
 RECORDER_KEYS = ("name", "url", "timeout", *SERIAL_KEYS)
 MAX_PROBLEMS_LISTED = 20  # a file with more problems than this is listed in part
 
@@ -897,6 +900,8 @@ class _Reader:
         direct: dict[str, Any] = {}
         if (value := entry.get("idle_timeout")) is not None:
             direct["idle_timeout"] = float(self.positive(value, entry.key("idle_timeout")))
+        if (value := entry.get("correlation_window")) is not None:
+            direct["correlation_window"] = float(self.positive(value, entry.key("correlation_window")))
         if (value := entry.get("keepalive")) is not None:
             direct["keepalive"] = self.text(value, entry.key("keepalive"))
         if link_format == "custom":

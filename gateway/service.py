@@ -30,7 +30,15 @@ class Gateway:
     def __init__(self, config: GatewayConfig, *, recorders: dict[str, RecorderControl] | None = None) -> None:
         self.config = config
         self.store = Store(config.store.path, sync=config.store.sync)
-        self.tracker = CallTracker(self.store, config.extensions)
+        self.tracker = CallTracker(
+            self.store,
+            config.extensions,
+            correlation_window_by_link={
+                link.name: float(link.options["correlation_window"])
+                for link in config.links
+                if "correlation_window" in link.options
+            },
+        )
         self.recorder_clients = [TrunkRecorderClient(recorder, self.submit) for recorder in config.recorders]
         self.recorders: dict[str, RecorderControl] = (
             recorders if recorders is not None else {client.name: client for client in self.recorder_clients}

@@ -283,3 +283,15 @@ async def test_ongoing_calls_survive_a_restart(tracker, store):
     assert (await restarted.find_by_status("8856", ["ongoing"], 1)).call_id == call.call_id
     restarted.apply(release_event())
     assert restarted.ongoing_count == 0
+
+
+async def test_correlation_window_is_per_link(store):
+    tracker = CallTracker(store, EXTENSIONS, correlation_window_by_link={"slow-pbx": 600})
+    await tracker.start()
+    live = tracker.apply(setup_event(at=T0))
+    tracker.apply(release_event())
+    late_clock = avaya_record(source="pbx-main", start=T0 + timedelta(minutes=5), platform_call_id="1")
+    assert tracker.apply(late_clock) is not live  # 5 minutes off: beyond the default 120 s window
+    skewed = avaya_record(source="slow-pbx", start=T0 + timedelta(minutes=5), platform_call_id="2")
+    assert tracker.apply(skewed) is live  # this link's clock is allowed 10 minutes
+    await tracker.flush()

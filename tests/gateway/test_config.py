@@ -679,3 +679,13 @@ def test_custom_skip_regex_accepts_a_list(tmp_path):
         "    date_format: '%d.%m.%y'\n    time_format: '%H:%M:%S'\n"
     )
     assert load_config(path).links[0].options["skip_regex"] == ["^Datum\\|", "^-+$"]
+
+
+def test_link_correlation_window_is_a_positive_number(tmp_path):
+    path = tmp_path / "corr.yaml"
+    path.write_text("links:\n  - name: pbx\n    format: avaya-ipo\n    url: listen://0.0.0.0:5100\n    correlation_window: 300\n")
+    assert load_config(path).links[0].options["correlation_window"] == 300.0
+    path.write_text("links:\n  - name: pbx\n    format: avaya-ipo\n    url: listen://0.0.0.0:5100\n    correlation_window: -1\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert f"{path}:5" in str(raised.value) and "links[0].correlation_window" in str(raised.value)
