@@ -46,6 +46,8 @@ DEFAULT_CORRELATION_WINDOW_S = 120.0
 EVICTION_BATCH = 1_000
 # Live calls not yet described by a PBX record are remembered this long (PBXs buffer records for hours).
 UNCORRELATED_HORIZON = timedelta(hours=24)
+# Bounds the live calls remembered per extension for correlation (a channel with no SMDR link never clears them).
+MAX_UNCORRELATED_PER_EXTENSION = 1_000
 # Multi-record calls (IP Office Continuation=1) are grouped this long waiting for their last part.
 PLATFORM_GROUP_TIMEOUT = timedelta(minutes=30)
 # Bounds the memo of "last call of number N" so that clients asking for random numbers cannot grow it forever.
@@ -263,11 +265,21 @@ class CallTracker:
         self.new_call_count += 1
         self._index_ongoing(call)
         if call.extension:
-            self._uncorrelated_live[call.extension][call.call_id] = call
+            self._remember_uncorrelated(call)
         self.save_soon(call)
         self._wake_next_waiters(call)
         log.debug("call started", call_id=call.call_id, recorder=event.recorder, channel=event.channel)
         return call
+
+    def _remember_uncorrelated(self, call: Call) -> None:
+        """Keep a live call for PBX records to complete; calls older than the horizon go (records never came)."""
+        waiting = self._uncorrelated_live[call.extension or ""]
+        horizon = call.start_time - UNCORRELATED_HORIZON
+        for old_id in [old_id for old_id, old in waiting.items() if old.start_time < horizon]:
+            del waiting[old_id]
+        if len(waiting) >= MAX_UNCORRELATED_PER_EXTENSION:  # a trunk channel without SMDR: keep the newest
+            del waiting[next(iter(waiting))]
+        waiting[call.call_id] = call
 
     def _guess_internal_party(self, event: CallStarted) -> str | None:
         """A channel not in the configuration: the internal party is the called number inbound, the caller outbound."""

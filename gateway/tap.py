@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TextIO
 
 from drivers.smdr import create_parser
 from drivers.smdr.base import RecordParser, SmdrParseError
+from drivers.smdr.link import HOLD_CHECK_INTERVAL_S, RELEASE_ALL
 from drivers.transport import FramedLine, create_transport
 from gateway.config import GatewayConfig, LinkConfig
 from gateway.events import CallRecord
 from gateway.model import utc_now
 from gateway.ops import LinkState
-
-HOLD_CHECK_INTERVAL_S = 0.5
-RELEASE_ALL = timedelta(days=365)
 
 
 def printable(raw: bytes) -> str:

@@ -295,3 +295,13 @@ async def test_correlation_window_is_per_link(store):
     skewed = avaya_record(source="slow-pbx", start=T0 + timedelta(minutes=5), platform_call_id="2")
     assert tracker.apply(skewed) is live  # this link's clock is allowed 10 minutes
     await tracker.flush()
+
+
+async def test_live_calls_waiting_for_a_record_are_bounded(tracker):
+    """Recorder calls that no PBX record ever describes must not pile up in memory."""
+    for index in range(30):
+        tracker.apply(setup_event(f"TRS{index}", at=T0 + timedelta(hours=index)))
+        tracker.apply(release_event(f"TRS{index}", at=T0 + timedelta(hours=index, seconds=30)))
+    waiting = tracker._uncorrelated_live["8856"]
+    assert len(waiting) <= 25  # only the last 24 hours are kept
+    assert all(call.start_time >= T0 + timedelta(hours=29) - timedelta(hours=24) for call in waiting.values())
