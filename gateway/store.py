@@ -660,15 +660,22 @@ class Store:
             cursor.execute(_INSERT_JOURNAL, payload)
             return cursor.lastrowid
         if kind == _SAVE_CALLS:
-            for snapshot in payload:
-                Store._apply(cursor, _SAVE_CALL, snapshot)
+            # One executemany per statement for the whole batch: the row loop runs in C, not in Python
+            # holding the GIL the event loop needs.
+            cursor.executemany(_UPSERT_CALL, [snapshot.call_row for snapshot in payload])
+            cursor.executemany(_DELETE_PARTIES, [(snapshot.call_id,) for snapshot in payload])
+            cursor.executemany(_INSERT_PARTY, [row for snapshot in payload for row in snapshot.party_rows])
+            recording_rows = [row for snapshot in payload for row in snapshot.recording_rows]
+            if recording_rows:
+                cursor.executemany(_UPSERT_RECORDING, recording_rows)
             return None
         if kind == _APPEND_JOURNAL_MANY:
-            seqs = []
-            for row in payload:
-                cursor.execute(_INSERT_JOURNAL, row)
-                seqs.append(cursor.lastrowid)
-            return seqs
+            if not payload:
+                return []
+            cursor.executemany(_INSERT_JOURNAL, payload)
+            # This thread is the only writer, inside one transaction: the seqs just given are consecutive.
+            last = cursor.execute("SELECT last_insert_rowid()").fetchone()[0]
+            return list(range(last - len(payload) + 1, last + 1))
         if kind == _QUARANTINE:
             cursor.execute(_INSERT_QUARANTINE, payload)
             return None

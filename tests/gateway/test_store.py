@@ -521,3 +521,22 @@ def test_last_ended_walks_the_party_index_newest_first(tmp_path: Path) -> None:
         connection.close()
     plan = query_plan(path, store_module.SELECT_LAST_ENDED)
     assert "call_parties_number_end" in plan[0] and not any("TEMP B-TREE" in step for step in plan), plan
+
+
+async def test_batched_journal_appends_return_their_seqs_in_order(store: Store) -> None:
+    now = datetime.now(UTC)
+    first = await store.append_journal("pbx", now, b"one")
+    seqs = await store.append_journal_many_soon("pbx", [(now, b"two"), (now, b"three"), (now, b"four")])
+    assert seqs == [first + 1, first + 2, first + 3]
+    entries = await store.journal_entries("pbx")
+    assert [(entry.seq, entry.raw) for entry in entries][-3:] == list(zip(seqs, [b"two", b"three", b"four"]))
+    assert await store.append_journal_many_soon("pbx", []) == []
+
+
+async def test_batched_call_saves_round_trip(store: Store) -> None:
+    calls = [full_call(f"call-{index}") for index in range(3)]
+    await store.save_calls_soon(calls)
+    for call in calls:
+        stored = await store.get_call(call.call_id)
+        assert stored is not None and stored.parties == call.parties
+        assert [r.native_id for r in stored.recordings] == [r.native_id for r in call.recordings]
