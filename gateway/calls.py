@@ -578,11 +578,12 @@ class CallTracker:
         """
         excess = len(self._finished_by_id) - self._finished_cache_size
         pinned = {call_id for call_id, _ in self._platform_groups.values()}
-        evictable = [
-            call_id
-            for call_id in self._finished_by_id
-            if call_id not in self._unsaved and call_id not in pinned
-        ][:excess]
+        evictable: list[str] = []
+        for call_id in self._finished_by_id:  # oldest first; stop as soon as enough are found
+            if call_id not in self._unsaved and call_id not in pinned:
+                evictable.append(call_id)
+                if len(evictable) >= excess:
+                    break
         for call_id in evictable:
             self._unindex_external_ids(self._finished_by_id.pop(call_id))
         # Next pass a batch later, even when little could go (saves still queued): never a scan per call.
