@@ -11,6 +11,8 @@ from urllib.parse import quote, unquote
 
 import structlog
 
+from gateway.errors import GatewayError
+
 log = structlog.get_logger(__name__)
 
 PROTOCOL_VERSION = "TRUNKREC/1"
@@ -82,7 +84,7 @@ CHANNEL_PATTERN = re.compile(r"([1-9][0-9]*)/([1-9][0-9]*)")
 _PRINTABLE = re.compile(rb"[\x20-\x7e]*")
 
 
-class ProtocolError(ValueError):
+class ProtocolError(GatewayError, ValueError):
     """A line that is not valid TRUNKREC/1 (the connection carries on with the next line)."""
 
 
