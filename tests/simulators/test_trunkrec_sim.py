@@ -113,7 +113,7 @@ async def test_banner_then_replay_of_calls_and_recordings_then_sync(sim, connect
     sim.answer("2/5")
     recording = sim.start_recording("2/5")
     assert re.fullmatch(r"TRS\d{8}", ringing.call_id) and ringing.call_id != answered.call_id
-    assert re.fullmatch(r"R\d{6}", recording.rec_id)
+    assert re.fullmatch(r"R\d{6}", recording.rec_id) and recorded.call_id == "TRS00000042"
 
     client = await connect(handshake=False)
     assert await client.handshake() == [
