@@ -358,11 +358,10 @@ def _raw_bytes(raw: bytes) -> bytes:
 
 # ---- the writer's operations
 
-_SAVE_CALL = 0
 _APPEND_JOURNAL = 1
 _QUARANTINE = 2
-# Batch forms: one queue entry and one future for many rows. Per-row futures and callbacks cost
-# more event-loop time than the rows' SQL at SMDR ingest rates.
+# One queue entry and one future for any number of calls (a single save is a batch of one): per-call
+# futures and callbacks cost more event-loop time than the rows' SQL at SMDR ingest rates.
 _SAVE_CALLS = 3
 _APPEND_JOURNAL_MANY = 4
 
@@ -466,7 +465,7 @@ class Store:
 
     def save_call_soon(self, call: Call) -> asyncio.Future[None]:
         """Queue an upsert of the call, its parties and recordings; the future resolves once committed."""
-        return self._submit(_SAVE_CALL, _snapshot(call))
+        return self._submit(_SAVE_CALLS, [_snapshot(call)])
 
     async def save_call(self, call: Call) -> None:
         await self.save_call_soon(call)
@@ -648,14 +647,6 @@ class Store:
 
     @staticmethod
     def _apply(cursor: sqlite3.Cursor, kind: int, payload: Any) -> Any:
-        if kind == _SAVE_CALL:
-            snapshot: _CallSnapshot = payload
-            cursor.execute(_UPSERT_CALL, snapshot.call_row)
-            cursor.execute(_DELETE_PARTIES, (snapshot.call_id,))
-            cursor.executemany(_INSERT_PARTY, snapshot.party_rows)
-            if snapshot.recording_rows:
-                cursor.executemany(_UPSERT_RECORDING, snapshot.recording_rows)
-            return None
         if kind == _APPEND_JOURNAL:
             cursor.execute(_INSERT_JOURNAL, payload)
             return cursor.lastrowid
@@ -927,10 +918,8 @@ def _close_quietly(connection: sqlite3.Connection) -> None:
 
 
 def _describe(kind: int, payload: Any) -> str:
-    if kind == _SAVE_CALL:
-        return f"save call {payload.call_id}"
     if kind == _SAVE_CALLS:
-        return f"save {len(payload)} calls"
+        return f"save call {payload[0].call_id}" if len(payload) == 1 else f"save {len(payload)} calls"
     if kind == _APPEND_JOURNAL:
         return f"journal append on link {payload[0]}"
     if kind == _APPEND_JOURNAL_MANY:
