@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchlib import ROOT, free_port  # noqa: E402 — bench/ is the script folder
 sys.path.insert(0, str(ROOT))
 
 from gateway.model import Call, CallState, Direction, RecordingMode, new_id  # noqa: E402
@@ -62,12 +62,6 @@ class Measurement:
     p50_ms: float
     p99_ms: float
     errors: int
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def pinned(cpu: str, command: list[str]) -> list[str]:

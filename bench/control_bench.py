@@ -16,7 +16,6 @@ import asyncio
 import multiprocessing
 import os
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchlib import ROOT, free_port  # noqa: E402 — bench/ is the script folder
 sys.path.insert(0, str(ROOT))
 
 from drivers.trunkrec import protocol as p  # noqa: E402
@@ -82,12 +81,6 @@ class SimulatorProcess:
             await sim.stop()
 
         asyncio.run(run())
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def write_config(folder: Path, http_port: int, recorder_port: int, sync: str) -> Path:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchlib import ROOT, free_port  # noqa: E402 — bench/ is the script folder
 API_KEY = "74c8eea0-50c6-40b2-9f3e-252ed501c3c8"
 CHUNK_RECORDS = 500  # records per write of the bulk sender, like a PBX flushing its buffer
 PROBE_INTERVAL_S = 0.02
@@ -33,12 +32,6 @@ READY_TIMEOUT_S = 30.0
 DONE_TIMEOUT_S = 600.0
 PROBE_PCID_BASE = 9_000_000_000
 STEADY_SECONDS = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def ipo_record(index: int, pcid: int) -> bytes:
