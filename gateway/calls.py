@@ -220,6 +220,8 @@ class CallTracker:
     def apply(self, event: DriverEvent) -> Call | None:
         """Apply one driver event; returns the call it touched (None when it concerned no known call)."""
         match event:
+            case CallRecord():  # first: a busy SMDR link hands in thousands a second
+                call = self._call_record(event)
             case CallStarted():
                 call = self._call_started(event)
             case CallConnected():
@@ -233,8 +235,6 @@ class CallTracker:
             case RecorderSynced():
                 self._recorder_synced(event)
                 return None
-            case CallRecord():
-                call = self._call_record(event)
             case _:
                 raise TypeError(f"not a driver event: {event!r}")
         if call is not None:

@@ -24,7 +24,7 @@ log = structlog.get_logger(__name__)
 
 
 async def _run_until_signalled(config_path: Path) -> int:
-    from gateway.service import Gateway  # imported late: `check` and `hash-password` need none of it
+    from gateway.service import Gateway, tune_garbage_collector  # late: `check` and `hash-password` need none of it
 
     config = load_config(config_path)
     configure_logging(config.log.level, config.log.format)
@@ -34,6 +34,7 @@ async def _run_until_signalled(config_path: Path) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await gateway.start()
+    tune_garbage_collector()
     try:
         await stop.wait()
         log.info("shutting down")
