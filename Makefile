@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config/gateway.yaml
 
-.PHONY: install run test bench clean
+.PHONY: install run gateway test bench clean
 
 install: $(STAMP)
 
@@ -16,7 +16,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The demo: the gateway on the bundled default with the PBX and trunk recorder simulators making calls.
 run: install
+	$(BIN)/gateway demo --config $(CONFIG)
+
+# The gateway alone, for real PBX links and recorders.
+gateway: install
 	$(BIN)/gateway run --config $(CONFIG)
 
 test: install

@@ -1,18 +1,18 @@
-"""Command line (`gateway`, `python -m gateway`): run, check, tap, hash-password (config.md)."""
+"""Command line (`gateway`, `python -m gateway`): run, check, demo, tap, hash-password (config.md)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import getpass
-import signal
 import sys
 from pathlib import Path
 
 import structlog
 
-from gateway.config import DEFAULT_CONFIG_PATH, check_config, describe_config, load_config
+from gateway.config import DEFAULT_CONFIG_PATH, GatewayConfig, check_config, describe_config, load_config
 from gateway.errors import ConfigError
+from gateway.lifecycle import stop_on_signals
 from gateway.logs import configure_logging
 from gateway.passwords import hash_password
 
@@ -23,23 +23,29 @@ EXIT_CONFIG = 2
 log = structlog.get_logger(__name__)
 
 
+def _load_config(path: Path) -> GatewayConfig | None:
+    """The configuration, or None after printing why it was refused (FILE:LINE: KEY: message)."""
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        print(f"gateway: configuration error: {error}", file=sys.stderr)
+        return None
+
+
 async def _run_until_signalled(config_path: Path) -> int:
     from gateway.service import Gateway, tune_garbage_collector  # late: `check` and `hash-password` need none of it
 
     config = load_config(config_path)
     configure_logging(config.log.level, config.log.format)
     gateway = Gateway(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await gateway.start()
-    tune_garbage_collector()
-    try:
-        await stop.wait()
-        log.info("shutting down")
-    finally:
-        await gateway.stop()
+    async with stop_on_signals() as stopping:
+        await gateway.start()
+        tune_garbage_collector()
+        try:
+            await stopping.wait()
+            log.info("shutting down")
+        finally:
+            await gateway.stop()
     return EXIT_OK
 
 
@@ -54,11 +60,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import DemoError, run_demo  # imported late: only the demo needs the simulators
+
+    config = _load_config(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    configure_logging(args.log_level, config.log.format)
     try:
-        config = load_config(args.config)
-    except ConfigError as error:
-        print(f"gateway: configuration error: {error}", file=sys.stderr)
+        asyncio.run(run_demo(config, sys.stdout, seed=args.seed, calls_per_minute=args.calls_per_minute))
+    except DemoError as error:
+        print(f"gateway: cannot demonstrate this configuration: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as error:  # e.g. the HTTP port or a simulator's port is taken
+        print(f"gateway: cannot start the demo: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load_config(args.config)
+    if config is None:
         return EXIT_CONFIG
     print(describe_config(config))
     problems = check_config(config)
@@ -73,10 +95,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_tap(args: argparse.Namespace) -> int:
     from gateway.tap import run_tap  # imported late: only the tap needs the drivers loaded
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as error:
-        print(f"gateway: configuration error: {error}", file=sys.stderr)
+    config = _load_config(args.config)
+    if config is None:
         return EXIT_CONFIG
     configure_logging("warning", "console")  # the tap's own lines are the output; the link's warnings still show
     try:
@@ -109,6 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a configuration file and its serial ports")
     check.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="configuration file (%(default)s)")
     check.set_defaults(handler=cmd_check)
+
+    demo = commands.add_parser("demo", help="run the gateway with the PBX and trunk recorder simulators making calls")
+    demo.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="configuration file (%(default)s)")
+    demo.add_argument("--seed", type=int, default=None, help="seed of the traffic, to replay a run")
+    demo.add_argument(
+        "--calls-per-minute", type=float, default=12.0, help="random calls per minute per PBX (%(default)s)"
+    )
+    demo.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], default="warning",
+        help="log level of the demo (%(default)s: the banner stays readable); the file's level is not used",
+    )
+    demo.set_defaults(handler=cmd_demo)
 
     tap = commands.add_parser("tap", help="show a link's raw lines and their parsed records live (stores nothing)")
     tap.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="configuration file (%(default)s)")

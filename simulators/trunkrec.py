@@ -8,15 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
-import fcntl
 import itertools
-import os
 import random
-import signal
-import struct
-import termios
-import tty
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +20,9 @@ from typing import Any
 import structlog
 
 from drivers.trunkrec import protocol as p
+from gateway.lifecycle import stop_on_signals
+from simulators.pty import PtyPort
+from simulators.tasks import OwnedTasks
 
 log = structlog.get_logger(__name__)
 
@@ -43,13 +39,6 @@ CAUSE_NO_ANSWER = 19  # Q.850
 WAIT_TIMEOUT_S = 5.0
 # stop() and drop_connections() wait this long for aborted transports to report closed.
 CLOSE_TIMEOUT_S = 2.0
-# pty: while the slave is closed the master polls as hung up (add_reader would spin), so
-# look this often for the gateway opening it.
-PTY_OPEN_POLL_S = 0.02
-# pty: once the slave is open, give the opener this long to configure and flush the port
-# (pySerial flushes input on open) before the banner goes out.
-PTY_SETTLE_S = 0.05
-PTY_READ_BYTES = 4096
 # split_writes: write sizes in turn. Small ones split lines across reads; the large one carries
 # the end of one line and the start of the next (or whole lines) in a single write.
 SPLIT_WRITE_BYTES = (1, 7, 3, 2, 5, 4, 6, 200)
@@ -192,151 +181,6 @@ class _Session(p.LineProtocol):
                 return
 
 
-class _PtyTransport(asyncio.Transport):
-    """The pty master as the transport of one session: non-blocking writes, buffered when the pty is full."""
-
-    def __init__(self, port: _PtyPort) -> None:
-        super().__init__({"pty": port.slave_path})
-        self._port = port
-        self._pending = bytearray()
-        self.closing = False
-
-    def write(self, data: bytes) -> None:  # type: ignore[override]
-        if self.closing:
-            return
-        if not self._pending:
-            try:
-                data = data[os.write(self._port.master_fd, data) :]
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                self._port.end_session(exc)
-                return
-            if not data:
-                return
-            self._port.loop.add_writer(self._port.master_fd, self._write_ready)
-        self._pending.extend(data)
-
-    def _write_ready(self) -> None:
-        try:
-            del self._pending[: os.write(self._port.master_fd, self._pending)]
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self._port.end_session(exc)
-            return
-        if not self._pending:
-            self._port.loop.remove_writer(self._port.master_fd)
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self._port.end_session(None)
-
-    def abort(self) -> None:
-        self._port.end_session(None)
-
-
-class _PtyPort:
-    """A pty pair standing in for a serial port: a session each time the gateway opens the slave.
-
-    The slave fd is closed here so that the gateway's open shows (master reads stop failing with
-    EIO), and the master is in packet mode so that a flush of the gateway's input — pySerial does
-    one on open — shows too: whatever was sent before it is gone, so the session starts again.
-    """
-
-    def __init__(self, sim: TrunkRecorderSimulator) -> None:
-        self._sim = sim
-        self.loop = asyncio.get_running_loop()
-        master_fd, slave_fd = os.openpty()
-        try:
-            tty.setraw(slave_fd)  # no echo, no line discipline: bytes pass unchanged
-            self.slave_path = os.ttyname(slave_fd)
-            fcntl.ioctl(master_fd, termios.TIOCPKT, struct.pack("i", 1))
-            os.set_blocking(master_fd, False)
-        except BaseException:
-            os.close(master_fd)
-            raise
-        finally:
-            os.close(slave_fd)
-        self.master_fd = master_fd
-        self.session: _Session | None = None
-        self._transport: _PtyTransport | None = None
-        self._closed = False
-        self._watch()
-
-    def _watch(self) -> None:
-        self._sim._spawn(self._await_open(), "pty:watch")
-
-    async def _await_open(self) -> None:
-        early = bytearray()  # requests the gateway wrote before its banner went out
-        while (chunk := self._read_once()) is False:
-            await asyncio.sleep(PTY_OPEN_POLL_S)
-        self._keep_data(chunk, early)
-        await asyncio.sleep(PTY_SETTLE_S)
-        while isinstance(chunk := self._read_once(), bytes):
-            self._keep_data(chunk, early)  # flush notices now are the opener's own: nothing was sent yet
-        if chunk is False:  # closed again while settling
-            self._watch()
-            return
-        self._transport = _PtyTransport(self)
-        self.session = _Session(self._sim, f"{self._sim.name}:pty")
-        self.session.connection_made(self._transport)
-        self.loop.add_reader(self.master_fd, self._readable)
-        if early:
-            self.session.data_received(bytes(early))
-
-    @staticmethod
-    def _keep_data(chunk: bytes | None, into: bytearray) -> None:
-        if chunk and chunk[0] == termios.TIOCPKT_DATA:
-            into.extend(chunk[1:])
-
-    def _read_once(self) -> bytes | None | bool:
-        """One packet-mode read: a packet, None if there is nothing to read, False if the slave is closed."""
-        try:
-            return os.read(self.master_fd, PTY_READ_BYTES) or None
-        except BlockingIOError:
-            return None
-        except OSError as exc:
-            if exc.errno == errno.EIO:
-                return False
-            raise
-
-    def _readable(self) -> None:
-        while self.session is not None:
-            chunk = self._read_once()
-            if chunk is None:
-                return
-            if chunk is False:
-                self.end_session(None)
-                return
-            assert isinstance(chunk, bytes)
-            if chunk[0] == termios.TIOCPKT_DATA:
-                self.session.data_received(chunk[1:])
-            elif chunk[0] & termios.TIOCPKT_FLUSHREAD:
-                self._sim._log.info("gateway flushed its input, announcing again", link=self.session.name)
-                self.end_session(None)
-
-    def end_session(self, exc: Exception | None) -> None:
-        """The session is over (slave closed, flushed, or dropped); unless closing, wait for the next one."""
-        session, self.session = self.session, None
-        if session is None:
-            return
-        self.loop.remove_reader(self.master_fd)
-        self.loop.remove_writer(self.master_fd)
-        if self._transport is not None:
-            self._transport.closing = True
-        session.connection_lost(exc)
-        if not self._closed:
-            self._watch()
-
-    def close(self) -> None:
-        self._closed = True
-        self.end_session(None)
-        os.close(self.master_fd)
-
-
 class TrunkRecorderSimulator:
     """A trunk recorder: channels, calls, recordings and span alarms, served to any number of gateway links."""
 
@@ -382,10 +226,10 @@ class TrunkRecorderSimulator:
         self._all_sessions: set[_Session] = set()  # also the ones still closing
         self._closed_framing_errors = 0
         self._busy_channels: set[str] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = OwnedTasks(self.name, self._log)
         self._changed = asyncio.Event()
         self._server: asyncio.Server | None = None
-        self._pty: _PtyPort | None = None
+        self._pty: PtyPort | None = None
         self._session_numbers = itertools.count(1)
 
     # ---- lifecycle
@@ -403,7 +247,8 @@ class TrunkRecorderSimulator:
         """Serve the protocol on a new pty; returns the slave path for the gateway to open as a serial port."""
         if self._pty is not None:
             raise SimulatorError("this simulator already has a pty")
-        self._pty = _PtyPort(self)
+        # The banner goes out when a session starts: after the gateway opened the slave and settled.
+        self._pty = PtyPort(partial(_Session, self, f"{self.name}:pty"), self._spawn, self._log)
         self.pty_path = self._pty.slave_path
         self._log.info("serving on pty", path=self.pty_path)
         return self.pty_path
@@ -417,11 +262,7 @@ class TrunkRecorderSimulator:
         if pty is not None:
             pty.close()
         await self._abort_sessions()
-        while self._tasks:
-            tasks = list(self._tasks)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
         if server is not None:
             await server.wait_closed()
         if server is not None or pty is not None:
@@ -819,15 +660,7 @@ class TrunkRecorderSimulator:
         self._changed = asyncio.Event()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=f"{self.name}:{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self._log.error("simulator task failed", task=task.get_name(), exc_info=task.exception())
+        return self._tasks.spawn(coro, name)
 
     async def _traffic(self, calls_per_minute: float, rng: random.Random) -> None:
         while True:
@@ -883,20 +716,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _run(args: argparse.Namespace) -> None:
     sim = TrunkRecorderSimulator(channels=args.channels, name=args.name, seed=args.seed)
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stopping.set)
     try:
-        if args.pty:
-            print(await sim.open_pty(), flush=True)
-        else:
-            await sim.start_tcp(*args.listen)
-        sim.start_traffic(args.traffic, seed=args.seed)
-        await stopping.wait()
+        async with stop_on_signals() as stopping:
+            if args.pty:
+                print(await sim.open_pty(), flush=True)
+            else:
+                await sim.start_tcp(*args.listen)
+            sim.start_traffic(args.traffic, seed=args.seed)
+            await stopping.wait()
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
         await sim.stop()
 
 

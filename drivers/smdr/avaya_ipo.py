@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from drivers.smdr.base import RecordParser, SmdrParseError, parse_duration
+from drivers.smdr.base import RecordParser, SmdrParseError, parse_duration, to_utc
 from gateway.events import CallRecord
 from gateway.model import Direction
 
@@ -99,7 +99,7 @@ class AvayaIpoParser(RecordParser):
         hold_s = _seconds(fields[F_HOLD_TIME], "hold time", int)
         park_s = _seconds(fields[F_PARK_TIME], "park time", int)
         segment_s = (connected_s or 0) + (ring_s or 0) + (hold_s or 0) + (park_s or 0)
-        start = start_local.replace(tzinfo=self.tz).astimezone(UTC)
+        start = to_utc(start_local, self.tz, received_at)
         end = start + timedelta(seconds=segment_s)  # elapsed time, added in UTC: right across a DST change
 
         party1, party2 = fields[F_PARTY1_DEVICE], fields[F_PARTY2_DEVICE]

@@ -67,9 +67,25 @@ class RecordParser(abc.ABC):
 # ---- time helpers (smdr-formats.md §1.3)
 
 
-def to_utc(local: datetime, tz: tzinfo) -> datetime:
-    """A PBX wall-clock time (naive) in the link's zone → aware UTC."""
-    return local.replace(tzinfo=tz).astimezone(timezone.utc)
+# In the hour a DST change repeats, the later reading is taken unless it lies more than this after the
+# record arrived (a PBX clock may run a little ahead of ours; the two readings are an hour apart).
+REPEATED_HOUR_TOLERANCE = timedelta(minutes=15)
+
+
+def to_utc(local: datetime, tz: tzinfo, received_at: datetime | None = None) -> datetime:
+    """A PBX wall-clock time (naive) in the link's zone → aware UTC.
+
+    A time in the hour that repeats when DST ends (02:30 twice in Europe/Budapest) has two readings; records
+    describe the past, so with `received_at` it is the later reading that is not after the record arrived
+    (without it, the first reading).
+    """
+    first = local.replace(tzinfo=tz).astimezone(timezone.utc)
+    if received_at is None or tz is timezone.utc:
+        return first
+    second = local.replace(tzinfo=tz, fold=1).astimezone(timezone.utc)
+    if second != first and second <= received_at + REPEATED_HOUR_TOLERANCE:
+        return second
+    return first
 
 
 def local_now(received_at: datetime, tz: tzinfo) -> datetime:

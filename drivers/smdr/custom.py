@@ -259,7 +259,7 @@ class CustomParser(RecordParser):
         ring_s = self._seconds(values, T_RING, T_RING_S)
 
         start = end = None
-        anchor = self._anchor(values, received_local)
+        anchor = self._anchor(values, received_local, received_at)
         if anchor is not None:
             if settings.time_is == TIME_IS_END:
                 end = anchor
@@ -268,9 +268,9 @@ class CustomParser(RecordParser):
             else:
                 start = anchor
         if values.get(T_START):
-            start = self._datetime(values[T_START], received_local)
+            start = self._datetime(values[T_START], received_local, received_at)
         if values.get(T_END):
-            end = self._datetime(values[T_END], received_local)
+            end = self._datetime(values[T_END], received_local, received_at)
         if duration_s is not None:  # elapsed time, added in UTC: right across a DST change
             if end is None and start is not None:
                 end = start + timedelta(seconds=(ring_s or 0) + duration_s)
@@ -314,10 +314,10 @@ class CustomParser(RecordParser):
             "extra": extra,
         }
 
-    def _anchor(self, values: dict[str, str], received_local: datetime) -> datetime | None:
+    def _anchor(self, values: dict[str, str], received_local: datetime, received_at: datetime) -> datetime | None:
         """The record's call time (aware UTC) from `datetime`, or `date` + `time`; None when it has none."""
         if values.get(T_DATETIME):
-            return self._datetime(values[T_DATETIME], received_local)
+            return self._datetime(values[T_DATETIME], received_local, received_at)
         time_text = values.get(T_TIME)
         if not time_text:
             return None
@@ -328,7 +328,7 @@ class CustomParser(RecordParser):
             local = datetime.combine(received_local.date(), clock)
             if local - received_local > TIME_ONLY_FUTURE_TOLERANCE:
                 local -= timedelta(days=1)
-        return to_utc(local, self.tz)
+        return to_utc(local, self.tz, received_at)
 
     def _date(self, text: str, received_local: datetime) -> date:
         formats = (self._settings.date_format,) if self._settings.date_format else DEFAULT_DATE_FORMATS
@@ -345,7 +345,7 @@ class CustomParser(RecordParser):
             raise SmdrParseError(f"time {text!r} does not match {time_format or 'hh:mm[:ss][AM|PM]'}") from None
         return time(hour, minute, second)
 
-    def _datetime(self, text: str, received_local: datetime) -> datetime:
+    def _datetime(self, text: str, received_local: datetime, received_at: datetime) -> datetime:
         datetime_format = self._settings.datetime_format
         if datetime_format:
             parsed = self._strptime(text, (datetime_format,), "date and time", received_local)
@@ -356,7 +356,7 @@ class CustomParser(RecordParser):
                 parsed = self._strptime(text, DEFAULT_DATETIME_FORMATS, "date and time", received_local)
         if parsed.tzinfo is not None:  # the PBX printed an offset: trust it over the link's zone
             return parsed.astimezone(timezone.utc)
-        return to_utc(parsed, self.tz)
+        return to_utc(parsed, self.tz, received_at)
 
     def _strptime(self, text: str, formats: tuple[str, ...], what: str, received_local: datetime) -> datetime:
         """Parse with the first format that fits, then settle the year (record, two-digit, or inferred)."""

@@ -344,7 +344,7 @@ class MitelMivbParser(RecordParser):
             local = datetime(year, month, day, hour, minute, second)
         except ValueError:
             raise SmdrParseError(f"date {date_text!r} does not exist in {year}") from None
-        return to_utc(local, self.tz)
+        return to_utc(local, self.tz, received_at)
 
     def _clock(self, text: str) -> tuple[int, int, int]:
         """12 h (`p`/`P` after the minutes = PM, nothing = AM) or 24 h, by option or by what the link has shown."""

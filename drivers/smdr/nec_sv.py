@@ -244,7 +244,7 @@ class NecSvParser(RecordParser):
             if naive - received_local > TIME_ONLY_FUTURE_TOLERANCE:
                 naive -= timedelta(days=1)
             extra["date_inferred"] = True
-        start = to_utc(naive, self.tz)
+        start = to_utc(naive, self.tz, received_at)
 
         duration_s = None
         if fields.duration:

@@ -306,7 +306,7 @@ class PanasonicParser(RecordParser):
             extra["times_unknown"] = True
         start = end = None
         if times_known:
-            stamp = to_utc(datetime(day.year, day.month, day.day, *clock), self.tz)
+            stamp = to_utc(datetime(day.year, day.month, day.day, *clock), self.tz, received_at)
             if duration_s is not None and not (fields.ring and ring_s is None):
                 span = timedelta(seconds=duration_s + (ring_s or 0))
             else:

@@ -123,9 +123,9 @@ class ThreeCxParser(RecordParser):
         values["historyid"] = _HISTORYID_PREFIX.sub("", values.get("historyid", ""))
         values["chain"] = _CHAIN_PREFIX.sub("", values.get("chain", ""))
 
-        start = self._time(values, "time-start")
-        answered_at = self._time(values, "time-answered")
-        end = self._time(values, "time-end")
+        start = self._time(values, "time-start", received_at)
+        answered_at = self._time(values, "time-answered", received_at)
+        end = self._time(values, "time-end", received_at)
         if "time-start" in self.fields and start is None:
             raise SmdrParseError("time-start is empty")
         answered = answered_at is not None if "time-answered" in self.fields else None
@@ -172,7 +172,7 @@ class ThreeCxParser(RecordParser):
             extra=extra,
         )
 
-    def _time(self, values: dict[str, str], name: str) -> datetime | None:
+    def _time(self, values: dict[str, str], name: str, received_at: datetime) -> datetime | None:
         text = values.get(name, "")
         if not text:
             return None
@@ -184,7 +184,7 @@ class ThreeCxParser(RecordParser):
             local = datetime(year, month, day, hour, minute, second)
         except ValueError:
             raise SmdrParseError(f"{name} {text!r} is not a valid date and time") from None
-        return to_utc(local, self.tz)
+        return to_utc(local, self.tz, received_at)
 
     def _direction(self, parties: dict[tuple[str, str, str], _Party]) -> Direction:
         source, destination, final = parties[FROM], parties[TO], parties[FINAL]

@@ -267,3 +267,23 @@ def test_garbage_is_a_parse_error(line: str, reason: str) -> None:
 def test_registry_exposes_the_parser() -> None:
     assert parser_class("avaya-ipo") is AvayaIpoParser
     assert AvayaIpoParser.format == "avaya-ipo"
+
+
+# 2026-10-25 in Budapest: 02:00–03:00 happens twice (CEST, then CET). A record's wall-clock time in that hour
+# is the later reading unless that is after the record arrived.
+REPEATED_HOUR_LINE = "2026/10/25 02:30:00,00:00:40,3,01707392200,I,8857,8857,,0,1000020001,0,E8857,Desk,T9001,LINE 1.1,0,0"
+
+
+@pytest.mark.parametrize(
+    ("received", "start"),
+    [
+        pytest.param(utc(2026, 10, 25, 1, 31, 0), utc(2026, 10, 25, 1, 30, 0), id="second-pass-call"),
+        pytest.param(utc(2026, 10, 25, 0, 31, 0), utc(2026, 10, 25, 0, 30, 0), id="first-pass-call"),
+        pytest.param(utc(2026, 10, 25, 1, 20, 0), utc(2026, 10, 25, 1, 30, 0), id="pbx-clock-minutes-ahead"),
+        pytest.param(utc(2026, 10, 25, 5, 0, 0), utc(2026, 10, 25, 1, 30, 0), id="late-record"),
+    ],
+)
+def test_the_repeated_autumn_hour_is_read_by_the_receive_time(received, start):
+    (record,) = parser(BUDAPEST).feed(REPEATED_HOUR_LINE, received)
+    assert record.start == start
+    assert record.end == start + timedelta(seconds=43)

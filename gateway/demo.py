@@ -1,0 +1,274 @@
+"""`gateway demo`: the gateway on a configuration (the bundled default) with simulators in place of hardware.
+
+Every `tcp://` recorder of the file gets a trunk recorder simulator listening on its address; every
+`listen://` link gets a PBX simulator that connects to it, every `tcp://` link one that listens on its
+address (with the format's login prompt). One seeded traffic model drives the first link's PBX and the
+recorders together, so that each live recorder call is later described by exactly one PBX record; the
+other links' PBXs carry PBX-only traffic. The demo keeps one long call in progress on a Controlled
+extension so that the printed examples (GetCallID, KeepCall manualRecord, GetCallInformation) always
+find a call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TextIO
+from urllib.parse import urlencode, urlsplit
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from drivers.smdr import machine_timezone
+from gateway.config import ApiKeyConfig, GatewayConfig, LinkConfig, RecorderConfig
+from gateway.lifecycle import stop_on_signals
+from gateway.model import RecordingMode
+from gateway.service import Gateway, tune_garbage_collector
+from simulators.pbx import PbxSimulator
+from simulators.site import Site, first_call_id_from_clock
+from simulators.traffic import TrafficModel
+from simulators.trunkrec import TrunkRecorderSimulator
+
+log = structlog.get_logger(__name__)
+
+DEMO_CALLS_PER_MINUTE = 12.0
+# Extensions the PBX has beside the configured ones: unrecorded desks, the ones transfers go between.
+DEMO_EXTRA_EXTENSIONS = tuple(str(number) for number in range(2001, 2011))
+# The call kept in progress for the examples: long, so that a KeepCall start/stop can be tried at leisure.
+PINNED_CALL_S = 900.0
+# Until the gateway shows the pinned call as ongoing (the recorder simulator answers at once on loopback).
+DEMO_READY_TIMEOUT_S = 30.0
+DEMO_READY_POLL_S = 0.05
+RECORDER_CHANNELS_MIN = 60
+LOOPBACK = ipaddress.ip_address("127.0.0.1")
+# Shorter talk than the model's default, so that records (written when a call ends) show in the first minute.
+DEMO_TALK_MEDIAN_S = 15.0
+
+
+class DemoError(Exception):
+    """The configuration cannot be demonstrated (e.g. nothing the simulators can stand in for)."""
+
+
+@dataclass(frozen=True)
+class DemoExamples:
+    """What the banner shows: where the API is, with which key, and which extension has a call."""
+
+    url: str
+    api_key: str
+    extension: str
+    manual_record: bool  # the extension is Controlled: KeepCall type=manualRecord works on it
+
+    def requests(self) -> list[tuple[str, dict[str, str]]]:
+        by_extension = {"extension": self.extension, "status": "ongoing"}
+        keep = {"type": "manualRecord"} if self.manual_record else {"type": "do_not_delete"}
+        return [
+            ("GetCallID: the ID of the call in progress", {"action": "GetCallID", **by_extension}),
+            (
+                "KeepCall: start recording it" if self.manual_record else "KeepCall: protect it from deletion",
+                {"action": "KeepCall", **by_extension, **keep},
+            ),
+            ("GetCallInformation: its record, as JSON", {"action": "GetCallInformation", **by_extension, "responseType": "JSON"}),
+        ]
+
+    def curl_lines(self) -> list[str]:
+        lines = []
+        for title, params in self.requests():
+            query = urlencode({"action": params.pop("action"), "apiKey": self.api_key, **params})
+            lines += [f"  # {title}", f"  curl '{self.url}/verba/api?{query}'"]
+        return lines
+
+
+def _host_port(url: str) -> tuple[str, int] | None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("tcp", "listen") or parts.hostname is None or parts.port is None:
+        return None
+    return parts.hostname, parts.port
+
+
+def _open_key(keys: Sequence[ApiKeyConfig]) -> ApiKeyConfig | None:
+    """A key that works without a token from this machine: the examples must run as printed."""
+    for key in keys:
+        if key.require_token:
+            continue
+        if key.networks is None or any(
+            isinstance(network, (ipaddress.IPv4Network, ipaddress.IPv6Network)) and LOOPBACK in network
+            for network in key.networks
+        ):
+            return key
+    return None
+
+
+class Demo:
+    """The gateway, the simulators standing in for its recorders and PBXs, and the traffic between them."""
+
+    def __init__(
+        self, config: GatewayConfig, *, seed: int | None = None, calls_per_minute: float = DEMO_CALLS_PER_MINUTE
+    ) -> None:
+        self.config = config
+        self.seed = seed
+        self.calls_per_minute = calls_per_minute
+        self.gateway = Gateway(config)
+        self.recorders: dict[str, TrunkRecorderSimulator] = {}
+        self.pbxs: dict[str, PbxSimulator] = {}
+        self.sites: list[Site] = []
+        self.skipped: list[str] = []  # what the simulators cannot stand in for, said in the banner
+        self.notes: list[str] = []  # configuration the simulators' output needs and the file lacks
+        self._site_tasks: list[asyncio.Task[None]] = []
+        self.pinned_extension: str | None = None
+        self.examples: DemoExamples | None = None
+
+    # ---- life cycle
+
+    async def start(self) -> None:
+        key = _open_key(self.config.api.keys)
+        if key is None:
+            raise DemoError("no API key works without a token from 127.0.0.1: the examples need one in the configuration")
+        if not self.config.extensions:
+            raise DemoError("the configuration has no extensions: the examples need one")
+        try:
+            await self._start_recorders()  # before the gateway, so that its clients connect at once
+            await self.gateway.start()
+            await self._start_pbxs()
+            self._start_traffic()
+            await self._wait_for_pinned_call()
+        except BaseException:
+            await self.stop()
+            raise
+        extension = self.pinned_extension or self.config.extensions[0].number
+        mapped = self.config.extension(extension)
+        manual = mapped is not None and mapped.mode in (RecordingMode.CONTROLLED, RecordingMode.CONTROLLED_AUTOSTART)
+        self.examples = DemoExamples(self.gateway.url, key.key, extension, manual)
+
+    async def stop(self) -> None:
+        for task in self._site_tasks:
+            task.cancel()
+        await asyncio.gather(*self._site_tasks, return_exceptions=True)  # sites release their recorder calls
+        self._site_tasks.clear()
+        for pbx in self.pbxs.values():
+            await pbx.stop()
+        await self.gateway.stop()
+        for recorder in self.recorders.values():
+            await recorder.stop()
+
+    # ---- the pieces
+
+    async def _start_recorders(self) -> None:
+        for recorder in self.config.recorders:
+            address = _host_port(recorder.url)
+            if address is None:
+                self.skipped.append(f"recorder {recorder.name}: {recorder.url} is not tcp://, no simulator for it")
+                continue
+            simulator = TrunkRecorderSimulator(channels=self._channels_needed(recorder), name=recorder.name)
+            await simulator.start_tcp(*address)
+            self.recorders[recorder.name] = simulator
+
+    def _channels_needed(self, recorder: RecorderConfig) -> int:
+        slots = [
+            int(extension.channel.split("/")[0]) * 30
+            for extension in self.config.extensions
+            if extension.channel and extension.recorder == recorder.name
+        ]
+        return max([RECORDER_CHANNELS_MIN, *slots])
+
+    async def _start_pbxs(self) -> None:
+        for link in self.config.links:
+            address = _host_port(link.url)
+            if address is None:
+                self.skipped.append(f"link {link.name}: {link.url} is a serial port, no simulator for it")
+                continue
+            pbx = PbxSimulator(link.format, tz=_link_zone(link), name=f"pbx-{link.name}")
+            needed = {key: value for key, value in pbx.profile.gateway_options.items() if link.options.get(key) != value}
+            if needed:
+                self.notes.append(f"link {link.name}: the {link.format} simulator's records need these link options: {needed}")
+            if link.url.startswith("listen://"):
+                await pbx.connect(*address)
+            else:
+                await pbx.start_listen(*address)
+            self.pbxs[link.name] = pbx
+
+    def _start_traffic(self) -> None:
+        recorded = {
+            extension.number: extension
+            for extension in self.config.extensions
+            if extension.channel and extension.recorder in self.recorders
+        }
+        controlled = [
+            number
+            for number, extension in recorded.items()
+            if extension.mode in (RecordingMode.CONTROLLED, RecordingMode.CONTROLLED_AUTOSTART)
+        ]
+        self.pinned_extension = (controlled or list(recorded) or [None])[0]
+        configured = [extension.number for extension in self.config.extensions]
+        extensions = configured + [number for number in DEMO_EXTRA_EXTENSIONS if number not in configured]
+        for index, (link_name, pbx) in enumerate(self.pbxs.items()):
+            first = index == 0  # the first link's PBX and the recorders describe the same calls
+            model = TrafficModel(
+                seed=None if self.seed is None else self.seed + index,
+                calls_per_minute=self.calls_per_minute,
+                talk_median_s=DEMO_TALK_MEDIAN_S,
+                extensions=extensions,
+                transfer_extensions=[number for number in extensions if number not in recorded],
+                pinned={self.pinned_extension: PINNED_CALL_S} if first and self.pinned_extension else None,
+            )
+            recorder_name = next(iter(self.recorders), None) if first else None
+            site = Site(
+                model.calls(),
+                pbx=pbx,
+                recorder=self.recorders[recorder_name] if recorder_name else None,
+                channels={number: ext.channel for number, ext in recorded.items() if ext.recorder == recorder_name},
+                first_pbx_call_id=first_call_id_from_clock(),
+                history=0,
+            )
+            self.sites.append(site)
+            self._site_tasks.append(asyncio.create_task(site.run(), name=f"demo-site-{link_name}"))
+        if not self.pbxs and self.recorders:  # no PBX link to simulate: recorder traffic alone
+            recorder_name, recorder = next(iter(self.recorders.items()))
+            recorder.start_traffic(self.calls_per_minute)
+
+    async def _wait_for_pinned_call(self) -> None:
+        if self.pinned_extension is None or not self.sites:
+            return
+        async with asyncio.timeout(DEMO_READY_TIMEOUT_S):
+            while not self.gateway.tracker.ongoing_calls_of(self.pinned_extension):
+                await asyncio.sleep(DEMO_READY_POLL_S)
+
+    # ---- output
+
+    def banner(self) -> str:
+        assert self.examples is not None
+        lines = [
+            "",
+            f"Gateway demo running: API {self.examples.url}/verba/api   health {self.examples.url}/healthz",
+            f"Demo API key: {self.examples.api_key}",
+            "Simulated: "
+            + ", ".join(
+                [f"recorder {name} ({len(sim.channel_names)} channels)" for name, sim in self.recorders.items()]
+                + [f"PBX {pbx.fmt} on link {name}" for name, pbx in self.pbxs.items()]
+            ),
+            f"A call is kept in progress on extension {self.examples.extension}; try:",
+            *self.examples.curl_lines(),
+        ]
+        lines += [f"Not simulated: {what}" for what in self.skipped]
+        lines += [f"Note: {note}" for note in self.notes]
+        lines += ["Press Ctrl-C to stop.", ""]
+        return "\n".join(lines)
+
+
+def _link_zone(link: LinkConfig):
+    return ZoneInfo(link.timezone) if link.timezone else machine_timezone()
+
+
+async def run_demo(config: GatewayConfig, out: TextIO, *, seed: int | None = None, calls_per_minute: float) -> None:
+    """Run until SIGINT/SIGTERM; the banner goes to `out` once everything is up."""
+    demo = Demo(config, seed=seed, calls_per_minute=calls_per_minute)
+    async with stop_on_signals() as stopping:
+        try:
+            await demo.start()
+            tune_garbage_collector()
+            print(demo.banner(), file=out, flush=True)
+            await stopping.wait()
+            log.info("demo stopping")
+        finally:
+            await demo.stop()

@@ -1,0 +1,122 @@
+"""`gateway demo` as a real process on the bundled default configuration (its ports moved to free ones):
+the banner comes, /healthz shows every link and recorder up with calls, every printed example works, and
+Ctrl-C stops it cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shlex
+import signal
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLED_CONFIG = ROOT / "config" / "gateway.yaml"
+BANNER_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
+BANNER_END = "Press Ctrl-C to stop."
+
+
+def demo_config(tmp_path: Path, http_port: int, recorder_port: int, link_port: int) -> Path:
+    """The bundled file, byte for byte, but for its three ports and the store path."""
+    text = BUNDLED_CONFIG.read_text()
+    for old, new in (("port: 8010", f"port: {http_port}"), ("127.0.0.1:7010", f"127.0.0.1:{recorder_port}"),
+                     ("127.0.0.1:5100", f"127.0.0.1:{link_port}"), ("path: var/gateway.db", f"path: {tmp_path / 'demo.db'}")):
+        assert old in text, f"the bundled configuration no longer has {old!r}"
+        text = text.replace(old, new)
+    config = tmp_path / "gateway.yaml"
+    config.write_text(text)
+    return config
+
+
+async def read_banner(process: asyncio.subprocess.Process) -> list[str]:
+    lines: list[str] = []
+
+    async def until_end() -> None:
+        while True:
+            raw = await process.stdout.readline()
+            if not raw:
+                raise AssertionError(f"demo ended before its banner; printed {lines}")
+            lines.append(raw.decode().rstrip("\n"))
+            if lines[-1] == BANNER_END:
+                return
+
+    await asyncio.wait_for(until_end(), BANNER_TIMEOUT_S)
+    return lines
+
+
+@pytest.fixture
+async def demo(tmp_path, unused_tcp_port_factory):
+    http_port = unused_tcp_port_factory()
+    config = demo_config(tmp_path, http_port, unused_tcp_port_factory(), unused_tcp_port_factory())
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "demo", "--config", str(config), "--seed", "7", cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        banner = await read_banner(process)
+        yield process, banner, f"http://127.0.0.1:{http_port}"
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_banner_names_the_url_the_key_and_three_working_examples(demo):
+    process, banner, url = demo
+    text = "\n".join(banner)
+    assert f"API {url}/verba/api" in text
+    assert "Demo API key: 6f1c2a7e-3b8d-4e59-9a41-0c2d7e5b8f13" in text
+    commands = [shlex.split(line.strip()) for line in banner if line.strip().startswith("curl ")]
+    assert len(commands) == 3
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/healthz") as response:
+            health = await response.json()
+        assert health["status"] == "ok"
+        assert health["links"]["pbx-main"]["state"] == "up"
+        assert health["recorders"]["trunk1"]["state"] == "up"
+        assert health["calls"]["ongoing"] >= 1 and health["calls"]["stored"] >= 1
+
+        answers = []
+        for command in commands:
+            assert command[0] == "curl" and len(command) == 2
+            async with session.get(command[1]) as response:
+                assert response.status == 200, await response.text()
+                answers.append(await response.text())
+    call_id = ET.fromstring(answers[0]).findtext("CallID")
+    assert ET.fromstring(answers[0]).find("Response").get("code") == "0"
+    assert ET.fromstring(answers[1]).find("Response").get("code") == "0"  # manualRecord start
+    information = json.loads(answers[2])
+    assert information["code"] == 0
+    assert information["verbacdr"]["ccdrId"] == call_id
+    assert information["verbacdr"]["manual"] == "1"  # the KeepCall above started a manual recording
+    assert information["verbacdr"]["recordings"][-1]["endTime"] is None
+
+
+async def test_ctrl_c_stops_the_demo_cleanly(demo):
+    process, _, url = demo
+    process.send_signal(signal.SIGINT)
+    assert await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S) == 0
+    stderr = (await process.stderr.read()).decode()
+    assert "Traceback" not in stderr and "error" not in stderr.lower(), stderr
+    with pytest.raises(aiohttp.ClientConnectionError):
+        async with aiohttp.ClientSession() as session:
+            await session.get(f"{url}/healthz")
+
+
+async def test_a_configuration_without_an_open_key_is_refused_with_a_reason(tmp_path, unused_tcp_port_factory):
+    config = demo_config(tmp_path, *(unused_tcp_port_factory() for _ in range(3)))
+    config.write_text(re.sub(r"require_token: false", "require_token: true", config.read_text()))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "demo", "--config", str(config), cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), STOP_TIMEOUT_S)
+    assert process.returncode == 1
+    assert "no API key works without a token" in stderr.decode()
