@@ -68,7 +68,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     configure_logging(args.log_level, config.log.format)
     try:
-        asyncio.run(run_demo(config, sys.stdout, seed=args.seed, calls_per_minute=args.calls_per_minute))
+        asyncio.run(
+            run_demo(config, sys.stdout, seed=args.seed, calls_per_minute=args.calls_per_minute, speed=args.speed)
+        )
     except DemoError as error:
         print(f"gateway: cannot demonstrate this configuration: {error}", file=sys.stderr)
         return EXIT_FAILURE
@@ -118,6 +120,16 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Recorder-side telephony gateway")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -134,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="configuration file (%(default)s)")
     demo.add_argument("--seed", type=int, default=None, help="seed of the traffic, to replay a run")
     demo.add_argument(
-        "--calls-per-minute", type=float, default=12.0, help="random calls per minute per PBX (%(default)s)"
+        "--calls-per-minute", type=_positive_float, default=12.0, help="random calls per minute per PBX (%(default)s)"
+    )
+    demo.add_argument(
+        "--speed", type=_positive_float, default=1.0, help="site time per real second: 10 makes calls ten times shorter (%(default)s)"
     )
     demo.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], default="warning",

@@ -42,6 +42,8 @@ PINNED_CALL_S = 900.0
 DEMO_READY_TIMEOUT_S = 30.0
 DEMO_READY_POLL_S = 0.05
 RECORDER_CHANNELS_MIN = 60
+# Ended calls each site remembers (for a look in a debugger or a test); bounded, the demo runs for days.
+SITE_HISTORY = 1_000
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
 # Shorter talk than the model's default, so that records (written when a call ends) show in the first minute.
 DEMO_TALK_MEDIAN_S = 15.0
@@ -104,11 +106,17 @@ class Demo:
     """The gateway, the simulators standing in for its recorders and PBXs, and the traffic between them."""
 
     def __init__(
-        self, config: GatewayConfig, *, seed: int | None = None, calls_per_minute: float = DEMO_CALLS_PER_MINUTE
+        self,
+        config: GatewayConfig,
+        *,
+        seed: int | None = None,
+        calls_per_minute: float = DEMO_CALLS_PER_MINUTE,
+        speed: float = 1.0,
     ) -> None:
         self.config = config
         self.seed = seed
         self.calls_per_minute = calls_per_minute
+        self.speed = speed  # site time runs this much faster than real time (calls shorter, records sooner)
         self.gateway = Gateway(config)
         self.recorders: dict[str, TrunkRecorderSimulator] = {}
         self.pbxs: dict[str, PbxSimulator] = {}
@@ -128,9 +136,11 @@ class Demo:
         if not self.config.extensions:
             raise DemoError("the configuration has no extensions: the examples need one")
         try:
-            await self._start_recorders()  # before the gateway, so that its clients connect at once
+            # What the gateway connects to listens before it starts, so that its links come up at once.
+            await self._start_recorders()
+            await self._start_pbxs(for_links_that_connect=True)
             await self.gateway.start()
-            await self._start_pbxs()
+            await self._start_pbxs(for_links_that_connect=False)
             self._start_traffic()
             await self._wait_for_pinned_call()
         except BaseException:
@@ -172,11 +182,15 @@ class Demo:
         ]
         return max([RECORDER_CHANNELS_MIN, *slots])
 
-    async def _start_pbxs(self) -> None:
+    async def _start_pbxs(self, *, for_links_that_connect: bool) -> None:
+        """PBXs for tcp:// links (they listen, the gateway connects), or for listen:// links (they connect)."""
         for link in self.config.links:
+            if link.url.startswith("tcp://") != for_links_that_connect:
+                continue
             address = _host_port(link.url)
             if address is None:
-                self.skipped.append(f"link {link.name}: {link.url} is a serial port, no simulator for it")
+                if not for_links_that_connect:
+                    self.skipped.append(f"link {link.name}: {link.url} is a serial port, no simulator for it")
                 continue
             pbx = PbxSimulator(link.format, tz=_link_zone(link), name=f"pbx-{link.name}")
             needed = {key: value for key, value in pbx.profile.gateway_options.items() if link.options.get(key) != value}
@@ -189,10 +203,14 @@ class Demo:
             self.pbxs[link.name] = pbx
 
     def _start_traffic(self) -> None:
+        """The first link's PBX and the first recorder play one model (so each recorder call gets its record);
+        further links' PBXs play PBX-only models, further recorders make random calls of their own."""
+        recorders = list(self.recorders)
+        first_recorder = recorders[0] if recorders else None
         recorded = {
             extension.number: extension
             for extension in self.config.extensions
-            if extension.channel and extension.recorder in self.recorders
+            if extension.channel and first_recorder is not None and extension.recorder == first_recorder
         }
         controlled = [
             number
@@ -202,8 +220,9 @@ class Demo:
         self.pinned_extension = (controlled or list(recorded) or [None])[0]
         configured = [extension.number for extension in self.config.extensions]
         extensions = configured + [number for number in DEMO_EXTRA_EXTENSIONS if number not in configured]
-        for index, (link_name, pbx) in enumerate(self.pbxs.items()):
-            first = index == 0  # the first link's PBX and the recorders describe the same calls
+        pbx_links = [link.name for link in self.config.links if link.name in self.pbxs]  # in the file's order
+        for index, link_name in enumerate(pbx_links or [None]):
+            first = index == 0
             model = TrafficModel(
                 seed=None if self.seed is None else self.seed + index,
                 calls_per_minute=self.calls_per_minute,
@@ -212,20 +231,19 @@ class Demo:
                 transfer_extensions=[number for number in extensions if number not in recorded],
                 pinned={self.pinned_extension: PINNED_CALL_S} if first and self.pinned_extension else None,
             )
-            recorder_name = next(iter(self.recorders), None) if first else None
             site = Site(
                 model.calls(),
-                pbx=pbx,
-                recorder=self.recorders[recorder_name] if recorder_name else None,
-                channels={number: ext.channel for number, ext in recorded.items() if ext.recorder == recorder_name},
+                pbx=self.pbxs[link_name] if link_name else None,
+                recorder=self.recorders[first_recorder] if first and first_recorder else None,
+                channels={number: extension.channel for number, extension in recorded.items()} if first else None,
+                speed=self.speed,
                 first_pbx_call_id=first_call_id_from_clock(),
-                history=0,
+                history=SITE_HISTORY,
             )
             self.sites.append(site)
-            self._site_tasks.append(asyncio.create_task(site.run(), name=f"demo-site-{link_name}"))
-        if not self.pbxs and self.recorders:  # no PBX link to simulate: recorder traffic alone
-            recorder_name, recorder = next(iter(self.recorders.items()))
-            recorder.start_traffic(self.calls_per_minute)
+            self._site_tasks.append(asyncio.create_task(site.run(), name=f"demo-site-{link_name or 'recorder'}"))
+        for name in recorders[1:]:
+            self.recorders[name].start_traffic(self.calls_per_minute)
 
     async def _wait_for_pinned_call(self) -> None:
         if self.pinned_extension is None or not self.sites:
@@ -260,9 +278,11 @@ def _link_zone(link: LinkConfig):
     return ZoneInfo(link.timezone) if link.timezone else machine_timezone()
 
 
-async def run_demo(config: GatewayConfig, out: TextIO, *, seed: int | None = None, calls_per_minute: float) -> None:
+async def run_demo(
+    config: GatewayConfig, out: TextIO, *, seed: int | None = None, calls_per_minute: float, speed: float = 1.0
+) -> None:
     """Run until SIGINT/SIGTERM; the banner goes to `out` once everything is up."""
-    demo = Demo(config, seed=seed, calls_per_minute=calls_per_minute)
+    demo = Demo(config, seed=seed, calls_per_minute=calls_per_minute, speed=speed)
     async with stop_on_signals() as stopping:
         try:
             await demo.start()

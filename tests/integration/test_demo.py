@@ -120,3 +120,81 @@ async def test_a_configuration_without_an_open_key_is_refused_with_a_reason(tmp_
     _, stderr = await asyncio.wait_for(process.communicate(), STOP_TIMEOUT_S)
     assert process.returncode == 1
     assert "no API key works without a token" in stderr.decode()
+
+
+# ---- in-process: every kind of link the demo can stand in for, at speed
+
+MULTI_LINK_CONFIG = """
+http: {{host: 127.0.0.1, port: {http}}}
+store: {{path: "{db}"}}
+api:
+  keys: [{{key: 6f1c2a7e-3b8d-4e59-9a41-0c2d7e5b8f13, name: demo}}]
+extensions:
+  - {{number: "8856", mode: controlled, recorder: trunk1, channel: "1/5"}}
+  - {{number: "8857", mode: full, recorder: trunk1, channel: "1/6"}}
+  - {{number: "8858", mode: full, recorder: trunk2, channel: "1/1"}}
+recorders:
+  - {{name: trunk1, url: "tcp://127.0.0.1:{recorder1}"}}
+  - {{name: trunk2, url: "tcp://127.0.0.1:{recorder2}"}}
+links:
+  - {{name: ipo, format: avaya-ipo, url: "listen://127.0.0.1:{ipo}", timezone: Europe/Budapest}}
+  - name: pana
+    format: panasonic
+    url: "tcp://127.0.0.1:{pana}"
+    login: [{{expect: "login:", send: SMDR}}, {{expect: "Enter password:", send: PCCSMDR}}]
+  - {{name: mitel, format: mitel-mivb, url: "listen://127.0.0.1:{mitel}"}}
+  - {{name: serial, format: nec-sv, url: /dev/serial/by-id/usb-Prolific-missing-port0}}
+log: {{level: warning}}
+"""
+SPEED = 60.0
+RECORDS_TIMEOUT_S = 20.0
+
+
+async def test_demo_stands_in_for_every_network_link_and_recorder(tmp_path, unused_tcp_port_factory):
+    from gateway.config import load_config
+    from gateway.demo import Demo
+
+    ports = {name: unused_tcp_port_factory() for name in ("http", "recorder1", "recorder2", "ipo", "pana", "mitel")}
+    path = tmp_path / "multi.yaml"
+    path.write_text(MULTI_LINK_CONFIG.format(db=tmp_path / "demo.db", **ports))
+    demo = Demo(load_config(path), seed=11, calls_per_minute=240, speed=SPEED)
+    await demo.start()
+    try:
+        assert set(demo.recorders) == {"trunk1", "trunk2"} and set(demo.pbxs) == {"ipo", "pana", "mitel"}
+        banner = demo.banner()
+        assert "Not simulated: link serial: /dev/serial/by-id/usb-Prolific-missing-port0 is a serial port" in banner
+        assert "Note: link mitel: the mitel-mivb simulator's records need these link options: {'clock': 12}" in banner
+        assert demo.examples.extension == "8856" and demo.examples.manual_record
+        links = demo.gateway.links
+
+        async def records_on_every_network_link() -> None:
+            while not all(links[name].records >= 5 for name in ("ipo", "pana", "mitel")):
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(records_on_every_network_link(), RECORDS_TIMEOUT_S)
+        health = await demo.gateway.health()
+        assert {name: link["state"] for name, link in health["links"].items()} == {
+            "ipo": "up", "pana": "up", "mitel": "up", "serial": "down"
+        }
+        assert health["recorders"] == {"trunk1": {"state": "up"}, "trunk2": {"state": "up"}}
+        assert links["ipo"].errors == 0 and links["pana"].errors == 0
+        # Every call the first recorder showed and that has ended was completed by its IP Office record.
+        site = demo.sites[0]
+
+        def ended_recorder_calls():
+            done = {call.pbx_call_id for call in site.completed}
+            return [leg for leg in site.recorder_calls.values() if leg.pbx_call_id in done]
+
+        async def some_recorder_calls_ended() -> None:
+            while len(ended_recorder_calls()) < 3 or links["ipo"].records < len(site.completed):
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(some_recorder_calls_ended(), RECORDS_TIMEOUT_S)
+        tracker = demo.gateway.tracker
+        await tracker.flush()
+        ended = ended_recorder_calls()
+        for leg in ended:
+            call = await tracker.find_by_native_id(leg.native_id)
+            assert call.platform_call_id == str(leg.pbx_call_id)
+    finally:
+        await demo.stop()
