@@ -6,6 +6,8 @@ One writer thread group-commits every write; readers use their own connections i
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -130,18 +132,55 @@ _RECORDING_COLUMNS = (
 )
 
 
-def _upsert_sql(table: str, columns: str, key: str) -> str:
+class _RowsStatement(NamedTuple):
+    """A statement over many rows at once: `head`, then `rows` groups of `width` placeholders, then `tail`.
+
+    The writer sends a batch's rows in a few such statements instead of executemany: SQLite then runs
+    without the GIL once per statement, where executemany gives the GIL up and takes it back for every
+    row — and under load each take waits for the event loop thread to yield it (up to the interpreter's
+    switch interval), which made the writer, and the journal commits the links wait for, the bottleneck.
+    """
+
+    head: str
+    width: int  # placeholders per row (1 for an IN list)
+    tail: str = ""
+    row_open: str = "("
+    row_close: str = ")"
+
+    def sql(self, rows: int) -> str:
+        return _rows_sql(self, rows)
+
+
+@functools.lru_cache(maxsize=128)
+def _rows_sql(statement: _RowsStatement, rows: int) -> str:
+    row = statement.row_open + ", ".join("?" * statement.width) + statement.row_close
+    return f"{statement.head}{', '.join([row] * rows)}{statement.tail}"
+
+
+def _upsert(table: str, columns: str, key: str) -> _RowsStatement:
     names = [name.strip() for name in columns.split(",")]
     updates = ", ".join(f"{name} = excluded.{name}" for name in names if name != key)
-    placeholders = ", ".join("?" * len(names))
-    return f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) ON CONFLICT({key}) DO UPDATE SET {updates}"
+    return _RowsStatement(f"INSERT INTO {table} ({columns}) VALUES ", len(names), f" ON CONFLICT({key}) DO UPDATE SET {updates}")
 
 
-_UPSERT_CALL = _upsert_sql("calls", _CALL_COLUMNS, "call_id")
-_UPSERT_RECORDING = _upsert_sql("recordings", _RECORDING_COLUMNS, "recording_id")
-_DELETE_PARTIES = "DELETE FROM call_parties WHERE call_id = ?"
-_INSERT_PARTY = "INSERT INTO call_parties (call_id, number, end_time) VALUES (?, ?, ?)"
-_INSERT_JOURNAL = "INSERT INTO journal (link, received_at, raw) VALUES (?, ?, ?)"
+_UPSERT_CALL = _upsert("calls", _CALL_COLUMNS, "call_id")
+_UPSERT_RECORDING = _upsert("recordings", _RECORDING_COLUMNS, "recording_id")
+_DELETE_PARTIES = _RowsStatement("DELETE FROM call_parties WHERE call_id IN (", 1, ")", row_open="", row_close="")
+_INSERT_PARTY = _RowsStatement("INSERT INTO call_parties (call_id, number, end_time) VALUES ", 3)
+_INSERT_JOURNAL = _RowsStatement("INSERT INTO journal (link, received_at, raw) VALUES ", 3)
+# Rows per statement, largest first: a batch of n rows takes a handful of statements, and only these few
+# shapes are ever prepared (each is cached by the connection). Capped by SQLite's variable limit per statement.
+ROWS_PER_STATEMENT = (256, 64, 16, 4, 1)
+SQLITE_MIN_VARIABLE_LIMIT = 999  # SQLite before 3.32 (newer ones allow 32,766)
+
+
+def _execute_rows(cursor: sqlite3.Cursor, statement: _RowsStatement, rows: Sequence[Sequence[Any]], max_variables: int) -> None:
+    done, total = 0, len(rows)
+    while done < total:
+        left = total - done
+        size = next(size for size in ROWS_PER_STATEMENT if size <= left and size * statement.width <= max_variables)
+        cursor.execute(statement.sql(size), list(itertools.chain.from_iterable(rows[done : done + size])))
+        done += size
 _INSERT_QUARANTINE = "INSERT INTO quarantine (journal_seq, link, received_at, raw, reason) VALUES (?, ?, ?, ?, ?)"
 
 # Read queries are module constants so the tests can EXPLAIN exactly what runs.
@@ -383,6 +422,7 @@ class Store:
             raise ValueError("batch_max must be at least 1")
         self._path = Path(path)
         self._batch_max = batch_max
+        self._max_variables = SQLITE_MIN_VARIABLE_LIMIT  # the writer connection's own limit, once it is open
         self._state = _NEW
         # Guards state + queue.put together, so nothing can be queued behind the stop marker.
         self._state_lock = threading.Lock()
@@ -535,6 +575,7 @@ class Store:
                 raise StoreError(f"store {self._path}: cannot use WAL journal (got {mode!r})")
             connection.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
             connection.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+            self._max_variables = connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
             self._migrate(connection)
         except BaseException:
             connection.close()
@@ -645,25 +686,27 @@ class Store:
         cursor.execute("COMMIT")
         return results
 
-    @staticmethod
-    def _apply(cursor: sqlite3.Cursor, kind: int, payload: Any) -> Any:
+    def _apply(self, cursor: sqlite3.Cursor, kind: int, payload: Any) -> Any:
+        max_variables = self._max_variables
         if kind == _APPEND_JOURNAL:
-            cursor.execute(_INSERT_JOURNAL, payload)
+            _execute_rows(cursor, _INSERT_JOURNAL, [payload], max_variables)
             return cursor.lastrowid
         if kind == _SAVE_CALLS:
-            # One executemany per statement for the whole batch: the row loop runs in C, not in Python
-            # holding the GIL the event loop needs.
-            cursor.executemany(_UPSERT_CALL, [snapshot.call_row for snapshot in payload])
-            cursor.executemany(_DELETE_PARTIES, [(snapshot.call_id,) for snapshot in payload])
-            cursor.executemany(_INSERT_PARTY, [row for snapshot in payload for row in snapshot.party_rows])
+            # A call's parties are replaced: deleted before the upserts, so that a call saved twice in one
+            # payload keeps the rows of its last snapshot only.
+            _execute_rows(cursor, _DELETE_PARTIES, [(snapshot.call_id,) for snapshot in payload], max_variables)
+            _execute_rows(cursor, _UPSERT_CALL, [snapshot.call_row for snapshot in payload], max_variables)
+            latest = {snapshot.call_id: snapshot for snapshot in payload}
+            party_rows = [row for snapshot in latest.values() for row in snapshot.party_rows]
+            _execute_rows(cursor, _INSERT_PARTY, party_rows, max_variables)
             recording_rows = [row for snapshot in payload for row in snapshot.recording_rows]
             if recording_rows:
-                cursor.executemany(_UPSERT_RECORDING, recording_rows)
+                _execute_rows(cursor, _UPSERT_RECORDING, recording_rows, max_variables)
             return None
         if kind == _APPEND_JOURNAL_MANY:
             if not payload:
                 return []
-            cursor.executemany(_INSERT_JOURNAL, payload)
+            _execute_rows(cursor, _INSERT_JOURNAL, payload, max_variables)
             # This thread is the only writer, inside one transaction: the seqs just given are consecutive.
             last = cursor.execute("SELECT last_insert_rowid()").fetchone()[0]
             return list(range(last - len(payload) + 1, last + 1))

@@ -499,7 +499,8 @@ LOOKUPS = {
     "journal": store_module.SELECT_JOURNAL,
     "journal by link": store_module.SELECT_JOURNAL_BY_LINK,
     "quarantined by link": store_module.SELECT_QUARANTINE_BY_LINK,
-    "upsert: replace parties": store_module._DELETE_PARTIES,
+    "upsert: replace parties": store_module._DELETE_PARTIES.sql(1),
+    "upsert: replace parties of 64 calls": store_module._DELETE_PARTIES.sql(64),
 }
 
 
@@ -521,6 +522,26 @@ def test_last_ended_walks_the_party_index_newest_first(tmp_path: Path) -> None:
         connection.close()
     plan = query_plan(path, store_module.SELECT_LAST_ENDED)
     assert "call_parties_number_end" in plan[0] and not any("TEMP B-TREE" in step for step in plan), plan
+
+
+async def test_a_large_batch_goes_in_multi_row_statements_and_reads_back(store: Store) -> None:
+    # 300 = 256 + 16 + 16 + 4 + 4 + 4: every statement size; the same call twice keeps its last snapshot.
+    calls = [full_call(f"call-{index:03d}") for index in range(300)]
+    for index, call in enumerate(calls):
+        call.platform_call_id = str(10_000 + index)
+    changed = full_call("call-007")
+    changed.platform_call_id = "10007"
+    changed.other_parties = {"4444"}
+    await store.save_calls_soon([*calls, changed])
+    assert await store.count_calls() == 300
+    loaded = await store.get_call("call-007")
+    assert loaded is not None and "4444" in loaded.parties
+    assert (await store.get_call("call-299")).platform_call_id == "10299"
+    lines = [(datetime.now(UTC), f"line {index}".encode()) for index in range(333)]
+    seqs = await store.append_journal_many_soon("pbx", lines)
+    assert seqs == list(range(seqs[0], seqs[0] + 333))
+    entries = await store.journal_entries("pbx", after_seq=seqs[0] - 1, limit=400)
+    assert [entry.raw for entry in entries] == [raw for _, raw in lines]
 
 
 async def test_batched_journal_appends_return_their_seqs_in_order(store: Store) -> None:
