@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import functools
 import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone, tzinfo
@@ -70,6 +71,19 @@ class RecordParser(abc.ABC):
 # In the hour a DST change repeats, the later reading is taken unless it lies more than this after the
 # record arrived (a PBX clock may run a little ahead of ours; the two readings are an hour apart).
 REPEATED_HOUR_TOLERANCE = timedelta(minutes=15)
+# Zone offsets are looked up per quarter of an hour of wall-clock time (every DST change in the tz database
+# since 1970 falls on a quarter hour) and cached: records arrive in time order, so the cache nearly always hits.
+OFFSET_BUCKET_MINUTES = 15
+
+
+@functools.lru_cache(maxsize=4096)
+def _offsets(tz: tzinfo, year: int, month: int, day: int, hour: int, quarter: int) -> tuple[timedelta, timedelta]:
+    """The zone's UTC offset for a wall-clock time in this quarter hour: its first and its second reading."""
+    probe = datetime(year, month, day, hour, quarter * OFFSET_BUCKET_MINUTES)
+    first = probe.replace(tzinfo=tz).utcoffset()
+    second = probe.replace(tzinfo=tz, fold=1).utcoffset()
+    assert first is not None and second is not None  # a zone, not a naive marker
+    return first, second
 
 
 def to_utc(local: datetime, tz: tzinfo, received_at: datetime | None = None) -> datetime:
@@ -77,15 +91,17 @@ def to_utc(local: datetime, tz: tzinfo, received_at: datetime | None = None) -> 
 
     A time in the hour that repeats when DST ends (02:30 twice in Europe/Budapest) has two readings; records
     describe the past, so with `received_at` it is the later reading that is not after the record arrived
-    (without it, the first reading).
+    (without it, the first reading). A time in the hour skipped when DST starts reads with the offset before
+    the change.
     """
-    first = local.replace(tzinfo=tz).astimezone(timezone.utc)
-    if received_at is None or tz is timezone.utc:
-        return first
-    second = local.replace(tzinfo=tz, fold=1).astimezone(timezone.utc)
-    if second != first and second <= received_at + REPEATED_HOUR_TOLERANCE:
-        return second
-    return first
+    if tz is timezone.utc:
+        return local.replace(tzinfo=timezone.utc)
+    first, second = _offsets(tz, local.year, local.month, local.day, local.hour, local.minute // OFFSET_BUCKET_MINUTES)
+    if received_at is not None and second < first:  # the repeated hour: the second reading is an hour later
+        later = (local - second).replace(tzinfo=timezone.utc)
+        if later <= received_at + REPEATED_HOUR_TOLERANCE:
+            return later
+    return (local - first).replace(tzinfo=timezone.utc)
 
 
 def local_now(received_at: datetime, tz: tzinfo) -> datetime:

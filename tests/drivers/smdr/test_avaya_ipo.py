@@ -287,3 +287,22 @@ def test_the_repeated_autumn_hour_is_read_by_the_receive_time(received, start):
     (record,) = parser(BUDAPEST).feed(REPEATED_HOUR_LINE, received)
     assert record.start == start
     assert record.end == start + timedelta(seconds=43)
+
+
+def test_a_time_in_the_skipped_spring_hour_reads_with_the_winter_offset():
+    # 2026-03-29 02:30 does not exist in Budapest; a PBX whose clock printed it is read as CET (UTC+1).
+    line = "2026/03/29 02:30:00,00:00:40,3,01707392200,I,8857,8857,,0,1000020002,0,E8857,Desk,T9001,LINE 1.1,0,0"
+    (record,) = parser(BUDAPEST).feed(line, utc(2026, 3, 29, 2, 0, 0))
+    assert record.start == utc(2026, 3, 29, 1, 30, 0)
+
+
+@pytest.mark.parametrize("zone", ["Europe/Budapest", "America/New_York", "Australia/Lord_Howe", "Asia/Kathmandu", "UTC"])
+def test_wall_clock_times_convert_like_zoneinfo_all_year(zone):
+    from drivers.smdr.base import to_utc
+
+    tz = ZoneInfo(zone)
+    moment = datetime(2025, 1, 1)
+    while moment.year == 2025:
+        expected = moment.replace(tzinfo=tz).astimezone(UTC)
+        assert to_utc(moment, tz) == expected, moment
+        moment += timedelta(minutes=7, seconds=13)
