@@ -564,8 +564,10 @@ class CallTracker:
                     del index[value]
 
     def _remember_finished(self, call: Call) -> None:
-        self._finished_by_id[call.call_id] = call
-        self._finished_by_id.move_to_end(call.call_id)
+        finished = self._finished_by_id
+        if call.call_id in finished:
+            finished.move_to_end(call.call_id)  # a new one goes to the end by itself
+        finished[call.call_id] = call
         self._index_external_ids(call)
         if len(self._finished_by_id) >= self._evict_at:
             self._evict_finished()

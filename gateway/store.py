@@ -516,9 +516,14 @@ class Store:
 
     def append_journal_many_soon(self, link: str, lines: Iterable[tuple[datetime, bytes]]) -> asyncio.Future[list[int]]:
         """Queue raw lines of one link as one write; resolves to their seqs, in order, once committed."""
-        return self._submit(
-            _APPEND_JOURNAL_MANY, [(link, _epoch(received_at), _raw_bytes(raw)) for received_at, raw in lines]
-        )
+        rows = []
+        last_at: datetime | None = None
+        epoch: float | None = None
+        for received_at, raw in lines:
+            if received_at is not last_at:  # the lines of one read share their arrival time
+                last_at, epoch = received_at, _epoch(received_at)
+            rows.append((link, epoch, _raw_bytes(raw)))
+        return self._submit(_APPEND_JOURNAL_MANY, rows)
 
     def append_journal_soon(self, link: str, received_at: datetime, raw: bytes) -> asyncio.Future[int]:
         """Queue a raw line for the journal; the future resolves to its seq once committed."""

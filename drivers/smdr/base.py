@@ -159,6 +159,10 @@ def parse_clock(text: str) -> tuple[int, int, int]:
 
 def parse_duration(text: str) -> int:
     """`HH:MM:SS`, `hhhh:mm:ss`, `MM:SS`, `HH:MM'SS` (Panasonic), `M'SS` → seconds; ValueError otherwise."""
+    if len(text) == 8 and text[2] == ":" and text[5] == ":":  # the common HH:MM:SS, without the general split
+        hours, minutes, seconds_text = text[:2], text[3:5], text[6:]
+        if hours.isdigit() and minutes.isdigit() and seconds_text.isdigit():
+            return int(hours) * 3600 + int(minutes) * 60 + int(seconds_text)
     cleaned = text.strip().replace("'", ":")
     parts = cleaned.split(":")
     if not 1 <= len(parts) <= 3 or not all(part.isdigit() for part in parts):
