@@ -27,8 +27,9 @@ log = structlog.get_logger(__name__)
 DEFAULT_ENCODING = "latin-1"  # never fails to decode; what most PBXs send (smdr-formats.md §1.2 rule 7)
 # Held records (a NEC `NEXT` line may follow) are checked this often; their own wait is the parser's hold_timeout_s.
 HOLD_CHECK_INTERVAL_S = 0.5
-# Lines parsed per turn of the event loop before other work (API requests, other links) gets a turn.
-LINES_PER_TURN = 64
+# Lines parsed per turn of the event loop before other work (API requests, other links) gets a turn: ~5 ms of
+# parsing; each turn's call saves go to the store as one write (64 → 128 measured +4 % records/s).
+LINES_PER_TURN = 128
 # At close, everything still held is released: "the future" for the parser's flush.
 RELEASE_ALL = timedelta(days=365)
 
