@@ -8,16 +8,15 @@ first.
 from __future__ import annotations
 
 import asyncio
-import signal
 from datetime import datetime
 from typing import TextIO
 
-from drivers.smdr import create_parser
-from drivers.smdr.base import RecordParser, SmdrParseError
-from drivers.smdr.link import HOLD_CHECK_INTERVAL_S, RELEASE_ALL
+from drivers.smdr.base import RecordParser
+from drivers.smdr.link import HOLD_CHECK_INTERVAL_S, RELEASE_ALL, LineReader
 from drivers.transport import FramedLine, create_transport
 from gateway.config import GatewayConfig, LinkConfig
 from gateway.events import CallRecord
+from gateway.lifecycle import stop_on_signals
 from gateway.model import utc_now
 from gateway.ops import LinkState
 
@@ -57,8 +56,8 @@ class Tap:
     def __init__(self, link: LinkConfig, out: TextIO) -> None:
         self.link = link
         self.out = out
-        self.parser: RecordParser = create_parser(link)
-        self.encoding = str(link.options.get("encoding") or "latin-1")
+        self.reader = LineReader(link)
+        self.parser: RecordParser = self.reader.parser
         self.lines = 0
         self.records = 0
         self.errors = 0
@@ -77,17 +76,11 @@ class Tap:
         for line in lines:
             self.lines += 1
             self.say("raw", printable(line.raw), line.received_at)
-            if line.error:
+            records, reason = self.reader.read(line)
+            if reason is not None:
                 self.errors += 1
-                self.say("error", line.error, line.received_at)
-                continue
-            try:
-                records = self.parser.feed(line.raw.decode(self.encoding, errors="replace"), line.received_at)
-            except SmdrParseError as error:
-                self.errors += 1
-                self.say("error", error.reason, line.received_at)
-                continue
-            if records:
+                self.say("error", reason, line.received_at)
+            elif records:
                 self.show_records(records)
             elif self.parser.hold_timeout_s == 0:
                 self.say("skip", "not a call record (header, separator, status line)", line.received_at)
@@ -104,19 +97,16 @@ async def run_tap(config: GatewayConfig, link_name: str, out: TextIO) -> int:
     tap = Tap(link, out)
     tap.say("tap", f"{link.name}: {link.format} on {link.url} — Ctrl-C to stop")
     transport = create_transport(link, tap.deliver, on_state=tap.on_state)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await transport.open()
-    try:
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), HOLD_CHECK_INTERVAL_S)
-            except TimeoutError:
-                tap.show_records(tap.parser.flush(utc_now()))
-    finally:
-        await transport.close()
-        tap.show_records(tap.parser.flush(utc_now() + RELEASE_ALL))
-        tap.say("tap", f"stopped: {tap.lines} lines, {tap.records} records, {tap.errors} errors")
+    async with stop_on_signals() as stop:
+        await transport.open()
+        try:
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(stop.wait(), HOLD_CHECK_INTERVAL_S)
+                except TimeoutError:
+                    tap.show_records(tap.parser.flush(utc_now()))
+        finally:
+            await transport.close()
+            tap.show_records(tap.parser.flush(utc_now() + RELEASE_ALL))
+            tap.say("tap", f"stopped: {tap.lines} lines, {tap.records} records, {tap.errors} errors")
     return 0

@@ -34,6 +34,29 @@ LINES_PER_TURN = 128
 RELEASE_ALL = timedelta(days=365)
 
 
+class LineReader:
+    """A link's format parser fed framed lines: the records a line completes, or why it must be quarantined
+    (the transport could not frame it, the format refuses it, or the parser failed). Shared by the link and
+    `gateway tap`, so that the tap shows exactly what the gateway would make of each line."""
+
+    def __init__(self, config: LinkConfig) -> None:
+        self.parser: RecordParser = create_parser(config)
+        self.encoding = str(config.options.get("encoding") or DEFAULT_ENCODING)
+        self._format = config.format
+        self._log = log.bind(link=config.name)
+
+    def read(self, line: FramedLine) -> tuple[list[CallRecord], str | None]:
+        if line.error:
+            return [], line.error
+        try:
+            return self.parser.feed(line.raw.decode(self.encoding, errors="replace"), line.received_at), None
+        except SmdrParseError as error:
+            return [], error.reason
+        except Exception as error:  # a parser bug must not take the link down; the line is kept
+            self._log.exception("parser failed", format=self._format)
+            return [], f"parser failure: {type(error).__name__}: {error}"
+
+
 class SmdrLink:
     """A configured link: owns its transport and parser, reports health, hands records to `submit`."""
 
@@ -51,8 +74,8 @@ class SmdrLink:
         self._submit = submit
         self.health = health
         self._transport_factory = transport_factory
-        self._encoding = str(config.options.get("encoding") or DEFAULT_ENCODING)
-        self._parser: RecordParser = create_parser(config)
+        self._reader = LineReader(config)
+        self._parser: RecordParser = self._reader.parser
         self._transport: LineTransport | None = None
         self._hold_task: asyncio.Task[None] | None = None
         self._log = log.bind(link=config.name)
@@ -88,7 +111,7 @@ class SmdrLink:
         for index, (line, seq) in enumerate(zip(lines, seqs)):
             if index and not index % LINES_PER_TURN:
                 await asyncio.sleep(0)  # a burst must not hold the API's answers back
-            reason = line.error or self._parse(line)
+            reason = self._parse(line)
             if reason is not None:
                 quarantined.append(self._store.quarantine(self.config.name, line.received_at, line.raw, reason, seq))
         if quarantined:
@@ -97,16 +120,11 @@ class SmdrLink:
 
     def _parse(self, line: FramedLine) -> str | None:
         """Parse one journalled line and hand on its records; the reason when it must be quarantined."""
-        text = line.raw.decode(self._encoding, errors="replace")
-        try:
-            records = self._parser.feed(text, line.received_at)
-        except SmdrParseError as error:
-            self._log.info("line quarantined", reason=error.reason)
+        records, reason = self._reader.read(line)
+        if reason is not None:
+            self._log.info("line quarantined", reason=reason)
             self._log.debug("quarantined line", raw=line.raw)
-            return error.reason
-        except Exception as error:  # a parser bug must not take the link down; the line is kept
-            self._log.exception("parser failed", format=self.config.format)
-            return f"parser failure: {type(error).__name__}: {error}"
+            return reason
         self._emit(records)
         return None
 
