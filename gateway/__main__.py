@@ -4,4 +4,6 @@ import sys
 
 from gateway.cli import main
 
-sys.exit(main())
+# Guarded, so that importing the module (multiprocessing's spawn and forkserver do) does not run the command.
+if __name__ == "__main__":
+    sys.exit(main())
