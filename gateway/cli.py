@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import getpass
 import sys
 from pathlib import Path
@@ -21,6 +22,12 @@ EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
 log = structlog.get_logger(__name__)
+
+
+def _port_hint(error: OSError) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return " — is another gateway (or `gateway demo`) running? Stop it, or change the port in the configuration"
+    return ""
 
 
 def _load_config(path: Path) -> GatewayConfig | None:
@@ -56,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"gateway: configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except OSError as error:  # e.g. the HTTP port is taken
-        print(f"gateway: cannot start: {error}", file=sys.stderr)
+        print(f"gateway: cannot start: {error}{_port_hint(error)}", file=sys.stderr)
         return EXIT_FAILURE
 
 
@@ -75,7 +82,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"gateway: cannot demonstrate this configuration: {error}", file=sys.stderr)
         return EXIT_FAILURE
     except OSError as error:  # e.g. the HTTP port or a simulator's port is taken
-        print(f"gateway: cannot start the demo: {error}", file=sys.stderr)
+        print(f"gateway: cannot start the demo: {error}{_port_hint(error)}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
 
