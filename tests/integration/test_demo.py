@@ -198,3 +198,20 @@ async def test_demo_stands_in_for_every_network_link_and_recorder(tmp_path, unus
             assert call.platform_call_id == str(leg.pbx_call_id)
     finally:
         await demo.stop()
+
+
+async def test_a_port_in_use_is_refused_with_what_to_do(tmp_path, unused_tcp_port_factory):
+    http_port = unused_tcp_port_factory()
+    config = demo_config(tmp_path, http_port, unused_tcp_port_factory(), unused_tcp_port_factory())
+    occupant = await asyncio.start_server(lambda reader, writer: writer.close(), "127.0.0.1", http_port)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "demo", "--config", str(config), cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(process.communicate(), STOP_TIMEOUT_S)
+    finally:
+        occupant.close()
+        await occupant.wait_closed()
+    assert process.returncode == 1
+    assert "address already in use" in stderr.decode() and "is another gateway" in stderr.decode()
