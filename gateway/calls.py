@@ -52,8 +52,28 @@ MAX_UNCORRELATED_PER_EXTENSION = 1_000
 PLATFORM_GROUP_TIMEOUT = timedelta(minutes=30)
 # Bounds the memo of "last call of number N" so that clients asking for random numbers cannot grow it forever.
 MAX_LAST_ENDED_ENTRIES = 200_000
+# Transfer legs (CallRecord.leg_key) are one call when one leg's time meets the other's within this: the
+# formats that print legs give minutes, not seconds, for the time of day.
+LEG_TOLERANCE = timedelta(minutes=2)
+# A leg can be joined this long after it ended (the next leg's record comes when that leg ends).
+LEG_WINDOW = timedelta(hours=4)
 
 CallListener = Callable[[DriverEvent, Call], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Leg:
+    """A call's latest transfer leg, as the next leg's record is matched against it."""
+
+    call_id: str
+    start: datetime
+    end: datetime
+    direction: Direction
+
+
+def _same_known_direction(a: Direction, b: Direction) -> bool:
+    """Two legs both inbound (or both outbound) are two calls' first legs, not one call's two legs."""
+    return a is b and a in (Direction.IN, Direction.OUT)
 
 
 @dataclass(slots=True)
@@ -135,6 +155,7 @@ class CallTracker:
         self._next_waiters: dict[str, set[asyncio.Future[Call]]] = defaultdict(set)
         self._uncorrelated_live: dict[str, dict[str, Call]] = defaultdict(dict)  # extension → recorder calls w/o record
         self._platform_groups: dict[tuple[str, str], tuple[str, datetime]] = {}  # (link, pcid) → (call id, seen)
+        self._legs: dict[tuple[str, str], list[_Leg]] = defaultdict(list)  # (link, leg key) → recent legs
         self._unsaved: dict[str, asyncio.Future[None]] = {}  # call id → latest save not yet committed
         self._dirty: dict[str, Call] = {}  # changed this loop turn, not yet snapshotted
         self._dirty_batch: asyncio.Future[None] | None = None  # the future of this turn's batch
@@ -403,16 +424,22 @@ class CallTracker:
         self._expire_platform_groups(record.received_at)
         group_key = (record.source, record.platform_call_id) if record.platform_call_id else None
         call = None
+        joined = False
         if group_key is not None and group_key in self._platform_groups:
             call = self._call_in_memory(self._platform_groups[group_key][0])
         if call is not None:
             self._merge_record_part(call, record)
+        elif record.leg_key is not None and (call := self._earlier_leg(record)) is not None:
+            self._join_leg(call, record)
+            joined = True
         else:
             call = self._correlate(record)
             if call is not None:
                 self._complete_with_record(call, record)
             else:
                 call = self._call_from_record(record)
+        if record.leg_key is not None:
+            self._remember_leg(call, record, joined=joined)
         if group_key is not None:
             if record.more_follows:
                 self._platform_groups[group_key] = (call.call_id, record.received_at)
@@ -420,6 +447,62 @@ class CallTracker:
                 self._platform_groups.pop(group_key, None)
         self.save_soon(call)
         return call
+
+    def _earlier_leg(self, record: CallRecord) -> Call | None:
+        """The one call whose last leg this record's leg continues (meets it in time, same link and key); None
+        when there is none, or more than one — never a guess."""
+        if not record.joins_leg:
+            return None
+        start, end = self._record_times(record)
+        matches = [
+            leg
+            for leg in self._legs.get((record.source, record.leg_key or ""), ())
+            if leg.start - LEG_TOLERANCE <= end and start <= leg.end + LEG_TOLERANCE
+            and not _same_known_direction(leg.direction, record.direction)
+        ]
+        if record.leg_on_line and matches:
+            # One call at a time on a line: the calls before the latest one on it had ended when it began. Starts
+            # are printed to the minute, so of two in one minute the one that ended later came second.
+            latest = max((leg.start, leg.end) for leg in matches)
+            matches = [leg for leg in matches if (leg.start, leg.end) == latest]
+        if len(matches) != 1:
+            if matches:
+                log.info("transfer leg matches several calls; kept apart", link=record.source, leg=record.leg_key)
+            return None
+        return self._call_in_memory(matches[0].call_id)
+
+    def _join_leg(self, call: Call, record: CallRecord) -> None:
+        """Another party's leg of the call: one more party; talk time adds up when the legs follow each other,
+        not when they run side by side (an incoming and an outgoing leg of one forwarded call)."""
+        start, end = self._record_times(record)
+        side_by_side = call.end_time is not None and start < call.end_time - LEG_TOLERANCE
+        self._add_party(call, record.extension)
+        if record.duration_s is not None:
+            previous = call.duration_s or 0
+            call.duration_s = max(previous, record.duration_s) if side_by_side else previous + record.duration_s
+        if not call.ongoing and (call.end_time is None or end > call.end_time):
+            call.end_time = end
+            self._note_ended(call)
+        call.account = call.account or record.account
+        if call.direction is Direction.UNKNOWN:
+            call.direction = record.direction
+
+    def _remember_leg(self, call: Call, record: CallRecord, *, joined: bool) -> None:
+        """Offer the call to the next leg — unless this leg completed an inbound + outbound pair (a call
+        forwarded or transferred out to another line has exactly those two)."""
+        start, end = self._record_times(record)
+        key = (record.source, record.leg_key or "")
+        legs = self._legs[key]
+        horizon = record.received_at - LEG_WINDOW
+        earlier = next((leg for leg in legs if leg.call_id == call.call_id), None)
+        legs[:] = [leg for leg in legs if leg.end >= horizon and leg.call_id != call.call_id]
+        pair_complete = (
+            joined and earlier is not None and {earlier.direction, record.direction} == {Direction.IN, Direction.OUT}
+        )
+        if not pair_complete:
+            legs.append(_Leg(call.call_id, min(start, call.start_time), max(end, call.end_time or end), record.direction))
+        if not legs:
+            del self._legs[key]
 
     def _expire_platform_groups(self, now: datetime) -> None:
         if not self._platform_groups:

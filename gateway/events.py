@@ -92,6 +92,14 @@ class CallRecord:
     more_follows: bool = False
     answered: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Legs of one call that the PBX prints a record per party for, with no call id (NEC PTRS/ITRS on a trunk
+    # line, Panasonic TR/FW pairs): records of one link with the same leg_key are one call's legs when
+    # their times meet. A record with joins_leg looks for the leg before it; every record with a key can be found.
+    leg_key: str | None = None
+    joins_leg: bool = False
+    # The key names a trunk line, which carries one call at a time: a joining leg continues the latest call on
+    # it (otherwise it must match exactly one call).
+    leg_on_line: bool = False
 
 
 DriverEvent = CallStarted | CallConnected | CallEnded | RecordingStarted | RecordingStopped | RecorderSynced | CallRecord

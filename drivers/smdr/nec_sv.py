@@ -23,6 +23,8 @@ log = structlog.get_logger(__name__)
 FORMAT = "nec-sv"
 
 OPTION_DATE = "date"  # PRG 35-02-14: Date column printed (default) or not
+# PTRS/ITRS records of one transferred call (one per station) become one call (default) or stay apart.
+OPTION_MERGE_TRANSFER_LEGS = "merge_transfer_legs"
 # A NEXT line follows its record at once; 2 s is ample even at 1200 baud (spec §4 "~2 s").
 HOLD_TIMEOUT_S = 2.0
 # A time-only record (ICM has no date) later than this after its receive time belongs to the previous day.
@@ -92,7 +94,8 @@ class NecSvParser(RecordParser):
     def __init__(self, link: str, *, tz: tzinfo, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(link, tz=tz, options=options)
         self.validate_options(self.options)
-        self._date_printed: bool = _flag(self.options.get(OPTION_DATE, True))
+        self._date_printed: bool = _flag(self.options.get(OPTION_DATE, True), OPTION_DATE)
+        self._merge_legs: bool = _flag(self.options.get(OPTION_MERGE_TRANSFER_LEGS, True), OPTION_MERGE_TRANSFER_LEGS)
         self._page_date: date | None = None
         self._held: _Held | None = None
         self._previous_was_record = False
@@ -102,9 +105,10 @@ class NecSvParser(RecordParser):
 
     @classmethod
     def validate_options(cls, options: Mapping[str, Any]) -> None:
-        value = options.get(OPTION_DATE)
-        if value is not None:
-            _flag(value)
+        for option in (OPTION_DATE, OPTION_MERGE_TRANSFER_LEGS):
+            value = options.get(option)
+            if value is not None:
+                _flag(value, option)
 
     # ---- holding
 
@@ -288,6 +292,11 @@ class NecSvParser(RecordParser):
             account=account,
             answered=answered,
             extra=extra,
+            # A trunk line carries one call at a time: a transfer's PTRS/ITRS record continues the record of
+            # that line which ended when it began (smdr-formats.md §4, multi-record calls).
+            leg_key=f"line {fields.line}" if self._merge_legs and fields.line else None,
+            joins_leg=call_class in TRANSFER_CLASSES,
+            leg_on_line=True,
         )
 
     def _year(self, month: int, day: int, received_local: datetime) -> int:
@@ -374,7 +383,7 @@ def _starts_no_answer(tokens: list[str]) -> bool:
     return " ".join(tokens[:2]).upper() == NO_ANSWER
 
 
-def _flag(value: Any) -> bool:
+def _flag(value: Any, option: str) -> bool:
     """A boolean option: YAML true/false, or yes/no/on/off/1/0 written as text."""
     if isinstance(value, bool):
         return value
@@ -383,7 +392,7 @@ def _flag(value: Any) -> bool:
         return True
     if text in ("false", "no", "off", "0"):
         return False
-    raise ValueError(f"{OPTION_DATE}: must be true or false, not {value!r}")
+    raise ValueError(f"{option}: must be true or false, not {value!r}")
 
 
 PARSER = NecSvParser

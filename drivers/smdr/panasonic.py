@@ -35,6 +35,12 @@ OPTION_TIME_IS = "time_is"
 OPTION_DATE_ORDER = "date_order"
 OPTION_LAYOUT = "layout"
 OPTION_DEPT = "dept"
+# The incoming and outgoing records of a CO-to-CO transfer or forward (CD TR/FW) become one call (default).
+OPTION_MERGE_TRANSFER_LEGS = "merge_transfer_legs"
+CODE_TRANSFER = "TR"
+CODE_FORWARD = "FW"
+TRANSFER_LEG_CODES = frozenset({CODE_TRANSFER, CODE_FORWARD})
+TRANSFER_LEG_KEY = "co-transfer"
 TIME_IS_END = "end"  # KX-TD/TDA/TDE/NCP/NS print the end of the call
 TIME_IS_START = "start"  # KX-TA/TEA print the start
 TIME_IS_VALUES = (TIME_IS_END, TIME_IS_START)
@@ -122,6 +128,7 @@ class PanasonicParser(RecordParser):
         self._date_order: str | None = _lower(self.options.get(OPTION_DATE_ORDER))
         self._layout = str(self.options.get(OPTION_LAYOUT, LAYOUT_A)).upper()
         self._dept_option: bool | None = self.options.get(OPTION_DEPT)
+        self._merge_legs: bool = self.options.get(OPTION_MERGE_TRANSFER_LEGS, True)
         # Learnt from header lines when the options leave them open.
         self._header_time_is: str | None = None
         self._header_dept: bool | None = None
@@ -137,9 +144,10 @@ class PanasonicParser(RecordParser):
         layout = options.get(OPTION_LAYOUT)
         if layout is not None and str(layout).upper() not in LAYOUTS:
             raise ValueError(f"{OPTION_LAYOUT}: must be one of {', '.join(LAYOUTS)}, not {layout!r}")
-        dept = options.get(OPTION_DEPT)
-        if dept is not None and not isinstance(dept, bool):
-            raise ValueError(f"{OPTION_DEPT}: must be true or false, not {dept!r}")
+        for option in (OPTION_DEPT, OPTION_MERGE_TRANSFER_LEGS):
+            value = options.get(option)
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"{option}: must be true or false, not {value!r}")
 
     @property
     def time_is(self) -> str:
@@ -329,6 +337,11 @@ class PanasonicParser(RecordParser):
         if fields.unknown:
             extra["unknown_tokens"] = fields.unknown
         account = fields.account if fields.account and not _EMPTY_ACCOUNT.match(fields.account) else None
+        # CO-to-CO transfers, forwards and DISA calls are logged twice, incoming and outgoing, marked TR/FW
+        # (smdr-formats.md §3, samples: the incoming leg TR, then the outgoing leg FW). The FW record joins the
+        # TR record whose time it overlaps; a TR never joins anything, so two TR records stay two calls.
+        code = (fields.cd or "").upper()
+        transfer_leg = self._merge_legs and code in TRANSFER_LEG_CODES
         return self.record(
             line,
             received_at,
@@ -342,6 +355,8 @@ class PanasonicParser(RecordParser):
             trunk=fields.co or None,
             account=account,
             extra=extra,
+            leg_key=TRANSFER_LEG_KEY if transfer_leg else None,
+            joins_leg=transfer_leg and code == CODE_FORWARD,
         )
 
     def _parse_date(self, text: str, received_local: datetime) -> datetime | None:

@@ -250,6 +250,96 @@ async def test_multi_record_call_is_one_call_with_all_parties(tracker):
     assert await tracker.find_by_status("4750", ["last"], 1) is first
 
 
+def leg_record(extension, start_minute, talk_s, *, joins, direction=Direction.UNKNOWN, key="line 005", other="0612345678"):
+    return avaya_record(
+        format="nec-sv", platform_call_id=None, extension=extension, other_number=other, direction=direction,
+        start=T0 + timedelta(minutes=start_minute), duration_s=float(talk_s), ring_s=None,
+        received_at=T0 + timedelta(minutes=start_minute, seconds=talk_s + 5), leg_key=key, joins_leg=joins,
+    )
+
+
+async def test_transfer_legs_on_one_line_are_one_call(tracker):
+    # NEC: A answers on line 005 at 10:00 and talks 2 min; B picks up the transfer at 10:02, talks 3 min;
+    # C at 10:05 for 1 min. Every station gets its own PTRS record, each printed when its leg ends.
+    first = tracker.apply(leg_record("2001", 0, 120, joins=True, direction=Direction.IN))
+    second = tracker.apply(leg_record("2002", 2, 180, joins=True))
+    third = tracker.apply(leg_record("2003", 5, 60, joins=True))
+    assert first is second is third
+    assert {"2001", "2002", "2003"} <= first.parties
+    assert first.duration_s == 360 and first.end_time == T0 + timedelta(minutes=6)
+    assert await tracker.find_by_status("2003", ["last"], 1) is first
+    assert await tracker.find_by_status("2001", ["last"], 1) is first
+
+
+async def test_a_leg_never_joins_a_call_on_another_line_or_one_long_gone(tracker):
+    first = tracker.apply(leg_record("2001", 0, 60, joins=True))
+    other_line = tracker.apply(leg_record("2002", 1, 60, joins=True, key="line 006"))
+    much_later = tracker.apply(leg_record("2003", 30, 60, joins=True))
+    assert len({first.call_id, other_line.call_id, much_later.call_id}) == 3
+
+
+async def test_a_record_that_does_not_join_starts_its_own_call_on_the_line(tracker):
+    # A new call on the same line right after the last one ended (PIN, not PTRS) is a new call.
+    first = tracker.apply(leg_record("2001", 0, 60, joins=True))
+    new_call = tracker.apply(leg_record("2002", 1, 60, joins=False, direction=Direction.IN))
+    assert new_call is not first
+
+
+async def test_a_leg_matching_two_calls_is_kept_apart(tracker):
+    one = tracker.apply(leg_record("2001", 0, 60, joins=False))
+    two = tracker.apply(leg_record("2002", 0, 60, joins=False))
+    third = tracker.apply(leg_record("2003", 1, 60, joins=True))
+    assert len({one.call_id, two.call_id, third.call_id}) == 3
+
+
+async def test_an_incoming_and_an_outgoing_leg_side_by_side_are_one_call_once(tracker):
+    # Panasonic CO-to-CO transfer: the incoming leg (TR) and the outgoing leg (FW) run side by side.
+    incoming = tracker.apply(leg_record("15", 0, 601, joins=False, direction=Direction.IN, key="co-transfer"))
+    outgoing = tracker.apply(
+        leg_record("18", 1, 558, joins=True, direction=Direction.OUT, key="co-transfer", other="12023467890")
+    )
+    assert outgoing is incoming
+    assert {"15", "18"} <= incoming.parties
+    assert incoming.duration_s == 601  # side by side: the longer leg, not the sum
+    # The pair is complete: another forward at the same time is another call.
+    again = tracker.apply(leg_record("19", 1, 300, joins=True, direction=Direction.OUT, key="co-transfer"))
+    assert again is not incoming
+
+
+async def test_two_incoming_legs_are_two_calls(tracker):
+    one = tracker.apply(leg_record("15", 0, 300, joins=True, direction=Direction.IN, key="co-transfer"))
+    two = tracker.apply(leg_record("16", 1, 300, joins=True, direction=Direction.IN, key="co-transfer"))
+    assert one is not two
+
+
+async def test_spec_transfer_legs_through_the_real_parsers_are_one_call(tracker):
+    from drivers.smdr.nec_sv import NecSvParser
+    from drivers.smdr.panasonic import PanasonicParser
+
+    received = datetime(1997, 6, 24, 10, 15, tzinfo=timezone.utc)
+    panasonic = PanasonicParser("pbx-pana", tz=timezone.utc)
+    legs = [
+        record
+        for line in ("06/24/97 10:08AM 15 1 <I> 00:10'01 431211 TR", "06/24/97 10:09AM 18 1 10222P1-202-346-7890 00:09'18 001 FW")
+        for record in panasonic.feed(line, received)
+    ]
+    assert [leg.joins_leg for leg in legs] == [False, True]
+    calls = {tracker.apply(leg).call_id for leg in legs}
+    assert len(calls) == 1
+
+    nec = NecSvParser("pbx-nec", tz=timezone.utc)
+    received = datetime(2024, 12, 9, 11, 10, tzinfo=timezone.utc)
+    records = []
+    for line in ("PIN 11:00 12/09 002 00:02:00 2001 2142623801", "PTRS 11:02 12/09 002 00:00:30 2004 2142623801",
+                 "PIN 11:03 12/09 002 00:01:00 2005 2142623802"):
+        records += nec.feed(line, received)
+    records += nec.flush(received + timedelta(days=1))
+    assert [record.leg_key for record in records] == ["line 002"] * 3
+    first, transferred, next_call = (tracker.apply(record) for record in records)
+    assert transferred is first and {"2001", "2004"} <= first.parties
+    assert next_call is not first  # a new PIN on the line is a new call
+
+
 async def test_get_call_reads_evicted_calls_back_once(tracker, store):
     calls = [tracker.apply(avaya_record(platform_call_id=str(n), extension=str(2000 + n))) for n in range(120)]
     await tracker.flush()

@@ -423,3 +423,32 @@ async def test_pbx_local_times_read_back_as_site_times_across_dst(start):
     (line,) = pbx.lines_sent
     (record,) = parser.feed(line, start + timedelta(seconds=44))  # read a second after the call ended
     assert record.start == start, line
+
+
+async def test_nec_transfers_are_one_stored_call_each(tmp_path):
+    """NEC prints one record per station of a transferred call (PIN/POT, then PTRS, no call id): with the
+    site's trunk lines (one call each at a time) every transfer comes back as one call."""
+    from gateway.calls import CallTracker
+    from gateway.store import Store
+    from simulators.pbx_records import record_lines
+
+    plan = TrafficModel(seed=7, calls_per_minute=30, extensions=[str(2000 + n) for n in range(12)],
+                        transfer_share=0.3).plan(1200)
+    site = Site(plan, speed=20_000, start=START)
+    await asyncio.wait_for(site.run(), PLAY_TIMEOUT_S)
+    assert sum(1 for call in plan if call.transfer_to) >= 5
+    store = Store(tmp_path / "nec.db")
+    await store.open()
+    try:
+        tracker = CallTracker(store, [])
+        parser = create_parser(LinkConfig("nec", "nec-sv", "listen://127.0.0.1:1", timezone="UTC"))
+        call_ids = set()
+        for call in sorted(site.completed, key=lambda done: done.start + timedelta(seconds=done.plan.length_s)):
+            received = call.start + timedelta(seconds=call.plan.length_s + 1)
+            for line in record_lines("nec-sv", call, timezone.utc):
+                call_ids.update(tracker.apply(record).call_id for record in parser.feed(line, received))
+        call_ids.update(tracker.apply(record).call_id for record in parser.flush(START + timedelta(days=2)))
+        assert len(call_ids) == len(plan)
+        await tracker.flush()
+    finally:
+        await store.close()

@@ -306,3 +306,15 @@ def test_bad_date_option_is_refused():
         NecSvParser.validate_options({"date": "maybe"})
     NecSvParser.validate_options({"date": False})
     NecSvParser.validate_options({"date": "off"})
+
+
+def test_transfer_records_are_legs_of_their_line_unless_turned_off():
+
+    received = datetime(2024, 12, 9, 11, 10, tzinfo=timezone.utc)
+    for options, key in (({}, "line 002"), ({"merge_transfer_legs": False}, None)):
+        nec = NecSvParser("pbx-nec", tz=timezone.utc, options=options)
+        records = nec.feed("PTRS 11:02 12/09 002 00:00:30 2004 2142623801", received)
+        records += nec.flush(received + timedelta(days=1))
+        assert [(record.leg_key, record.joins_leg) for record in records] == [(key, True)]
+    with pytest.raises(ValueError, match="merge_transfer_legs"):
+        NecSvParser.validate_options({"merge_transfer_legs": "maybe"})
