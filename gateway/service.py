@@ -128,8 +128,9 @@ class Gateway:
     @staticmethod
     def _bound_port(site: web.TCPSite) -> int:
         server = site._server  # the only way to learn the port when the config asks for port 0
-        assert isinstance(server, asyncio.base_events.Server)
-        return server.sockets[0].getsockname()[1]
+        sockets = getattr(server, "sockets", None)  # asyncio's Server, or any event loop's equivalent
+        assert sockets, "the HTTP site has no listening socket"
+        return sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         if self._runner is not None:
