@@ -22,6 +22,7 @@ import structlog
 
 from gateway.lifecycle import stop_on_signals
 from simulators.pbx_records import FORMATS, PROFILES, FormatProfile, LoginStep, garbage_line, record_lines
+from simulators.cli import run_cli
 from simulators.pty import PtyPort
 from simulators.tasks import OwnedTasks
 from simulators.traffic import CompletedCall, PlannedCall
@@ -612,12 +613,7 @@ async def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from gateway.logs import configure_logging  # the project's log set-up, for the CLI only
-
-    configure_logging(args.log_level)
-    asyncio.run(_run(args))
-    return 0
+    return run_cli(build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import structlog
 
 from drivers.trunkrec import protocol as p
 from gateway.lifecycle import stop_on_signals
+from simulators.cli import run_cli
 from simulators.pty import PtyPort
 from simulators.tasks import OwnedTasks
 
@@ -729,12 +730,7 @@ async def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from gateway.logs import configure_logging  # the project's log set-up, for the CLI only
-
-    configure_logging(args.log_level)
-    asyncio.run(_run(args))
-    return 0
+    return run_cli(build_parser(), _run, argv)
 
 
 if __name__ == "__main__":
