@@ -160,7 +160,8 @@ def _rows_sql(statement: _RowsStatement, rows: int) -> str:
 def _upsert(table: str, columns: str, key: str) -> _RowsStatement:
     names = [name.strip() for name in columns.split(",")]
     updates = ", ".join(f"{name} = excluded.{name}" for name in names if name != key)
-    return _RowsStatement(f"INSERT INTO {table} ({columns}) VALUES ", len(names), f" ON CONFLICT({key}) DO UPDATE SET {updates}")
+    tail = f" ON CONFLICT({key}) DO UPDATE SET {updates}"
+    return _RowsStatement(f"INSERT INTO {table} ({columns}) VALUES ", len(names), tail)
 
 
 _UPSERT_CALL = _upsert("calls", _CALL_COLUMNS, "call_id")
@@ -174,13 +175,17 @@ ROWS_PER_STATEMENT = (256, 64, 16, 4, 1)
 SQLITE_MIN_VARIABLE_LIMIT = 999  # SQLite before 3.32 (newer ones allow 32,766)
 
 
-def _execute_rows(cursor: sqlite3.Cursor, statement: _RowsStatement, rows: Sequence[Sequence[Any]], max_variables: int) -> None:
+def _execute_rows(
+    cursor: sqlite3.Cursor, statement: _RowsStatement, rows: Sequence[Sequence[Any]], max_variables: int
+) -> None:
     done, total = 0, len(rows)
     while done < total:
         left = total - done
         size = next(size for size in ROWS_PER_STATEMENT if size <= left and size * statement.width <= max_variables)
         cursor.execute(statement.sql(size), list(itertools.chain.from_iterable(rows[done : done + size])))
         done += size
+
+
 _INSERT_QUARANTINE = "INSERT INTO quarantine (journal_seq, link, received_at, raw, reason) VALUES (?, ?, ?, ?, ?)"
 
 # Read queries are module constants so the tests can EXPLAIN exactly what runs.
