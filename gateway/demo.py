@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
 from urllib.parse import urlencode, urlsplit
-from zoneinfo import ZoneInfo
 
 import structlog
 
-from drivers.smdr import machine_timezone
-from gateway.config import ApiKeyConfig, GatewayConfig, LinkConfig, RecorderConfig
+from drivers.smdr import link_timezone
+from gateway.config import ApiKeyConfig, GatewayConfig, RecorderConfig
+from gateway.errors import GatewayError
 from gateway.lifecycle import stop_on_signals
 from gateway.model import RecordingMode
 from gateway.service import Gateway, tune_garbage_collector
@@ -49,7 +49,7 @@ LOOPBACK = ipaddress.ip_address("127.0.0.1")
 DEMO_TALK_MEDIAN_S = 15.0
 
 
-class DemoError(Exception):
+class DemoError(GatewayError):
     """The configuration cannot be demonstrated (e.g. nothing the simulators can stand in for)."""
 
 
@@ -192,7 +192,7 @@ class Demo:
                 if not for_links_that_connect:
                     self.skipped.append(f"link {link.name}: {link.url} is a serial port, no simulator for it")
                 continue
-            pbx = PbxSimulator(link.format, tz=_link_zone(link), name=f"pbx-{link.name}")
+            pbx = PbxSimulator(link.format, tz=link_timezone(link), name=f"pbx-{link.name}")
             needed = {key: value for key, value in pbx.profile.gateway_options.items() if link.options.get(key) != value}
             if needed:
                 self.notes.append(f"link {link.name}: the {link.format} simulator's records need these link options: {needed}")
@@ -265,17 +265,18 @@ class Demo:
                 [f"recorder {name} ({len(sim.channel_names)} channels)" for name, sim in self.recorders.items()]
                 + [f"PBX {pbx.fmt} on link {name}" for name, pbx in self.pbxs.items()]
             ),
-            f"A call is kept in progress on extension {self.examples.extension}; try:",
+            (
+                f"A call is kept in progress on extension {self.examples.extension}; try:"
+                if self.pinned_extension
+                else f"No simulated recorder carries an extension, so no call is kept in progress; with extension "
+                f"{self.examples.extension}, once it has calls:"
+            ),
             *self.examples.curl_lines(),
         ]
         lines += [f"Not simulated: {what}" for what in self.skipped]
         lines += [f"Note: {note}" for note in self.notes]
         lines += ["Press Ctrl-C to stop.", ""]
         return "\n".join(lines)
-
-
-def _link_zone(link: LinkConfig):
-    return ZoneInfo(link.timezone) if link.timezone else machine_timezone()
 
 
 async def run_demo(

@@ -35,9 +35,16 @@ def machine_timezone() -> tzinfo:
         return ZoneInfo("UTC")
 
 
+def link_timezone(link: LinkConfig) -> tzinfo:
+    """The zone of the PBX clock behind a link: its `timezone`, or the machine's."""
+    return ZoneInfo(link.timezone) if link.timezone else machine_timezone()
+
+
 def create_parser(link: LinkConfig) -> RecordParser:
-    tz = ZoneInfo(link.timezone) if link.timezone else machine_timezone()
-    return parser_class(link.format)(link.name, tz=tz, options=link.options)
+    return parser_class(link.format)(link.name, tz=link_timezone(link), options=link.options)
 
 
-__all__ = ["PARSER_MODULES", "RecordParser", "SmdrParseError", "create_parser", "machine_timezone", "parser_class"]
+__all__ = [
+    "PARSER_MODULES", "RecordParser", "SmdrParseError", "create_parser", "link_timezone", "machine_timezone",
+    "parser_class",
+]
