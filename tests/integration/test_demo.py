@@ -148,6 +148,7 @@ log: {{level: warning}}
 """
 SPEED = 60.0
 RECORDS_TIMEOUT_S = 20.0
+POLL_S = 0.05  # how often the in-process test looks at the link counters while it waits
 
 
 async def test_demo_stands_in_for_every_network_link_and_recorder(tmp_path, unused_tcp_port_factory):
@@ -169,7 +170,7 @@ async def test_demo_stands_in_for_every_network_link_and_recorder(tmp_path, unus
 
         async def records_on_every_network_link() -> None:
             while not all(links[name].records >= 5 for name in ("ipo", "pana", "mitel")):
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(POLL_S)
 
         await asyncio.wait_for(records_on_every_network_link(), RECORDS_TIMEOUT_S)
         health = await demo.gateway.health()
@@ -187,7 +188,7 @@ async def test_demo_stands_in_for_every_network_link_and_recorder(tmp_path, unus
 
         async def some_recorder_calls_ended() -> None:
             while len(ended_recorder_calls()) < 3 or links["ipo"].records < len(site.completed):
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(POLL_S)
 
         await asyncio.wait_for(some_recorder_calls_ended(), RECORDS_TIMEOUT_S)
         tracker = demo.gateway.tracker
