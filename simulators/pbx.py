@@ -13,7 +13,7 @@ import itertools
 import random
 import re
 from collections import deque
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -555,9 +555,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--extensions", type=_extensions_argument, default=None, metavar="LIST", help="for --traffic, e.g. 2001-2010,3001"
     )
+    faults = parser.add_argument_group("faults", "what a gateway link must survive, on demand")
+    faults.add_argument("--split-writes", action="store_true", help="send records in pieces of 1, 7, 3 … bytes")
+    faults.add_argument("--leading-nuls", action="store_true", help="NUL bytes before each record")
+    faults.add_argument(
+        "--garbage-every", type=_positive_seconds, default=None, metavar="SECONDS", help="a line of garbage this often"
+    )
+    faults.add_argument(
+        "--drop-every", type=_positive_seconds, default=None, metavar="SECONDS",
+        help="disconnect every link this often (a rebooting PBX; --connect reconnects, records are buffered)",
+    )
     parser.add_argument("--name", default=DEFAULT_NAME)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
+
+
+def _positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {value!r}") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {value}")
+    return seconds
+
+
+async def _every(interval_s: float, act: Callable[[], Awaitable[None] | None]) -> None:
+    """Run `act` every `interval_s` until cancelled (a fault knob of the command line)."""
+    while True:
+        await asyncio.sleep(interval_s)  # the schedule itself, not a wait for anyone: no timeout
+        outcome = act()
+        if outcome is not None:
+            await outcome
 
 
 def _plan(args: argparse.Namespace) -> Iterable[PlannedCall] | None:
@@ -578,6 +607,12 @@ def _plan(args: argparse.Namespace) -> Iterable[PlannedCall] | None:
 
 async def _run(args: argparse.Namespace) -> None:
     sim = PbxSimulator(args.format, tz=args.timezone, name=args.name, seed=args.seed)
+    sim.split_writes = args.split_writes
+    sim.leading_nuls = args.leading_nuls
+    if args.garbage_every:
+        sim._spawn(_every(args.garbage_every, sim.send_garbage), "garbage")
+    if args.drop_every:
+        sim._spawn(_every(args.drop_every, sim.drop_connections), "drops")
     loop = asyncio.get_running_loop()
     playing: asyncio.Task[None] | None = None
     stop_wait: asyncio.Task[bool] | None = None

@@ -540,3 +540,45 @@ async def test_cli_pty_prints_the_path_and_stops_on_sigterm() -> None:
             process.terminate()
         _, stderr = await asyncio.wait_for(process.communicate(), WAIT_S * 2)
     assert process.returncode == 0, stderr.decode()
+
+
+async def test_cli_faults_garbage_nuls_and_drops_over_connect() -> None:
+    connections: list[bytes] = []
+    seen = asyncio.Event()
+
+    async def collect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received = bytearray()
+        connections.append(b"")
+        while chunk := await reader.read(4096):
+            received += chunk
+            connections[-1] = bytes(received)
+            if len(connections) >= 2 and b"PARITY" in connections[0]:
+                seen.set()
+        writer.close()
+
+    server = await asyncio.start_server(collect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "simulators.pbx", "--format", "avaya-ipo", "--connect", f"127.0.0.1:{port}",
+        "--traffic", "600", "--speed", "50", "--leading-nuls", "--split-writes", "--garbage-every", "0.05",
+        "--drop-every", "0.5", "--log-level", "warning",
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await asyncio.wait_for(seen.wait(), WAIT_S * 2)  # garbage arrived, and the PBX came back after a drop
+    finally:
+        process.terminate()
+        _, stderr = await asyncio.wait_for(process.communicate(), WAIT_S * 2)
+        server.close()
+        await server.wait_closed()
+    assert process.returncode == 0, stderr.decode()
+    first = connections[0]
+    assert b"\x00\x00\x00" in first  # NULs before records
+    assert b"PARITY" in first  # garbage_line()'s text
+
+
+def test_cli_refuses_a_fault_interval_that_is_not_positive() -> None:
+    from simulators.pbx import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--format", "avaya-ipo", "--pty", "--garbage-every", "0"])
