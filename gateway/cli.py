@@ -17,6 +17,9 @@ from gateway.lifecycle import stop_on_signals
 from gateway.logs import configure_logging
 from gateway.passwords import hash_password
 
+# The default configuration as shipped with the code, for `gateway demo` started outside the project folder.
+BUNDLED_CONFIG_PATH = Path(__file__).resolve().parent.parent / DEFAULT_CONFIG_PATH
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
@@ -70,7 +73,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import DemoError, run_demo  # imported late: only the demo needs the simulators
 
-    config = _load_config(args.config)
+    config_path = args.config
+    if config_path is None:  # the bundled default: the folder's own config/, else the one shipped beside the code
+        config_path = DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else BUNDLED_CONFIG_PATH
+    config = _load_config(config_path)
     if config is None:
         return EXIT_CONFIG
     configure_logging(args.log_level, config.log.format)
@@ -150,7 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=cmd_check)
 
     demo = commands.add_parser("demo", help="run the gateway with the PBX and trunk recorder simulators making calls")
-    demo.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="configuration file (%(default)s)")
+    demo.add_argument(
+        "--config", type=Path, default=None,
+        help=f"configuration file (default: {DEFAULT_CONFIG_PATH} here, else the bundled one)",
+    )
     demo.add_argument("--seed", type=int, default=None, help="seed of the traffic, to replay a run")
     demo.add_argument(
         "--calls-per-minute", type=_positive_float, default=12.0, help="random calls per minute per PBX (%(default)s)"

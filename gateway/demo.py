@@ -259,7 +259,7 @@ class Demo:
         lines = [
             "",
             f"Gateway demo running: API {self.examples.url}/verba/api   health {self.examples.url}/healthz",
-            f"Demo API key: {self.examples.api_key}",
+            f"Demo API key: {self.examples.api_key}   configuration: {self.config.source}",
             "Simulated: "
             + ", ".join(
                 [f"recorder {name} ({len(sim.channel_names)} channels)" for name, sim in self.recorders.items()]

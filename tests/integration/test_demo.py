@@ -216,3 +216,10 @@ async def test_a_port_in_use_is_refused_with_what_to_do(tmp_path, unused_tcp_por
         await occupant.wait_closed()
     assert process.returncode == 1
     assert "address already in use" in stderr.decode() and "is another gateway" in stderr.decode()
+
+
+def test_the_demo_outside_the_project_folder_uses_the_bundled_file(tmp_path):
+    from gateway.cli import BUNDLED_CONFIG_PATH, build_parser
+
+    assert BUNDLED_CONFIG_PATH == BUNDLED_CONFIG
+    assert build_parser().parse_args(["demo"]).config is None  # resolved when the demo starts
