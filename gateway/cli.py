@@ -133,7 +133,8 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
+    """An argparse type: a number more than 0 (rates, speeds, intervals)."""
     try:
         value = float(text)
     except ValueError:
@@ -162,10 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=None, help="seed of the traffic, to replay a run")
     demo.add_argument(
-        "--calls-per-minute", type=_positive_float, default=12.0, help="random calls per minute per PBX (%(default)s)"
+        "--calls-per-minute", type=positive_float, default=12.0, help="random calls per minute per PBX (%(default)s)"
     )
     demo.add_argument(
-        "--speed", type=_positive_float, default=1.0, help="site time per real second: 10 makes calls ten times shorter (%(default)s)"
+        "--speed", type=positive_float, default=1.0, help="site time per real second: 10 makes calls ten times shorter (%(default)s)"
     )
     demo.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], default="warning",

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
 
+from gateway.cli import positive_float
 from gateway.lifecycle import stop_on_signals
 from simulators.pbx_records import FORMATS, PROFILES, FormatProfile, LoginStep, garbage_line, record_lines
 from simulators.cli import run_cli
@@ -548,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     traffic.add_argument("--scenario", metavar="FILE.yaml", help="play the calls of a scenario file")
     parser.add_argument("--seed", type=int, default=None, help="seed for the traffic and the garbage")
-    parser.add_argument("--speed", type=float, default=1.0, help="site clock speed (2: calls twice as fast)")
+    parser.add_argument("--speed", type=positive_float, default=1.0, help="site clock speed (2: calls twice as fast)")
     parser.add_argument(
         "--timezone", type=_timezone_argument, default=None, help="the PBX clock's zone (default: the machine's)"
     )
@@ -559,25 +560,15 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--split-writes", action="store_true", help="send records in pieces of 1, 7, 3 … bytes")
     faults.add_argument("--leading-nuls", action="store_true", help="NUL bytes before each record")
     faults.add_argument(
-        "--garbage-every", type=_positive_seconds, default=None, metavar="SECONDS", help="a line of garbage this often"
+        "--garbage-every", type=positive_float, default=None, metavar="SECONDS", help="a line of garbage this often"
     )
     faults.add_argument(
-        "--drop-every", type=_positive_seconds, default=None, metavar="SECONDS",
+        "--drop-every", type=positive_float, default=None, metavar="SECONDS",
         help="disconnect every link this often (a rebooting PBX; --connect reconnects, records are buffered)",
     )
     parser.add_argument("--name", default=DEFAULT_NAME)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
-
-
-def _positive_seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {value!r}") from None
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {value}")
-    return seconds
 
 
 async def _every(interval_s: float, act: Callable[[], Awaitable[None] | None]) -> None:
