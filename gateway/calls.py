@@ -474,16 +474,9 @@ class CallTracker:
     def _join_leg(self, call: Call, record: CallRecord) -> None:
         """Another party's leg of the call: one more party; talk time adds up when the legs follow each other,
         not when they run side by side (an incoming and an outgoing leg of one forwarded call)."""
-        start, end = self._record_times(record)
+        start, _ = self._record_times(record)
         side_by_side = call.end_time is not None and start < call.end_time - LEG_TOLERANCE
-        self._add_party(call, record.extension)
-        if record.duration_s is not None:
-            previous = call.duration_s or 0
-            call.duration_s = max(previous, record.duration_s) if side_by_side else previous + record.duration_s
-        if not call.ongoing and (call.end_time is None or end > call.end_time):
-            call.end_time = end
-            self._note_ended(call)
-        call.account = call.account or record.account
+        self._merge_record_part(call, record, side_by_side=side_by_side)
         if call.direction is Direction.UNKNOWN:
             call.direction = record.direction
 
@@ -558,14 +551,16 @@ class CallTracker:
             call.direction = record.direction
         self._add_party(call, record.extension)
 
-    def _merge_record_part(self, call: Call, record: CallRecord) -> None:
-        """A further segment of a multi-record call: one more party, later end, more talk time."""
+    def _merge_record_part(self, call: Call, record: CallRecord, *, side_by_side: bool = False) -> None:
+        """A further segment of a multi-record call: one more party, later end, more talk time (the longer one
+        when the segments ran side by side rather than one after the other)."""
         _, end = self._record_times(record)
         self._add_party(call, record.extension)
         if record.direction is Direction.INTERNAL:
             self._add_party(call, record.other_number)
         if record.duration_s is not None:
-            call.duration_s = (call.duration_s or 0) + record.duration_s
+            previous = call.duration_s or 0
+            call.duration_s = max(previous, record.duration_s) if side_by_side else previous + record.duration_s
         if not call.ongoing and (call.end_time is None or end > call.end_time):
             call.end_time = end
             self._note_ended(call)
