@@ -774,7 +774,8 @@ class LineTransport(abc.ABC):
             backoff_s = min(backoff_s * 2, self._backoff_max_s)
 
 
-def _host_port(url: str) -> tuple[str, int]:
+def host_port(url: str) -> tuple[str, int]:
+    """HOST and PORT of a `listen://`, `tcp://` (or any HOST:PORT) URL; LinkError when it has none."""
     parts = urlsplit(url)
     if parts.hostname is None or parts.port is None:
         raise LinkError(f"{url!r} has no HOST:PORT")
@@ -792,7 +793,7 @@ class ListenLineTransport(LineTransport):
 
     def __init__(self, config: LinkConfig, deliver: Deliver, **kwargs: Any) -> None:
         super().__init__(config, deliver, **kwargs)
-        self._host, self._port = _host_port(config.url)
+        self._host, self._port = host_port(config.url)
         self._server: asyncio.Server | None = None
 
     def _is_up(self) -> bool:
@@ -850,7 +851,7 @@ class TcpLineTransport(LineTransport):
 
     def __init__(self, config: LinkConfig, deliver: Deliver, **kwargs: Any) -> None:
         super().__init__(config, deliver, **kwargs)
-        self._host, self._port = _host_port(config.url)
+        self._host, self._port = host_port(config.url)
 
     async def _run(self) -> None:
         await self._reconnect_forever()

@@ -21,6 +21,7 @@ from urllib.parse import urlencode, urlsplit
 import structlog
 
 from drivers.smdr import link_timezone
+from drivers.transport import host_port
 from gateway.config import ApiKeyConfig, GatewayConfig, RecorderConfig
 from gateway.errors import GatewayError
 from gateway.lifecycle import stop_on_signals
@@ -82,11 +83,9 @@ class DemoExamples:
         return lines
 
 
-def _host_port(url: str) -> tuple[str, int] | None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("tcp", "listen") or parts.hostname is None or parts.port is None:
-        return None
-    return parts.hostname, parts.port
+def _network_address(url: str) -> tuple[str, int] | None:
+    """HOST and PORT of a tcp:// or listen:// URL (the configuration checked both are there); None for serial."""
+    return host_port(url) if urlsplit(url).scheme in ("tcp", "listen") else None
 
 
 def _open_key(keys: Sequence[ApiKeyConfig]) -> ApiKeyConfig | None:
@@ -166,7 +165,7 @@ class Demo:
 
     async def _start_recorders(self) -> None:
         for recorder in self.config.recorders:
-            address = _host_port(recorder.url)
+            address = _network_address(recorder.url)
             if address is None:
                 self.skipped.append(f"recorder {recorder.name}: {recorder.url} is not tcp://, no simulator for it")
                 continue
@@ -187,7 +186,7 @@ class Demo:
         for link in self.config.links:
             if link.url.startswith("tcp://") != for_links_that_connect:
                 continue
-            address = _host_port(link.url)
+            address = _network_address(link.url)
             if address is None:
                 if not for_links_that_connect:
                     self.skipped.append(f"link {link.name}: {link.url} is a serial port, no simulator for it")
