@@ -22,6 +22,7 @@ import structlog
 
 from drivers.smdr import link_timezone
 from drivers.transport import host_port
+from drivers.trunkrec.protocol import parse_channel
 from gateway.config import ApiKeyConfig, GatewayConfig, RecorderConfig
 from gateway.errors import GatewayError
 from gateway.lifecycle import stop_on_signals
@@ -30,7 +31,7 @@ from gateway.service import Gateway, tune_garbage_collector
 from simulators.pbx import PbxSimulator
 from simulators.site import Site, first_call_id_from_clock
 from simulators.traffic import TrafficModel
-from simulators.trunkrec import TrunkRecorderSimulator
+from simulators.trunkrec import TIMESLOTS_PER_SPAN, TrunkRecorderSimulator
 
 log = structlog.get_logger(__name__)
 
@@ -174,8 +175,8 @@ class Demo:
             self.recorders[recorder.name] = simulator
 
     def _channels_needed(self, recorder: RecorderConfig) -> int:
-        slots = [
-            int(extension.channel.split("/")[0]) * 30
+        slots = [  # whole E1 spans up to the highest one an extension is on
+            parse_channel(extension.channel)[0] * TIMESLOTS_PER_SPAN
             for extension in self.config.extensions
             if extension.channel and extension.recorder == recorder.name
         ]
