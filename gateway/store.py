@@ -35,9 +35,13 @@ BUSY_TIMEOUT_MS = 5000
 # The writer's page cache. Call and recording ids are random GUIDs, so a batch of inserts lands on pages all
 # over four indexes; with SQLite's 2 MiB default those pages are re-read from the OS for every batch.
 WRITER_CACHE_KIB = 64 * 1024
-# Pages of WAL before the writer checkpoints. SQLite's 1000 (4 MiB) means a checkpoint — a second write and
-# fsync of every dirty page — after nearly every large batch; 16 MiB lets rewrites of hot pages coalesce first.
-WAL_AUTOCHECKPOINT_PAGES = 4000
+# Committed WAL pages are copied into the database file by a thread of its own, this often: the copy and its
+# fsync run in SQLite without the GIL, off the writer's path (on the writer, every few hundred milliseconds of
+# a burst one commit took the whole copy).
+CHECKPOINT_INTERVAL_S = 0.25
+# Pages of WAL (64 MiB) at which the writer checkpoints by itself: a safety net should the checkpoint thread
+# fall behind; SQLite's 1000 would make the writer do the work again.
+WAL_AUTOCHECKPOINT_PAGES = 16000
 DEFAULT_LOOKUP_LIMIT = 2  # callers ask for two to tell "one hit" from "ambiguous"
 DEFAULT_PAGE_LIMIT = 1000
 
@@ -171,7 +175,7 @@ _INSERT_PARTY = _RowsStatement("INSERT INTO call_parties (call_id, number, end_t
 _INSERT_JOURNAL = _RowsStatement("INSERT INTO journal (link, received_at, raw) VALUES ", 3)
 # Rows per statement, largest first: a batch of n rows takes a handful of statements, and only these few
 # shapes are ever prepared (each is cached by the connection). Capped by SQLite's variable limit per statement.
-ROWS_PER_STATEMENT = (256, 64, 16, 4, 1)
+ROWS_PER_STATEMENT = (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
 SQLITE_MIN_VARIABLE_LIMIT = 999  # SQLite before 3.32 (newer ones allow 32,766)
 
 
@@ -395,6 +399,40 @@ def _connect(path: Path) -> sqlite3.Connection:
     return connection
 
 
+class _Checkpointer:
+    """A thread that copies committed WAL pages into the database file every CHECKPOINT_INTERVAL_S (PASSIVE:
+    it never waits for, or blocks, the writer or a reader). Owned by the writer thread, stopped before it
+    closes the last connection, which checkpoints whatever is left."""
+
+    def __init__(self, path: Path, sync: str) -> None:
+        self._path = path
+        self._sync = sync
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="store-checkpointer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            connection = _connect(self._path)
+            # The database file is fsynced before the WAL may be reused, as on the writer.
+            connection.execute(f"PRAGMA synchronous = {self._sync.upper()}")
+        except sqlite3.Error as exc:
+            log.warning("store checkpoints left to the writer", path=str(self._path), error=str(exc))
+            return
+        try:
+            while not self._stopping.wait(CHECKPOINT_INTERVAL_S):
+                try:
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as exc:
+                    log.warning("store checkpoint failed", path=str(self._path), error=str(exc))
+        finally:
+            _close_quietly(connection)
+
+
 def _raw_bytes(raw: bytes) -> bytes:
     # A bytearray or memoryview could change under us after the call returns; bytes cannot, so no copy.
     return raw if type(raw) is bytes else bytes(raw)
@@ -567,9 +605,11 @@ class Store:
             self._call_soon(loop, _settle, self._writer_done, None, None)
             return
         self._call_soon(loop, _settle, ready, None, None)
+        checkpointer = _Checkpointer(self._path, self._sync)
         try:
             self._write_until_stopped(connection)
         finally:
+            checkpointer.stop()
             self._close_connections(connection)
             self._call_soon(loop, _settle, self._writer_done, None, None)
 
@@ -669,12 +709,37 @@ class Store:
         return results
 
     def _apply_fast(self, cursor: sqlite3.Cursor, ops: list[_Op]) -> list[_Result]:
-        # The common case: nothing fails, so no savepoint per op. (executemany across a batch's calls measured
-        # no faster: the time is in SQLite's b-trees, not in Python.)
+        # The common case: nothing fails, so no savepoint per op, and the batch's journal lines and call saves
+        # go in as one row set each. Statements, not rows, set the writer's pace under load: each gives the GIL
+        # up while SQLite runs and must take it back, which waits for the busy event loop to yield it.
         cursor.execute("BEGIN IMMEDIATE")
-        results: list[_Result] = [(future, self._apply(cursor, kind, payload), None) for kind, payload, future in ops]
+        values: list[Any] = []
+        snapshots: list[_CallSnapshot] = []
+        journal_rows: list[tuple[Any, ...]] = []
+        journal_ops: list[tuple[int, int, int]] = []  # (index in values, first row, rows) of each journal op
+        for kind, payload, _ in ops:
+            value: Any = None
+            if kind == _SAVE_CALLS:
+                snapshots.extend(payload)
+            elif kind == _APPEND_JOURNAL_MANY:
+                journal_ops.append((len(values), len(journal_rows), len(payload)))
+                journal_rows.extend(payload)
+                value = []
+            elif kind == _APPEND_JOURNAL:
+                journal_ops.append((len(values), len(journal_rows), -1))
+                journal_rows.append(payload)
+            else:
+                value = self._apply(cursor, kind, payload)
+            values.append(value)
+        if snapshots:
+            self._save_snapshots(cursor, snapshots)
+        if journal_rows:
+            first_seq = self._append_journal_rows(cursor, journal_rows)
+            for index, first_row, rows in journal_ops:
+                seq = first_seq + first_row
+                values[index] = seq if rows < 0 else list(range(seq, seq + rows))
         cursor.execute("COMMIT")
-        return results
+        return [(future, value, None) for (_, _, future), value in zip(ops, values)]
 
     def _apply_isolated(self, cursor: sqlite3.Cursor, ops: list[_Op]) -> list[_Result]:
         cursor.execute("BEGIN IMMEDIATE")
@@ -697,33 +762,39 @@ class Store:
         return results
 
     def _apply(self, cursor: sqlite3.Cursor, kind: int, payload: Any) -> Any:
-        max_variables = self._max_variables
         if kind == _APPEND_JOURNAL:
-            _execute_rows(cursor, _INSERT_JOURNAL, [payload], max_variables)
-            return cursor.lastrowid
+            return self._append_journal_rows(cursor, [payload])
         if kind == _SAVE_CALLS:
-            # A call's parties are replaced: deleted before the upserts, so that a call saved twice in one
-            # payload keeps the rows of its last snapshot only.
-            _execute_rows(cursor, _DELETE_PARTIES, [(snapshot.call_id,) for snapshot in payload], max_variables)
-            _execute_rows(cursor, _UPSERT_CALL, [snapshot.call_row for snapshot in payload], max_variables)
-            latest = {snapshot.call_id: snapshot for snapshot in payload}
-            party_rows = [row for snapshot in latest.values() for row in snapshot.party_rows]
-            _execute_rows(cursor, _INSERT_PARTY, party_rows, max_variables)
-            recording_rows = [row for snapshot in payload for row in snapshot.recording_rows]
-            if recording_rows:
-                _execute_rows(cursor, _UPSERT_RECORDING, recording_rows, max_variables)
+            self._save_snapshots(cursor, payload)
             return None
         if kind == _APPEND_JOURNAL_MANY:
             if not payload:
                 return []
-            _execute_rows(cursor, _INSERT_JOURNAL, payload, max_variables)
-            # This thread is the only writer, inside one transaction: the seqs just given are consecutive.
-            last = cursor.execute("SELECT last_insert_rowid()").fetchone()[0]
-            return list(range(last - len(payload) + 1, last + 1))
+            first_seq = self._append_journal_rows(cursor, payload)
+            return list(range(first_seq, first_seq + len(payload)))
         if kind == _QUARANTINE:
             cursor.execute(_INSERT_QUARANTINE, payload)
             return None
         raise AssertionError(f"unknown store op {kind}")
+
+    def _save_snapshots(self, cursor: sqlite3.Cursor, snapshots: list[_CallSnapshot]) -> None:
+        max_variables = self._max_variables
+        # A call's parties are replaced: deleted before the upserts, so that a call saved twice in one
+        # batch keeps the rows of its last snapshot only.
+        _execute_rows(cursor, _DELETE_PARTIES, [(snapshot.call_id,) for snapshot in snapshots], max_variables)
+        _execute_rows(cursor, _UPSERT_CALL, [snapshot.call_row for snapshot in snapshots], max_variables)
+        latest = {snapshot.call_id: snapshot for snapshot in snapshots}
+        party_rows = [row for snapshot in latest.values() for row in snapshot.party_rows]
+        _execute_rows(cursor, _INSERT_PARTY, party_rows, max_variables)
+        recording_rows = [row for snapshot in snapshots for row in snapshot.recording_rows]
+        if recording_rows:
+            _execute_rows(cursor, _UPSERT_RECORDING, recording_rows, max_variables)
+
+    def _append_journal_rows(self, cursor: sqlite3.Cursor, rows: list[tuple[Any, ...]]) -> int:
+        """Inserts the rows; the seq of the first. This thread is the only writer, inside one transaction:
+        the seqs given are consecutive."""
+        _execute_rows(cursor, _INSERT_JOURNAL, rows, self._max_variables)
+        return cursor.lastrowid - len(rows) + 1
 
     def _close_connections(self, writer_connection: sqlite3.Connection) -> None:
         # Readers first (their pool is idle: close() waited for every read), so the writer's close is the last

@@ -554,6 +554,55 @@ async def test_batched_journal_appends_return_their_seqs_in_order(store: Store) 
     assert await store.append_journal_many_soon("pbx", []) == []
 
 
+async def test_writes_queued_together_get_their_own_results(store: Store) -> None:
+    """Journal lines and call saves queued at once are written as one row set each (one batch); every op
+    still gets its own seqs, in the order it was queued, and a call saved twice keeps its last state."""
+    now = datetime.now(UTC)
+    first_version = full_call("merged")
+    last_version = copy.deepcopy(first_version)
+    last_version.other_parties = {"999"}
+    queued = [
+        store.append_journal_many_soon("pbx", [(now, b"a1"), (now, b"a2"), (now, b"a3")]),
+        store.save_calls_soon([first_version]),
+        store.append_journal_soon("pbx-2", now, b"b1"),
+        store.append_journal_many_soon("pbx", []),
+        store.save_calls_soon([make_call("other"), last_version]),
+        store.append_journal_many_soon("pbx", [(now, b"a4"), (now, b"a5")]),
+    ]
+    many_a, _, single, empty, _, many_b = await asyncio.gather(*queued)
+    first = many_a[0]
+    assert (many_a, single, empty, many_b) == ([first, first + 1, first + 2], first + 3, [], [first + 4, first + 5])
+    entries = {entry.seq: (entry.link, entry.raw) for entry in await store.journal_entries()}
+    assert [entries[seq] for seq in range(first, first + 6)] == [
+        ("pbx", b"a1"), ("pbx", b"a2"), ("pbx", b"a3"), ("pbx-2", b"b1"), ("pbx", b"a4"), ("pbx", b"a5"),
+    ]  # fmt: skip
+    stored = await store.get_call("merged")
+    assert stored is not None and stored.parties == last_version.parties
+    assert await store.get_call("other") is not None
+
+
+async def test_a_thread_checkpoints_the_wal_while_the_store_is_open(tmp_path: Path) -> None:
+    """Committed pages reach the database file while the store runs, long before the writer's own
+    autocheckpoint (WAL_AUTOCHECKPOINT_PAGES) would: the checkpoint thread copies them."""
+    path = tmp_path / "store.db"
+    opened = Store(path)
+    await opened.open()
+    try:
+        size_before = path.stat().st_size
+        await opened.save_calls_soon([full_call(f"call-{index}") for index in range(500)])
+        wal_bytes = (tmp_path / "store.db-wal").stat().st_size
+        assert wal_bytes < store_module.WAL_AUTOCHECKPOINT_PAGES * 4096  # the writer has no reason to checkpoint
+
+        async def copied() -> None:
+            while path.stat().st_size < size_before + 100_000:
+                await asyncio.sleep(store_module.CHECKPOINT_INTERVAL_S / 5)
+
+        await asyncio.wait_for(copied(), store_module.CHECKPOINT_INTERVAL_S * 40)
+    finally:
+        await opened.close()
+    assert not (tmp_path / "store.db-wal").exists() or (tmp_path / "store.db-wal").stat().st_size == 0
+
+
 async def test_batched_call_saves_round_trip(store: Store) -> None:
     calls = [full_call(f"call-{index}") for index in range(3)]
     await store.save_calls_soon(calls)
