@@ -425,7 +425,8 @@ class _Connection(asyncio.Protocol):
             while self._pending:
                 lines = self._pending[0]
                 try:
-                    await self._owner._deliver_lines(lines)
+                    # No timeout: waiting for the consumer is the backpressure (reading stays paused meanwhile).
+                    await self._owner._deliver(lines)
                 except Exception:
                     self._log.exception("delivering lines failed; lines lost", lines=len(lines))
                     for line in lines:
@@ -566,9 +567,10 @@ async def _open_without_orphans(opening: Coroutine[Any, Any, tuple[Any, Any]], o
 class LineTransport(abc.ABC):
     """One link's byte source: connects (or listens), reconnects forever, frames lines, delivers them.
 
-    `deliver` is awaited with the lines framed from one read, in order, never concurrently (one link, one
-    delivery at a time); meanwhile reading from that connection is paused, so a slow store cannot make memory
-    grow. `on_state` is called with every change of `state`.
+    `deliver` is awaited with the lines framed from one read, in order; a connection's next delivery waits
+    until its last one returned, and meanwhile reading from that connection is paused, so a slow consumer
+    cannot make memory grow. Deliveries of different connections (a listen:// link) may overlap: a consumer
+    that keeps state across connections orders them itself. `on_state` is called with every change of `state`.
     """
 
     def __init__(
@@ -598,7 +600,6 @@ class LineTransport(abc.ABC):
 
         self.state = LinkState.DOWN
         self._live: set[_Connection] = set()  # connections whose transport exists, until their lines are delivered
-        self._deliver_lock = asyncio.Lock()
         self._manager: asyncio.Task[None] | None = None
         self._watchers: set[asyncio.Task[None]] = set()
         self._orphans: set[asyncio.Task[Any]] = set()
@@ -688,11 +689,6 @@ class LineTransport(abc.ABC):
                 self._on_state(state)
             except Exception:
                 self._log.exception("on_state callback failed")
-
-    async def _deliver_lines(self, lines: list[FramedLine]) -> None:
-        # No timeout: waiting for the store is the backpressure (reading stays paused meanwhile).
-        async with self._deliver_lock:
-            await self._deliver(lines)
 
     def _was_good(self, connection: _Connection) -> bool:
         if not connection.established:

@@ -8,7 +8,9 @@ goes on with the next line.
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 
 import structlog
@@ -32,6 +34,17 @@ HOLD_CHECK_INTERVAL_S = 0.5
 LINES_PER_TURN = 128
 # At close, everything still held is released: "the future" for the parser's flush.
 RELEASE_ALL = timedelta(days=365)
+# At close, lines already journalled are parsed for at most this long (the transport has had its own drain).
+CLOSE_PARSE_TIMEOUT_S = 10.0
+
+
+@dataclass(slots=True)
+class _Delivery:
+    """One connection's lines on their way: journal write queued, parsing not yet begun."""
+
+    lines: list[FramedLine]
+    journalled: asyncio.Future[list[int]]  # their journal seqs, once committed
+    started: asyncio.Future[None]  # the parser has taken them (parsing, or given up on a failed journal write)
 
 
 class LineReader:
@@ -78,11 +91,18 @@ class SmdrLink:
         self._parser: RecordParser = self._reader.parser
         self._transport: LineTransport | None = None
         self._hold_task: asyncio.Task[None] | None = None
+        # Journalled or being journalled, not yet parsed: per peer, in arrival order; dict order is the rotation.
+        self._backlog: dict[str, collections.deque[_Delivery]] = {}
+        self._backlog_changed = asyncio.Event()
+        self._parsed_all = asyncio.Event()
+        self._parse_task: asyncio.Task[None] | None = None
         self._log = log.bind(link=config.name)
 
     async def open(self) -> None:
         self._transport = self._transport_factory(self.config, self._deliver, on_state=self._on_state)
         await self._transport.open()
+        # After the transport opened (lines delivered meanwhile wait in the backlog): a failed open leaves no task.
+        self._parse_task = asyncio.create_task(self._parse_forever(), name=f"smdr-parse-{self.config.name}")
         if self._parser.hold_timeout_s > 0:
             self._hold_task = asyncio.create_task(self._release_held_forever(), name=f"smdr-hold-{self.config.name}")
 
@@ -90,6 +110,14 @@ class SmdrLink:
         if self._transport is not None:
             await self._transport.close()  # delivers what was still framed
             self._transport = None
+        if self._parse_task is not None:
+            try:
+                await asyncio.wait_for(self._parsed_all.wait(), CLOSE_PARSE_TIMEOUT_S)
+            except TimeoutError:
+                self._log.error("journalled lines not parsed before close", deliveries=len(self._backlog))
+            self._parse_task.cancel()
+            await asyncio.gather(self._parse_task, return_exceptions=True)
+            self._parse_task = None
         if self._hold_task is not None:
             self._hold_task.cancel()
             await asyncio.gather(self._hold_task, return_exceptions=True)
@@ -102,11 +130,51 @@ class SmdrLink:
         self.health.state = state
 
     async def _deliver(self, lines: list[FramedLine]) -> None:
-        # Journal first: the whole read goes to the writer at once (one group commit), and nothing is
-        # parsed before it is on disk.
-        seqs = await self._store.append_journal_many_soon(
-            self.config.name, [(line.received_at, line.raw) for line in lines]
+        """Queue a connection's lines for the journal now and for parsing once committed; returns when their
+        parsing begins. The connection's next lines are then journalled by the writer thread while the event
+        loop parses these, instead of the two taking turns. (Letting a second delivery wait as well measured
+        ~4 % more records/s but twice the arrival → API delay at saturation: bigger commits.)"""
+        delivery = _Delivery(
+            lines,
+            self._store.append_journal_many_soon(self.config.name, [(line.received_at, line.raw) for line in lines]),
+            asyncio.get_running_loop().create_future(),
         )
+        self._backlog.setdefault(lines[0].peer, collections.deque()).append(delivery)
+        self._parsed_all.clear()
+        self._backlog_changed.set()
+        await asyncio.shield(delivery.started)  # a delivery cancelled at close is still parsed: it is journalled
+
+    def _next_delivery(self) -> _Delivery | None:
+        """The next delivery to parse, connections taking turns: a PBX flushing thousands of buffered records
+        on one connection does not hold back the live records of another."""
+        for peer, deliveries in self._backlog.items():
+            delivery = deliveries.popleft()
+            del self._backlog[peer]
+            if deliveries:
+                self._backlog[peer] = deliveries  # to the back of the rotation
+            return delivery
+        return None
+
+    async def _parse_forever(self) -> None:
+        while True:
+            delivery = self._next_delivery()
+            if delivery is None:
+                self._backlog_changed.clear()
+                self._parsed_all.set()
+                await self._backlog_changed.wait()
+                continue
+            try:
+                seqs = await delivery.journalled  # journal first: nothing is parsed before it is on disk
+            except Exception as error:
+                self._log.error("journal write failed; lines lost", lines=len(delivery.lines), error=str(error))
+                for line in delivery.lines:
+                    self._log.debug("lost line", raw=line.raw)
+                seqs = None
+            delivery.started.set_result(None)
+            if seqs is not None:
+                await self._parse_delivery(delivery.lines, seqs)
+
+    async def _parse_delivery(self, lines: list[FramedLine], seqs: list[int]) -> None:
         quarantined = []
         for index, (line, seq) in enumerate(zip(lines, seqs)):
             if index and not index % LINES_PER_TURN:

@@ -1,0 +1,143 @@
+"""SmdrLink on a real listen:// socket and a real store: journal first, connections taking turns, failures kept."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from drivers.smdr.link import SmdrLink
+from gateway.config import LinkConfig
+from gateway.events import CallRecord
+from gateway.ops import LinkHealth
+from gateway.store import Store
+
+WAIT_S = 10.0
+BURST_RECORDS = 4_000
+DELIVERY_LINES = 512  # drivers.transport.MAX_LINES_PER_DELIVERY
+
+
+def ipo_line(index: int, platform_call_id: int) -> bytes:
+    extension = 2000 + index % 500
+    return (
+        f"2026/11/23 10:{index // 60 % 60:02d}:{index % 60:02d},00:01:00,5,0170{index:07d},I,{extension},{extension},,0,"
+        f"{platform_call_id},0,E{extension},Agent {extension},T9001,LINE 1.1,0,0\r\n"
+    ).encode()
+
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), WAIT_S)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = Store(tmp_path / "gateway.db")
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def link_for(store: Store, unused_tcp_port: int) -> AsyncIterator[Callable[[Callable[[CallRecord], object]], object]]:
+    links: list[SmdrLink] = []
+
+    async def start(submit: Callable[[CallRecord], object]) -> SmdrLink:
+        config = LinkConfig("pbx", "avaya-ipo", f"listen://127.0.0.1:{unused_tcp_port}", timezone="UTC")
+        link = SmdrLink(config, store, submit, LinkHealth("pbx"))
+        await link.open()
+        links.append(link)
+        return link
+
+    yield start
+    for link in links:
+        await link.close()
+
+
+async def connect(port: int) -> asyncio.StreamWriter:
+    """Connects once the link listens (opening a link returns before its socket is bound)."""
+
+    async def attempt() -> asyncio.StreamWriter:
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                return writer
+            except ConnectionRefusedError:
+                await asyncio.sleep(0.01)
+
+    return await asyncio.wait_for(attempt(), WAIT_S)
+
+
+async def test_no_record_is_handed_on_before_its_line_is_in_the_journal(link_for, store, unused_tcp_port) -> None:
+    # A second connection to the database file sees only what the writer has committed.
+    committed = sqlite3.connect(store.path)
+    journalled_when_submitted: list[tuple[int, int]] = []
+
+    def submit(record: CallRecord) -> None:
+        (rows,) = committed.execute("SELECT count(*) FROM journal").fetchone()
+        journalled_when_submitted.append((len(journalled_when_submitted) + 1, rows))
+
+    link = await link_for(submit)
+    pbx = await connect(unused_tcp_port)
+    pbx.write(b"".join(ipo_line(index, 1_000_000 + index) for index in range(BURST_RECORDS)))
+    await pbx.drain()
+    try:
+        await wait_until(lambda: link.health.records == BURST_RECORDS)
+    finally:
+        pbx.close()
+        committed.close()
+    # Lines and records are one to one here: the n-th record needs at least n committed lines.
+    assert all(rows >= submitted for submitted, rows in journalled_when_submitted)
+    # And the journal ran ahead of the parser (the next delivery was committed while one was parsed).
+    assert any(rows > submitted for submitted, rows in journalled_when_submitted)
+
+
+async def test_a_burst_on_one_connection_does_not_hold_back_another(link_for, unused_tcp_port) -> None:
+    order: list[str | None] = []
+    link = await link_for(lambda record: order.append(record.platform_call_id))
+    flushing, live = await connect(unused_tcp_port), await connect(unused_tcp_port)
+    await wait_until(lambda: link._transport is not None and link._transport.connections == 2)
+    flushing.write(b"".join(ipo_line(index, 1_000_000 + index) for index in range(BURST_RECORDS)))
+    await flushing.drain()
+    live.write(ipo_line(0, 9_999_999))
+    await live.drain()
+    try:
+        await wait_until(lambda: link.health.records == BURST_RECORDS + 1)
+    finally:
+        flushing.close()
+        live.close()
+    # Behind at most the delivery being parsed and the one that was already waiting, not the whole burst.
+    assert order.index("9999999") < 2 * DELIVERY_LINES + 1
+
+
+async def test_a_failed_journal_write_is_logged_and_the_connection_goes_on(link_for, store, unused_tcp_port) -> None:
+    records: list[str | None] = []
+    link = await link_for(lambda record: records.append(record.platform_call_id))
+    pbx = await connect(unused_tcp_port)
+    try:
+        pbx.write(ipo_line(0, 1_000_001))
+        await pbx.drain()
+        await wait_until(lambda: records == ["1000001"])
+
+        other = sqlite3.connect(store.path, isolation_level=None)
+        other.execute("ALTER TABLE journal RENAME TO journal_away")
+        with capture_logs() as logs:
+            pbx.write(ipo_line(1, 1_000_002))
+            await pbx.drain()
+            await wait_until(lambda: any(entry["event"] == "journal write failed; lines lost" for entry in logs))
+        other.execute("ALTER TABLE journal_away RENAME TO journal")
+        other.close()
+
+        pbx.write(ipo_line(2, 1_000_003))
+        await pbx.drain()
+        await wait_until(lambda: records == ["1000001", "1000003"])  # the lost line was never parsed
+    finally:
+        pbx.close()
+    assert link.health.state.value == "up"
