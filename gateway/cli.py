@@ -43,14 +43,14 @@ def _load_config(path: Path) -> GatewayConfig | None:
 
 
 async def _run_until_signalled(config_path: Path) -> int:
-    from gateway.service import Gateway, tune_garbage_collector  # late: `check` and `hash-password` need none of it
+    from gateway.service import Gateway, tune_interpreter  # late: `check` and `hash-password` need none of it
 
     config = load_config(config_path)
     configure_logging(config.log.level, config.log.format)
     gateway = Gateway(config)
     async with stop_on_signals() as stopping:
         await gateway.start()
-        tune_garbage_collector()
+        tune_interpreter()
         try:
             await stopping.wait()
             log.info("shutting down")

@@ -27,7 +27,7 @@ from gateway.config import ApiKeyConfig, GatewayConfig, RecorderConfig
 from gateway.errors import GatewayError
 from gateway.lifecycle import stop_on_signals
 from gateway.model import RecordingMode
-from gateway.service import Gateway, tune_garbage_collector
+from gateway.service import Gateway, tune_interpreter
 from simulators.pbx import PbxSimulator
 from simulators.site import Site, first_call_id_from_clock
 from simulators.traffic import TrafficModel
@@ -287,7 +287,7 @@ async def run_demo(
     async with stop_on_signals() as stopping:
         try:
             await demo.start()
-            tune_garbage_collector()
+            tune_interpreter()
             print(demo.banner(), file=out, flush=True)
             await stopping.wait()
             log.info("demo stopping")
