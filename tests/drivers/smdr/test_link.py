@@ -141,3 +141,20 @@ async def test_a_failed_journal_write_is_logged_and_the_connection_goes_on(link_
     finally:
         pbx.close()
     assert link.health.state.value == "up"
+
+
+async def test_closing_mid_burst_parses_every_line_it_journalled(link_for, store, unused_tcp_port) -> None:
+    submitted: list[str | None] = []
+    link = await link_for(lambda record: submitted.append(record.platform_call_id))
+    pbx = await connect(unused_tcp_port)
+    pbx.write(b"".join(ipo_line(index, 1_000_000 + index) for index in range(BURST_RECORDS)))
+    await pbx.drain()
+    await wait_until(lambda: len(submitted) > 0)
+    await link.close()  # with deliveries journalled and waiting, and unread bytes still in the socket
+    pbx.close()
+    journalled = await store.journal_entries("pbx", limit=BURST_RECORDS)
+    # Each journalled line became a record or was quarantined (the line cut off at the close, if any).
+    quarantined = {entry.journal_seq for entry in await store.quarantined("pbx")}
+    assert len(quarantined) == link.health.errors <= 1
+    parsed = [entry.raw.split(b",")[9].decode() for entry in journalled if entry.seq not in quarantined]
+    assert 0 < len(submitted) < BURST_RECORDS and submitted == parsed
