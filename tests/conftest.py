@@ -1,10 +1,23 @@
-"""Fixtures shared across the suite: the recorder simulator on loopback."""
+"""Fixtures shared across the suite: an open store in a temporary folder, the recorder simulator on loopback."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import pytest
 
+from gateway.store import Store
 from simulators.trunkrec import TrunkRecorderSimulator
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A real SQLite store (`tmp_path / "store.db"`), open for the test and closed after it."""
+    opened = Store(tmp_path / "store.db")
+    await opened.open()
+    yield opened
+    await opened.close()
 
 
 @pytest.fixture

@@ -20,21 +20,12 @@ from gateway.events import (
     RecordingStopped,
 )
 from gateway.model import CallState, Direction, RecordingMode
-from gateway.store import Store
 
 T0 = datetime(2026, 11, 23, 10, 0, 0, tzinfo=timezone.utc)
 EXTENSIONS = (
     ExtensionConfig("8856", RecordingMode.CONTROLLED, "trunk1", "1/5"),
     ExtensionConfig("8857", RecordingMode.FULL, "trunk1", "1/6"),
 )
-
-
-@pytest.fixture
-async def store(tmp_path):
-    store = Store(tmp_path / "calls.db")
-    await store.open()
-    yield store
-    await store.close()
 
 
 @pytest.fixture

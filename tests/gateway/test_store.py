@@ -8,7 +8,6 @@ import sqlite3
 import sys
 import textwrap
 import threading
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -63,14 +62,6 @@ def full_call(call_id: str = "call-full") -> Call:
         Recording(f"{call_id}/rec-c", call_id, T0 + timedelta(seconds=30)),  # same start: insertion order decides
     ]  # fmt: skip
     return call
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = Store(tmp_path / "store.db")
-    await opened.open()
-    yield opened
-    await opened.close()
 
 
 def query_plan(path: Path, sql: str) -> list[str]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
 from drivers.smdr.link import SmdrLink
+from drivers.transport import MAX_LINES_PER_DELIVERY
 from gateway.config import LinkConfig
 from gateway.events import CallRecord
 from gateway.ops import LinkHealth
@@ -18,7 +18,6 @@ from gateway.store import Store
 
 WAIT_S = 10.0
 BURST_RECORDS = 4_000
-DELIVERY_LINES = 512  # drivers.transport.MAX_LINES_PER_DELIVERY
 
 
 def ipo_line(index: int, platform_call_id: int) -> bytes:
@@ -35,14 +34,6 @@ async def wait_until(predicate: Callable[[], bool]) -> None:
             await asyncio.sleep(0.01)
 
     await asyncio.wait_for(poll(), WAIT_S)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = Store(tmp_path / "gateway.db")
-    await opened.open()
-    yield opened
-    await opened.close()
 
 
 @pytest.fixture
@@ -114,7 +105,7 @@ async def test_a_burst_on_one_connection_does_not_hold_back_another(link_for, un
         flushing.close()
         live.close()
     # Behind at most the delivery being parsed and the one that was already waiting, not the whole burst.
-    assert order.index("9999999") < 2 * DELIVERY_LINES + 1
+    assert order.index("9999999") < 2 * MAX_LINES_PER_DELIVERY + 1
 
 
 async def test_a_failed_journal_write_is_logged_and_the_connection_goes_on(link_for, store, unused_tcp_port) -> None:
