@@ -171,8 +171,12 @@ class SmdrLink:
                     self._log.debug("lost line", raw=line.raw)
                 seqs = None
             delivery.started.set_result(None)
-            if seqs is not None:
+            if seqs is None:
+                continue
+            try:
                 await self._parse_delivery(delivery.lines, seqs)
+            except Exception:  # (a quarantine write the store refused): the lines stay journalled, parsing goes on
+                self._log.exception("delivery not fully parsed", lines=len(delivery.lines), first_seq=seqs[0])
 
     async def _parse_delivery(self, lines: list[FramedLine], seqs: list[int]) -> None:
         quarantined = []

@@ -149,3 +149,25 @@ async def test_closing_mid_burst_parses_every_line_it_journalled(link_for, store
     assert len(quarantined) == link.health.errors <= 1
     parsed = [entry.raw.split(b",")[9].decode() for entry in journalled if entry.seq not in quarantined]
     assert 0 < len(submitted) < BURST_RECORDS and submitted == parsed
+
+
+async def test_a_failed_quarantine_write_does_not_stop_the_parser(link_for, store, unused_tcp_port) -> None:
+    records: list[str | None] = []
+    link = await link_for(lambda record: records.append(record.platform_call_id))
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("ALTER TABLE quarantine RENAME TO quarantine_away")
+    pbx = await connect(unused_tcp_port)
+    try:
+        with capture_logs() as logs:
+            pbx.write(b"not a record\r\n")
+            await pbx.drain()
+            await wait_until(lambda: any(entry["event"] == "delivery not fully parsed" for entry in logs))
+        pbx.write(ipo_line(0, 1_000_001))
+        await pbx.drain()
+        await wait_until(lambda: records == ["1000001"])
+    finally:
+        pbx.close()
+        other.execute("ALTER TABLE quarantine_away RENAME TO quarantine")
+        other.close()
+    assert link.health.errors == 1  # counted when it was found, though its quarantine row could not be written
+    assert [entry.raw for entry in await store.journal_entries("pbx")][0] == b"not a record"
