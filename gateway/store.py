@@ -125,6 +125,33 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX quarantine_link ON quarantine(link);
     """,
+    # 2: crash recovery (docs/reliability.md). How far each link's journal has been applied, committed in the
+    # same transaction as the call saves it covers; the call tracker's open groups, so that a record arriving
+    # after a restart still joins the call it belongs to; and a random id of this store, which call ids made
+    # from journal lines are derived from (the same line always makes the same callID, in this store only).
+    """
+    CREATE TABLE link_progress (
+        link TEXT PRIMARY KEY,
+        applied_seq INTEGER NOT NULL,  -- every journal line of the link up to here has been applied
+        replay_from_seq INTEGER NOT NULL  -- the oldest line the link's parser still needed then (<= applied + 1)
+    );
+    CREATE TABLE store_meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    INSERT INTO store_meta (key, value) VALUES ('instance_id', lower(hex(randomblob(16))));
+    -- The PBX call id of a multi-record call while more parts may follow (IP Office Continuation=1).
+    ALTER TABLE calls ADD COLUMN open_group TEXT;
+    -- The transfer-leg key (and that leg's direction) while a further leg may join the call.
+    ALTER TABLE calls ADD COLUMN open_leg_key TEXT;
+    ALTER TABLE calls ADD COLUMN open_leg_direction TEXT;
+    -- 1 while a recorder's call waits for the PBX record that describes it.
+    ALTER TABLE calls ADD COLUMN awaiting_record INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX calls_open_groups ON calls(link) WHERE open_group IS NOT NULL OR open_leg_key IS NOT NULL;
+    CREATE INDEX calls_awaiting_record ON calls(start_time) WHERE awaiting_record = 1;
+    -- A line replayed after a crash is quarantined once, however often it is replayed.
+    CREATE UNIQUE INDEX quarantine_journal_seq ON quarantine(journal_seq) WHERE journal_seq IS NOT NULL;
+    """,
 ]
 
 _CALL_COLUMNS = (

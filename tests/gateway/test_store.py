@@ -414,7 +414,7 @@ async def test_migrations_run_once(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     connection = sqlite3.connect(path)
     try:
-        assert connection.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert connection.execute("SELECT version FROM schema_version").fetchall() == [(len(migrations),)]
         assert connection.execute("SELECT count(*) FROM marker").fetchone() == (1,)
     finally:
         connection.close()
