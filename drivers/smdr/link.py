@@ -207,7 +207,7 @@ class SmdrLink:
                     quarantined.append(self._store.quarantine(name, entry.received_at, entry.raw, reason, entry.seq))
                 else:
                     records.extend(found)
-            self._count(records)
+            self.health.replayed += len(records)
             if self._submit_replayed is not None:
                 await self._submit_replayed(records)
             self._parsed_seq = max(self._parsed_seq, entries[-1].seq, progress.applied_seq)
@@ -274,11 +274,6 @@ class SmdrLink:
             return reason
         self._emit(records)
         return None
-
-    def _count(self, records: list[CallRecord]) -> None:
-        if records:
-            self.health.records += len(records)
-            self.health.last_record_at = records[-1].received_at
 
     def _emit(self, records: list[CallRecord]) -> None:
         for record in records:
