@@ -148,6 +148,7 @@ class AvayaIpoParser(RecordParser):
             more_follows=fields[F_CONTINUATION] == CONTINUATION_MORE,
             answered=None if connected_s is None else connected_s > 0,
             extra=extra,
+            origin_seq=self.line_seq,  # one record per line: its index is 0
         )
 
 

@@ -545,3 +545,25 @@ def test_garbage_is_refused_by_every_parser(fmt: str) -> None:
 
 def test_garbage_is_reproducible() -> None:
     assert [garbage_line(random.Random(3)) for _ in range(2)] == [garbage_line(random.Random(3))] * 2
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_record_names_the_journal_line_it_began_on(fmt: str, scenario: str) -> None:
+    """What a crash replay identifies a record by (and derives its callID from): the line it began on."""
+    call, tz = SCENARIOS[scenario]
+    parser = make_parser(fmt, tz)
+    received = call_end(call) + RECEIVE_DELAY
+    lines = [*PROFILES[fmt].page_header(call_end(call), 1, tz), *record_lines(fmt, call, tz)]
+    records: list[CallRecord] = []
+    begun_on: dict[int, str] = {}
+    for seq, line in enumerate(lines, start=100):
+        parser.begin_line(seq)
+        records.extend(parser.feed(line, received))
+        begun_on[seq] = line
+    records += parser.flush(received + FAR_FUTURE)
+    assert records
+    for record in records:
+        assert record.origin_seq in begun_on, record.raw
+        assert begun_on[record.origin_seq] in record.raw  # the first line of the record is that line
+    assert len({(record.origin_seq, record.origin_index) for record in records}) == len(records)
