@@ -28,18 +28,20 @@ PRUNE_INTERVAL_S = 900.0
 # The first pass waits until start-up (reloading ongoing calls, link replay) has had the writer to itself.
 FIRST_PRUNE_DELAY_S = 60.0
 # Rows per batch: each batch is one write op that the links' journal commits and the API's KeepCall saves queue
-# behind, so it must stay at a few milliseconds. Measured on the 2-core reference machine (docs/benchmarks.md,
-# "Retention"): 200 calls (each with 2 parties and a recording, 9 index entries) ≈ 3-4 ms; 1,000 journal or
-# quarantine lines ≈ 3 ms.
+# behind, so it must stay at a few milliseconds, like an ordinary group commit. Measured with
+# bench/retention_bench.py on the 2-core reference machine (docs/benchmarks.md, "Retention"), median per batch:
+# 200 calls (each with its parties and a recording: ten index entries) 4-4.6 ms; 1,000 journal lines 2-3 ms;
+# 1,000 quarantined lines 3 ms. 100 calls a batch took 3.6 ms: the fixed cost per op dominates below 200.
 CALLS_PER_BATCH = 200
 JOURNAL_LINES_PER_BATCH = 1000
 QUARANTINE_LINES_PER_BATCH = 1000
-# Pages given back to the OS per vacuum step: 256 pages (1 MiB at SQLite's 4 KiB) ≈ 1.5 ms on the writer.
+# Pages given back to the OS per vacuum step: 256 pages (1 MiB at SQLite's 4 KiB), 3-6 ms on the writer (each
+# page released may first move a live page from the end of the file into a free slot).
 VACUUM_PAGES_PER_STEP = 256
 # Pause between two batches. The writer is shared: without a pause the next batch would be queued the moment the
 # last one committed, and a large backlog would keep the writer (and a CPU core, and the GIL) busy without
-# a break. 5 ms after batches of 3-4 ms caps pruning at about 40 % of the writer while ingest and the API
-# get the rest; a 50,000-row backlog still clears in well under a minute.
+# a break. 5 ms after batches of about 4 ms caps pruning at about half of the writer while ingest and the API
+# get the rest; a backlog of 50,000 calls, 50,000 journal and 50,000 quarantined lines clears in about 4 s.
 BATCH_PAUSE_S = 0.005
 
 TABLES = (PRUNE_CALLS, PRUNE_JOURNAL, PRUNE_QUARANTINE)

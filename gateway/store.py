@@ -921,7 +921,7 @@ class Store:
     def _vacuum_step(cursor: sqlite3.Cursor, pages: int) -> int:
         """Release up to `pages` free pages to the OS (incremental auto-vacuum); the free pages left."""
         # One execute() steps a statement once, and a step of incremental_vacuum releases one page: so one
-        # statement per page (about 6 µs each), not incremental_vacuum(N), which would release a single page.
+        # statement per page (a few µs each), not incremental_vacuum(N), which would release a single page.
         for _ in range(pages):
             cursor.execute("PRAGMA incremental_vacuum(1)")
         return cursor.execute("PRAGMA freelist_count").fetchone()[0]
