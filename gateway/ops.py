@@ -54,7 +54,7 @@ def health_report(
     all_up = all(link.state is LinkState.UP for link in links.values()) and all(
         state["state"] == "up" for state in recorder_states.values()
     )
-    report = {
+    report: dict[str, Any] = {
         "status": "ok" if all_up else "degraded",
         "links": {name: link.as_dict() for name, link in links.items()},
         "recorders": recorder_states,
