@@ -31,6 +31,7 @@ bench: install
 	$(BIN)/python bench/api_bench.py
 	$(BIN)/python bench/control_bench.py
 	$(BIN)/python bench/ingest_bench.py
+	$(BIN)/python bench/retention_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -29,6 +29,13 @@ DEFAULT_STORE_PATH = "var/gateway.db"
 DEFAULT_TOKEN_TTL_S = 3600
 DEFAULT_NEXT_WINDOW_S = 60.0
 MAX_ON_DEMAND_RETENTION_S = 48 * 3600
+DAY_S = 86400
+# store.retention defaults (config.md): calls are kept for ever unless the file says otherwise; raw journal
+# lines and quarantined lines are troubleshooting material, kept 90 days.
+DEFAULT_CALLS_RETENTION_S: float | None = None
+DEFAULT_JOURNAL_RETENTION_S: float | None = 90 * DAY_S
+DEFAULT_QUARANTINE_RETENTION_S: float | None = 90 * DAY_S
+RETENTION_FOREVER = "forever"
 DEFAULT_RECORDER_TIMEOUT_S = 2.0
 LINK_FORMATS = ("avaya-ipo", "panasonic", "nec-sv", "mitel-mivb", "3cx", "custom")
 
@@ -53,12 +60,22 @@ DEFAULT_LOG_FORMAT = "console"
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """How long the store keeps rows, in seconds; None = for ever. What is never pruned: docs/configuration.md."""
+
+    calls_s: float | None = DEFAULT_CALLS_RETENTION_S  # finished calls, by end time
+    journal_s: float | None = DEFAULT_JOURNAL_RETENTION_S  # raw link lines, by arrival time
+    quarantine_s: float | None = DEFAULT_QUARANTINE_RETENTION_S  # quarantined lines, by arrival time
+
+
+@dataclass(frozen=True, slots=True)
 class StoreConfig:
     path: Path = Path(DEFAULT_STORE_PATH)
     # full: every commit is on disk before it is acknowledged, power loss included (fsync per commit).
     # normal: commits survive a crash or kill of the gateway, but the last ones may be lost if the
     # machine itself loses power; saves the fsync (~0.3–1 ms) on each KeepCall answer.
     sync: str = DEFAULT_STORE_SYNC
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,8 +230,10 @@ _STR, _INT, _FLOAT, _BOOL, _NULL, _TIMESTAMP = (_TAG + t for t in ("str", "int",
 _MAP, _SEQ, _MERGE = _TAG + "map", _TAG + "seq", _TAG + "merge"
 _DECIMAL = re.compile(r"[-+]?[0-9][0-9_]*")
 _FLOAT_TEXT = re.compile(r"[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?")
-_DURATION = re.compile(r"(?P<amount>[0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*(?P<unit>[smh]?)")
-_DURATION_UNIT_S = {"s": 1, "m": 60, "h": 3600}
+# A sign is accepted so that "-5h" is refused as "must be greater than 0", not as "not a duration".
+_DURATION = re.compile(r"(?P<amount>[-+]?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+))\s*(?P<unit>[smhdw]?)")
+_DURATION_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": DAY_S, "w": 7 * DAY_S}
+_DURATION_FORMS = "seconds, or a number with s, m, h, d or w (48h, 90m, 3600s, 90d, 26w)"
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _DIAL_STRING = re.compile(r"\+?[0-9*#]+")
 _CHANNEL = re.compile(r"([0-9]+)/([0-9]+)")
@@ -506,19 +525,29 @@ class _Reader:
             ) from None
         return value
 
-    def duration(self, node: Node, path: str) -> float:
-        """Seconds as a number, or text with an s/m/h suffix (`48h`, `90m`, `1.5h`)."""
-        scalar = self.scalar(node, path, "a duration")
+    def duration(self, node: Node, path: str, *, alternatives: str = "") -> float:
+        """Seconds as a number, or text with an s/m/h/d/w suffix (`48h`, `90m`, `1.5h`, `90d`, `26w`).
+
+        `alternatives` names other accepted values for the message ("forever or ").
+        """
+        scalar = self.scalar(node, path, f"{alternatives}a duration")
         if scalar.style is None and scalar.tag in (_INT, _FLOAT):
             return self.number(node, path)
         match = _DURATION.fullmatch(scalar.value.strip()) if scalar.tag == _STR else None
         if match is None:
-            raise self.error(
-                node,
-                path,
-                f"must be a duration: seconds, or a number with s, m or h (48h, 90m, 3600s), not {_kind(scalar)}",
-            )
+            raise self.error(node, path, f"must be {alternatives}a duration: {_DURATION_FORMS}, not {_kind(scalar)}")
         return float(match["amount"]) * _DURATION_UNIT_S[match["unit"] or "s"]
+
+    def retention_period(self, node: Node, path: str) -> float | None:
+        """`forever` (None) or a duration greater than 0."""
+        if isinstance(node, ScalarNode) and node.tag == _STR and node.value.strip() == RETENTION_FOREVER:
+            return None
+        seconds = float(self.duration(node, path, alternatives=f"{RETENTION_FOREVER} or "))
+        if seconds <= 0:
+            raise self.error(
+                node, path, f"must be greater than 0, not {node.value} (write {RETENTION_FOREVER} to never prune)"
+            )
+        return seconds
 
     def plain(self, node: Node, path: str) -> Any:
         """A node as a plain Python value (safe_load semantics; strings and dates keep their source text)."""
@@ -626,7 +655,7 @@ class _Reader:
         return TlsConfig(certfile=files[0], keyfile=files[1])
 
     def store(self, node: Node, path: str) -> StoreConfig:
-        section = self.mapping(node, path, ("path", "sync"))
+        section = self.mapping(node, path, ("path", "sync", "retention"))
         store_path = Path(DEFAULT_STORE_PATH)
         if (value := section.get("path")) is not None:
             text = self.text(value, section.key("path"), "a file path")
@@ -636,7 +665,19 @@ class _Reader:
         sync = DEFAULT_STORE_SYNC
         if (value := section.get("sync")) is not None:
             sync = self.choice(value, section.key("sync"), STORE_SYNC_MODES, "sync mode")
-        return StoreConfig(path=_absolute(store_path), sync=sync)
+        retention = RetentionConfig()
+        if (value := section.given("retention")) is not None:
+            retention = self.retention(value, section.key("retention"))
+        return StoreConfig(path=_absolute(store_path), sync=sync, retention=retention)
+
+    def retention(self, node: Node, path: str) -> RetentionConfig:
+        section = self.mapping(node, path, ("calls", "journal", "quarantine"))
+        periods: dict[str, float | None] = {}
+        for name in ("calls", "journal", "quarantine"):
+            if (value := section.get(name)) is not None:
+                with self.collecting():
+                    periods[f"{name}_s"] = self.retention_period(value, section.key(name))
+        return RetentionConfig(**periods)
 
     def api(self, node: Node, path: str) -> ApiConfig:
         section = self.mapping(node, path, ("token_ttl", "next_window", "keys", "users"))
@@ -1131,6 +1172,11 @@ def _url_kind(url: str) -> str:
 
 
 def _format_duration(seconds: float) -> str:
+    # Weeks and days only from a week up, so the on-demand limit still reads 48h.
+    if seconds >= 7 * DAY_S and seconds % (7 * DAY_S) == 0:
+        return f"{seconds / (7 * DAY_S):g}w"
+    if seconds >= 7 * DAY_S and seconds % DAY_S == 0:
+        return f"{seconds / DAY_S:g}d"
     if seconds >= 3600 and seconds % 3600 == 0:
         return f"{seconds / 3600:g}h"
     if seconds >= 60 and seconds % 60 == 0:
@@ -1147,6 +1193,14 @@ def describe_config(config: GatewayConfig) -> str:
     if http.tls:
         lines.append(f"  TLS certificate: {http.tls.certfile}, key: {http.tls.keyfile}")
     lines.append(f"store: {config.store.path} (sync: {config.store.sync})")
+    retention = config.store.retention
+    kept = [
+        f"{name} {RETENTION_FOREVER if seconds is None else _format_duration(seconds)}"
+        for name, seconds in (
+            ("calls", retention.calls_s), ("journal", retention.journal_s), ("quarantine", retention.quarantine_s)
+        )
+    ]
+    lines.append(f"  retention: {', '.join(kept)}")
     api = config.api
     lines.append(f"API: token TTL {api.token_ttl_s} s, status=next window {api.next_window_s:g} s")
     lines.append(f"  keys ({len(api.keys)}):")

@@ -6,9 +6,12 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.recording import RecorderControl
+
+if TYPE_CHECKING:
+    from gateway.retention import RetentionHealth
 
 
 class LinkState(enum.StrEnum):
@@ -45,15 +48,22 @@ def health_report(
     *,
     ongoing_calls: int,
     stored_calls: int,
+    retention: RetentionHealth | None = None,
 ) -> dict[str, Any]:
-    """`{"status", "links", "recorders", "calls"}`; degraded when any link or recorder is down."""
+    """`{"status", "links", "recorders", "calls"[, "retention"]}`; degraded when any link or recorder is down.
+
+    Retention failures do not degrade the status: nothing is lost while pruning waits, and they are counted.
+    """
     recorder_states = {name: {"state": "up" if recorder.connected else "down"} for name, recorder in recorders.items()}
     all_up = all(link.state is LinkState.UP for link in links.values()) and all(
         state["state"] == "up" for state in recorder_states.values()
     )
-    return {
+    report: dict[str, Any] = {
         "status": "ok" if all_up else "degraded",
         "links": {name: link.as_dict() for name, link in links.items()},
         "recorders": recorder_states,
         "calls": {"ongoing": ongoing_calls, "stored": stored_calls},
     }
+    if retention is not None:
+        report["retention"] = retention.as_dict()
+    return report

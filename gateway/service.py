@@ -20,7 +20,8 @@ from gateway.events import DriverEvent
 from gateway.model import Call
 from gateway.ops import LinkHealth, health_report
 from gateway.recording import RecorderControl, RecordingPolicy, RecordingService
-from gateway.store import Store
+from gateway.retention import RetentionPruner
+from gateway.store import PRUNE_CALLS, Store
 
 log = structlog.get_logger(__name__)
 
@@ -80,6 +81,7 @@ class Gateway:
             self.tracker.add_progress_source(smdr_link.progress)
         self.recording = RecordingService(self.tracker, self.recorders)
         self.policy = RecordingPolicy(self.tracker, self.recorders, retention_s=config.on_demand.retention_s)
+        self.retention = RetentionPruner(self.store, config.store.retention)
         self.auth = Authenticator(config.api)
         self.app: web.Application = create_app(
             ApiServices(
@@ -109,7 +111,10 @@ class Gateway:
             self.links,
             self.recorders,
             ongoing_calls=self.tracker.ongoing_count,
-            stored_calls=self._stored_calls_at_start + self.tracker.new_call_count,
+            stored_calls=self._stored_calls_at_start
+            + self.tracker.new_call_count
+            - self.retention.health.pruned_total[PRUNE_CALLS],
+            retention=self.retention.health,
         )
 
     async def start(self) -> None:
@@ -130,6 +135,7 @@ class Gateway:
             for link in self.smdr_links:
                 await link.open()
             self.policy.start()
+            self.retention.start()
             http = self.config.http
             self._runner = create_runner(self.app)
             await self._runner.setup()
@@ -160,6 +166,7 @@ class Gateway:
             await self._runner.cleanup()
             self._runner = None
         await self.policy.close()
+        await self.retention.close()
         for link in self.smdr_links:
             await link.close()
         for client in self.recorder_clients:

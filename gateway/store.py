@@ -160,6 +160,14 @@ MIGRATIONS: list[str] = [
     -- A line replayed after a crash is quarantined once, however often it is replayed.
     CREATE UNIQUE INDEX quarantine_journal_seq ON quarantine(journal_seq) WHERE journal_seq IS NOT NULL;
     """,
+    # 3: retention (gateway/retention.py). The calls a prune may delete, oldest end first, so a batch reads
+    # only the rows it deletes; protected calls are left out of the index, ongoing ones never enter it.
+    # The journal and the quarantine need no new index: they are pruned oldest first along their seq
+    # (the rowid, and journal_link_seq per link), and an index on received_at would cost every journal
+    # insert at ingest rates for nothing.
+    """
+    CREATE INDEX calls_prunable ON calls(end_time) WHERE state = 1 AND do_not_delete = 0;
+    """,
 ]
 
 _CALL_COLUMNS = (
@@ -213,6 +221,10 @@ _INSERT_JOURNAL = _RowsStatement("INSERT INTO journal (link, received_at, raw, f
 # shapes are ever prepared (each is cached by the connection). Capped by SQLite's variable limit per statement.
 ROWS_PER_STATEMENT = (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
 SQLITE_MIN_VARIABLE_LIMIT = 999  # SQLite before 3.32 (newer ones allow 32,766)
+_DELETE_CALLS = _RowsStatement("DELETE FROM calls WHERE call_id IN (", 1, ")", row_open="", row_close="")
+_DELETE_CALL_RECORDINGS = _RowsStatement(
+    "DELETE FROM recordings WHERE call_id IN (", 1, ")", row_open="", row_close=""
+)
 
 
 def _execute_rows(
@@ -269,6 +281,23 @@ SELECT_JOURNAL_BY_LINK = (
     "SELECT seq, link, received_at, raw, framing_error FROM journal WHERE link = ? AND seq > ? ORDER BY seq LIMIT ?"
 )
 SELECT_QUARANTINE = "SELECT seq, journal_seq, link, received_at, raw, reason FROM quarantine ORDER BY seq LIMIT ?"
+# Retention (run by the writer). Finished, unprotected calls that ended before the cutoff, oldest first, except
+# those with an on-demand recording still to be discarded at the recorder (on-demand retention needs the row).
+SELECT_PRUNABLE_CALLS = (
+    "SELECT call_id FROM calls WHERE state = 1 AND do_not_delete = 0 AND end_time < ?"
+    " AND NOT EXISTS (SELECT 1 FROM recordings AS r WHERE r.call_id = calls.call_id AND r.discardable = 1)"
+    " ORDER BY end_time LIMIT ?"
+)
+SELECT_REPLAY_MARKS = "SELECT link, replay_from_seq, context_seqs FROM link_progress ORDER BY link"
+SELECT_OLDEST_JOURNAL_OF_LINK = (
+    "SELECT seq, received_at FROM journal WHERE link = ? AND seq < ? ORDER BY seq LIMIT ?"
+)
+DELETE_JOURNAL_OF_LINK_UP_TO = "DELETE FROM journal WHERE link = ? AND seq <= ?"
+# The same, sparing the lines the link's parser still reads before a replay (page headers): given as a list.
+DELETE_JOURNAL_OF_LINK_UP_TO_BUT = "DELETE FROM journal WHERE link = ? AND seq <= ? AND seq NOT IN ({})"
+SELECT_OLDEST_QUARANTINE = "SELECT seq, received_at FROM quarantine ORDER BY seq LIMIT ?"
+DELETE_QUARANTINE_UP_TO = "DELETE FROM quarantine WHERE seq <= ?"
+SELECT_SPACE = "SELECT * FROM pragma_page_count(), pragma_freelist_count(), pragma_auto_vacuum(), pragma_page_size()"
 SELECT_QUARANTINE_BY_LINK = (
     "SELECT seq, journal_seq, link, received_at, raw, reason FROM quarantine WHERE link = ? ORDER BY seq LIMIT ?"
 )
@@ -302,6 +331,20 @@ def _journal_entries(rows: Iterable[Sequence[Any]]) -> list[JournalEntry]:
         JournalEntry(seq, link, datetime.fromtimestamp(at, UTC), bytes(raw), framing_error)
         for seq, link, at, raw, framing_error in rows
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSpace:
+    """How big the database file is, and how much of it is free pages."""
+
+    page_count: int
+    freelist_count: int
+    page_size: int
+    incremental_vacuum: bool  # auto_vacuum = INCREMENTAL: free pages can be given back to the OS
+
+    @property
+    def file_bytes(self) -> int:
+        return self.page_count * self.page_size
 
 
 def _epoch(moment: datetime | None) -> float | None:
@@ -507,6 +550,13 @@ _QUARANTINE = 2
 # futures and callbacks cost more event-loop time than the rows' SQL at SMDR ingest rates.
 _SAVE_CALLS = 3
 _APPEND_JOURNAL_MANY = 4
+# Retention: one batch of deletions (payload: which table, cutoff epoch, row limit) → rows deleted; and one step of
+# incremental vacuum (payload: pages) → pages still free. Both are short and share a transaction with whatever
+# else the writer commits at that moment, like every other op.
+_PRUNE = 5
+_VACUUM = 6
+PRUNE_CALLS, PRUNE_JOURNAL, PRUNE_QUARANTINE = "calls", "journal", "quarantine"
+AUTO_VACUUM_INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
 
 # (kind, payload, future); the future is None only for the stop marker.
 _Op = tuple[int, Any, "asyncio.Future[Any] | None"]
@@ -661,6 +711,24 @@ class Store:
     ) -> None:
         await self._submit(_QUARANTINE, (journal_seq, link, _epoch(received_at), _raw_bytes(raw), reason))
 
+    # ---- retention (gateway/retention.py decides when; what is never pruned: docs/configuration.md)
+
+    async def prune(self, table: str, older_than: datetime, limit: int) -> int:
+        """Delete up to `limit` rows of one table (PRUNE_CALLS, PRUNE_JOURNAL or PRUNE_QUARANTINE) older than the
+        cutoff, oldest first, in one short write; how many went. A call goes with its parties and recordings."""
+        if table not in (PRUNE_CALLS, PRUNE_JOURNAL, PRUNE_QUARANTINE):
+            raise ValueError(f"cannot prune {table!r}")
+        return await self._submit(_PRUNE, (table, _epoch(older_than), limit))
+
+    async def incremental_vacuum(self, pages: int) -> int:
+        """Give up to `pages` free pages back to the OS (a no-op without incremental auto-vacuum); pages still free."""
+        return await self._submit(_VACUUM, pages)
+
+    async def space(self) -> StoreSpace:
+        """Size of the database in pages, how many are free, and whether incremental auto-vacuum is on."""
+        page_count, freelist_count, auto_vacuum, page_size = (await self._read(self._read_rows, SELECT_SPACE, ()))[0]
+        return StoreSpace(page_count, freelist_count, page_size, auto_vacuum == AUTO_VACUUM_INCREMENTAL)
+
     def _submit(self, kind: int, payload: Any) -> asyncio.Future[Any]:
         loop = self._loop
         with self._state_lock:
@@ -701,6 +769,9 @@ class Store:
             # FULL: the WAL is fsynced at every COMMIT, before any future resolves. NORMAL could lose the last
             # acknowledged commits on power loss.
             connection.execute(f"PRAGMA synchronous = {self._sync.upper()}")
+            # Freed pages go back to the OS after pruning (retention). Only takes on a new, empty database, and
+            # only before WAL is switched on; an existing store keeps its mode (docs/configuration.md).
+            connection.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(f"store {self._path}: cannot use WAL journal (got {mode!r})")
@@ -864,6 +935,10 @@ class Store:
         if kind == _QUARANTINE:
             cursor.execute(_INSERT_QUARANTINE, payload)
             return None
+        if kind == _PRUNE:
+            return self._prune(cursor, *payload)
+        if kind == _VACUUM:
+            return self._vacuum_step(cursor, payload)
         raise AssertionError(f"unknown store op {kind}")
 
     def _save_snapshots(self, cursor: sqlite3.Cursor, snapshots: list[_CallSnapshot]) -> None:
@@ -883,6 +958,48 @@ class Store:
         latest = {row[0]: row for row in rows}  # queued in order: a link's last row is its newest progress
         if latest:
             _execute_rows(cursor, _UPSERT_PROGRESS, list(latest.values()), self._max_variables)
+
+    def _prune(self, cursor: sqlite3.Cursor, table: str, cutoff: float, limit: int) -> int:
+        """Delete up to `limit` rows of `table` older than `cutoff` (epoch s), oldest first; how many went."""
+        if table == PRUNE_CALLS:
+            call_ids = [(call_id,) for (call_id,) in cursor.execute(SELECT_PRUNABLE_CALLS, (cutoff, limit))]
+            for statement in (_DELETE_PARTIES, _DELETE_CALL_RECORDINGS, _DELETE_CALLS):
+                _execute_rows(cursor, statement, call_ids, self._max_variables)
+            return len(call_ids)
+        if table == PRUNE_JOURNAL:
+            # Only links with a replay mark, and only below it: a crash replay reads from there on.
+            deleted = 0
+            # The lines its parser still reads first (page headers) are kept too, however old.
+            for link, replay_from_seq, context_text in cursor.execute(SELECT_REPLAY_MARKS).fetchall():
+                if deleted >= limit:
+                    break
+                context = [int(seq) for seq in context_text.split(",") if seq]
+                rows = cursor.execute(SELECT_OLDEST_JOURNAL_OF_LINK, (link, replay_from_seq, limit - deleted + len(context)))
+                last = _last_of_old_prefix(rows, cutoff, spared=frozenset(context))
+                if last is not None:
+                    if context:
+                        sql = DELETE_JOURNAL_OF_LINK_UP_TO_BUT.format(", ".join("?" * len(context)))
+                        cursor.execute(sql, (link, last[0], *context))
+                    else:
+                        cursor.execute(DELETE_JOURNAL_OF_LINK_UP_TO, (link, last[0]))
+                    deleted += last[1]
+            return deleted
+        if table == PRUNE_QUARANTINE:
+            last = _last_of_old_prefix(cursor.execute(SELECT_OLDEST_QUARANTINE, (limit,)), cutoff)
+            if last is None:
+                return 0
+            cursor.execute(DELETE_QUARANTINE_UP_TO, (last[0],))
+            return last[1]
+        raise AssertionError(f"unknown table to prune: {table}")
+
+    @staticmethod
+    def _vacuum_step(cursor: sqlite3.Cursor, pages: int) -> int:
+        """Release up to `pages` free pages to the OS (incremental auto-vacuum); the free pages left."""
+        # One execute() steps a statement once, and a step of incremental_vacuum releases one page: so one
+        # statement per page (a few µs each), not incremental_vacuum(N), which would release a single page.
+        for _ in range(pages):
+            cursor.execute("PRAGMA incremental_vacuum(1)")
+        return cursor.execute("PRAGMA freelist_count").fetchone()[0]
 
     def _append_journal_rows(self, cursor: sqlite3.Cursor, rows: list[tuple[Any, ...]]) -> int:
         """Inserts the rows; the seq of the first. This thread is the only writer, inside one transaction:
@@ -1167,7 +1284,28 @@ def _close_quietly(connection: sqlite3.Connection) -> None:
         log.warning("store connection close failed", error=str(exc))
 
 
+def _last_of_old_prefix(
+    rows: Iterable[tuple[int, float]], cutoff: float, spared: frozenset[int] = frozenset()
+) -> tuple[int, int] | None:
+    """Of (seq, received_at) rows in seq order: the seq of the last row before the first one not older than
+    the cutoff, and how many rows that is (not counting `spared` ones, which are not deleted); None when there
+    are none. Rows are read only up to the first young one, so a prune reads no more than it deletes (plus one
+    and the spared) even after the clock was set back."""
+    count, last_seq = 0, 0
+    for seq, received_at in rows:
+        if received_at >= cutoff:
+            break
+        if seq in spared:
+            continue
+        count, last_seq = count + 1, seq
+    return (last_seq, count) if count else None
+
+
 def _describe(kind: int, payload: Any) -> str:
+    if kind == _PRUNE:
+        return f"prune of {payload[0]}"
+    if kind == _VACUUM:
+        return f"incremental vacuum of {payload} pages"
     if kind == _SAVE_CALLS:
         snapshots = payload[0]
         return f"save call {snapshots[0].call_id}" if len(snapshots) == 1 else f"save {len(snapshots)} calls"

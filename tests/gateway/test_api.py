@@ -411,4 +411,16 @@ async def test_healthz_reports_links_recorders_and_calls(gateway, http):
         "links": {"pbx-main": {"state": "up", "records": 0, "errors": 0, "replayed": 0, "last_record_at": None}},  # listening
         "recorders": {"trunk1": {"state": "down"}},
         "calls": {"ongoing": 1, "stored": 1},
+        "retention": {  # no pass yet: the first waits a minute after start-up
+            "runs": 0,
+            "last_run_at": None,
+            "last_run_s": None,
+            "last_pruned": {"calls": 0, "journal": 0, "quarantine": 0},
+            "pruned_total": {"calls": 0, "journal": 0, "quarantine": 0},
+            "pages_released": 0,
+            "auto_vacuum": None,
+            "errors": 0,
+            "last_error": None,
+            "last_error_at": None,
+        },
     }

@@ -158,10 +158,10 @@ def test_names_take_source_text(tmp_path: Path) -> None:
     ("text", "seconds"),
     [
         ("48h", 172800), ("90m", 5400), ("3600s", 3600), ("1.5h", 5400), ("'1.5h'", 5400),
-        ("3600", 3600), ("'3600'", 3600), ("7200.5", 7200.5), ("172800", 172800),
+        ("3600", 3600), ("'3600'", 3600), ("7200.5", 7200.5), ("172800", 172800), ("2d", 172800),
     ],
 )
-def test_retention_parsing(tmp_path: Path, text: str, seconds: float) -> None:
+def test_on_demand_retention_parsing(tmp_path: Path, text: str, seconds: float) -> None:
     assert load(tmp_path, f"on_demand:\n  retention: {text}\n").on_demand.retention_s == seconds
 
 
@@ -174,14 +174,82 @@ def test_retention_parsing(tmp_path: Path, text: str, seconds: float) -> None:
         ("0", "greater than 0"),
         ("0h", "greater than 0"),
         ("-5", "greater than 0"),
-        ("2d", "must be a duration"),
+        ("3d", "at most 48h"),
+        ("-5h", "greater than 0"),
+        ("5y", "must be a duration"),
         ("soon", "must be a duration"),
         ("true", "must be a duration"),
     ],
 )
-def test_retention_refused(tmp_path: Path, text: str, fragment: str) -> None:
+def test_on_demand_retention_refused(tmp_path: Path, text: str, fragment: str) -> None:
     error = refused(tmp_path, f"# retention\non_demand:\n  retention: {text}\n")
     assert_names(error, 3, "on_demand.retention", fragment)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("2d", 2 * 86400), ("1w", 7 * 86400), ("1.5d", 1.5 * 86400), ("90m", 5400)],
+)
+def test_every_duration_takes_days_and_weeks(tmp_path: Path, text: str, seconds: float) -> None:
+    config = load(tmp_path, f"store:\n  retention:\n    journal: {text}\n")
+    assert config.store.retention.journal_s == seconds
+
+
+# ---- store retention
+
+
+def test_retention_defaults_keep_calls_for_ever_and_lines_90_days(tmp_path: Path) -> None:
+    for text in ("log: {level: info}\n", "store: {sync: normal}\n", "store:\n  retention: {}\n"):
+        retention = load(tmp_path, text).store.retention
+        assert (retention.calls_s, retention.journal_s, retention.quarantine_s) == (None, 90 * 86400, 90 * 86400)
+
+
+def test_retention_keys_take_durations_and_forever(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        """\
+        store:
+          retention:
+            calls: 400d
+            journal: 26w
+            quarantine: forever
+        """,
+    )
+    retention = config.store.retention
+    assert (retention.calls_s, retention.journal_s, retention.quarantine_s) == (400 * 86400, 26 * 7 * 86400, None)
+    assert "  retention: calls 400d, journal 26w, quarantine forever" in describe_config(config)
+
+
+@pytest.mark.parametrize("key", ["calls", "journal", "quarantine"])
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("90x", "must be forever or a duration: seconds, or a number with s, m, h, d or w (48h, 90m, 3600s, 90d, 26w)"),
+        ("never", "must be forever or a duration"),
+        ("Forever", "must be forever or a duration"),
+        ("-1d", "must be greater than 0, not -1d (write forever to never prune)"),
+        ("-5", "must be greater than 0, not -5"),
+        ("0", "must be greater than 0"),
+        ("[90d]", "must be forever or a duration, not a list"),
+        ("true", "must be forever or a duration"),
+    ],
+)
+def test_retention_refused(tmp_path: Path, key: str, text: str, fragment: str) -> None:
+    error = refused(tmp_path, f"store:\n  retention:\n    {key}: {text}\n")
+    assert_names(error, 3, f"store.retention.{key}", fragment)
+
+
+def test_retention_lists_every_bad_key_and_refuses_unknown_ones(tmp_path: Path) -> None:
+    error = refused(tmp_path, "store:\n  retention:\n    calls: 1y\n    journal: -2d\n    recordings: 90d\n")
+    lines = str(error).splitlines()
+    assert len(lines) == 3
+    assert "store.retention.calls: must be forever or a duration" in lines[0]
+    assert "store.retention.journal: must be greater than 0" in lines[1]
+    assert "store.retention.recordings: unknown key 'recordings'; expected one of: calls, journal, quarantine" in lines[2]
+
+
+def test_retention_must_be_a_mapping(tmp_path: Path) -> None:
+    assert_names(refused(tmp_path, "store:\n  retention: 90d\n"), 2, "store.retention", "must be a mapping")
 
 
 # ---- api keys
