@@ -49,8 +49,10 @@ def health_report(
     ongoing_calls: int,
     stored_calls: int,
     retention: RetentionHealth | None = None,
+    store_error: str | None = None,
 ) -> dict[str, Any]:
-    """`{"status", "links", "recorders", "calls"[, "retention"]}`; degraded when any link or recorder is down.
+    """`{"status", "links", "recorders", "calls", "store"[, "retention"]}`; degraded when any link or recorder
+    is down or the store refuses writes (`store.error` says why; links hold their lines meanwhile).
 
     Retention failures do not degrade the status: nothing is lost while pruning waits, and they are counted.
     """
@@ -59,10 +61,11 @@ def health_report(
         state["state"] == "up" for state in recorder_states.values()
     )
     report: dict[str, Any] = {
-        "status": "ok" if all_up else "degraded",
+        "status": "ok" if all_up and store_error is None else "degraded",
         "links": {name: link.as_dict() for name, link in links.items()},
         "recorders": recorder_states,
         "calls": {"ongoing": ongoing_calls, "stored": stored_calls},
+        "store": {"state": "ok" if store_error is None else "failing", "error": store_error},
     }
     if retention is not None:
         report["retention"] = retention.as_dict()

@@ -115,6 +115,7 @@ class Gateway:
             + self.tracker.new_call_count
             - self.retention.health.pruned_total[PRUNE_CALLS],
             retention=self.retention.health,
+            store_error=self.store.write_error,
         )
 
     async def start(self) -> None:

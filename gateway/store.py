@@ -592,6 +592,8 @@ class Store:
         self._pending_reads: set[asyncio.Future[Any]] = set()
         self._closed: asyncio.Future[None] | None = None
         self._instance_id = 0  # read from the file at open
+        # Why the last write failed, until one succeeds again (set by the writer thread, read by /healthz).
+        self.write_error: str | None = None
 
     @property
     def instance_id(self) -> int:
@@ -856,11 +858,24 @@ class Store:
                 results = self._apply_isolated(cursor, ops)
             except Exception as exc:  # noqa: BLE001 — BEGIN or COMMIT itself failed: nothing was stored
                 _rollback(connection)
-                log.warning("store batch failed", path=str(self._path), ops=len(ops), error=str(exc))
+                log.debug("store batch failed", path=str(self._path), ops=len(ops), error=str(exc))
                 error = StoreError(f"store {self._path}: commit failed: {exc}")
                 error.__cause__ = exc
                 results = [(op[2], None, error) for op in ops]
+        self._note_outcome(next((error for _, _, error in results if error is not None), None))
         return results
+
+    def _note_outcome(self, error: BaseException | None) -> None:
+        """Keep `write_error` current: one WARNING when writes start failing (a full disk fails every retry),
+        one INFO when they succeed again."""
+        if error is None:
+            if self.write_error is not None:
+                log.info("store writes succeed again", path=str(self._path))
+                self.write_error = None
+        else:
+            if self.write_error is None:
+                log.warning("store writes failing", path=str(self._path), error=str(error))
+            self.write_error = str(error)
 
     def _apply_fast(self, cursor: sqlite3.Cursor, ops: list[_Op]) -> list[_Result]:
         # The common case: nothing fails, so no savepoint per op, and the batch's journal lines and call saves
@@ -912,7 +927,7 @@ class Store:
                 error = StoreError(f"store {self._path}: {_describe(kind, payload)} failed: {exc}")
                 error.__cause__ = exc
                 results.append((future, None, error))
-                log.warning("store write failed", path=str(self._path), op=_describe(kind, payload), error=str(exc))
+                log.debug("store write failed", path=str(self._path), op=_describe(kind, payload), error=str(exc))
             else:
                 cursor.execute("RELEASE op")
                 results.append((future, value, None))

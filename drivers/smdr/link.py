@@ -39,6 +39,10 @@ RELEASE_ALL = timedelta(days=365)
 CLOSE_PARSE_TIMEOUT_S = 10.0
 # The peer of a line read back from the journal (the connection it came on is not kept).
 JOURNAL_PEER = "journal"
+# While the store refuses writes (a full disk), a delivery's journal write is tried again after this long,
+# doubling up to the cap; its connection reads nothing more meanwhile, so the PBX buffers as when the link is down.
+STORE_RETRY_FIRST_S = 0.1
+STORE_RETRY_MAX_S = 5.0
 # Journal lines read per query when replaying after a restart: one read, then its records applied together.
 REPLAY_PAGE_LINES = 2000
 
@@ -99,6 +103,7 @@ class SmdrLink:
         # The newest journal line parsed: every line of this link up to it has been parsed (journal order).
         self._parsed_seq = 0
         self._reported_seq = 0  # the newest one `progress()` has reported
+        self._store_retry_s = 0.0  # the pause before the next write attempt while the store refuses writes
         self.health = health
         self._transport_factory = transport_factory
         self._reader = LineReader(config)
@@ -149,17 +154,16 @@ class SmdrLink:
         parsing begins. The connection's next lines are then journalled by the writer thread while the event
         loop parses these, instead of the two taking turns. (Letting a second delivery wait as well measured
         ~4 % more records/s but twice the arrival → API delay at saturation: bigger commits.)"""
-        delivery = _Delivery(
-            lines,
-            self._store.append_journal_many_soon(
-                self.config.name, [(line.received_at, line.raw, line.error) for line in lines]
-            ),
-            asyncio.get_running_loop().create_future(),
-        )
+        delivery = _Delivery(lines, self._journal(lines), asyncio.get_running_loop().create_future())
         self._backlog.append(delivery)
         self._parsed_all.clear()
         self._backlog_changed.set()
         await asyncio.shield(delivery.started)  # a delivery cancelled at close is still parsed: it is journalled
+
+    def _journal(self, lines: list[FramedLine]) -> asyncio.Future[list[int]]:
+        return self._store.append_journal_many_soon(
+            self.config.name, [(line.received_at, line.raw, line.error) for line in lines]
+        )
 
     def _next_delivery(self) -> _Delivery | None:
         """The oldest delivery: parsing in journal order is what makes "applied up to seq N" exact. A PBX
@@ -239,16 +243,18 @@ class SmdrLink:
             try:
                 seqs = await delivery.journalled  # journal first: nothing is parsed before it is on disk
             except Exception as error:
-                self._log.error("journal write failed; lines lost", lines=len(delivery.lines), error=str(error))
-                for line in delivery.lines:
-                    self._log.debug("lost line", raw=line.raw)
-                seqs = None
-            delivery.started.set_result(None)
-            if seqs is None:
+                # Held, not lost: written again after a pause, behind the deliveries queued meanwhile (their
+                # seqs are lower, and lines are parsed in journal order). Its connection stays paused.
+                self._store_failing(error)
+                await asyncio.sleep(self._store_retry_s)
+                delivery.journalled = self._journal(delivery.lines)
+                self._backlog.append(delivery)
                 continue
+            self._store_ok()
+            delivery.started.set_result(None)
             try:
                 await self._parse_delivery(delivery.lines, seqs)
-            except Exception:  # (a quarantine write the store refused): the lines stay journalled, parsing goes on
+            except Exception:  # a bug must not stop the link: the lines stay journalled, parsing goes on
                 self._log.exception("delivery not fully parsed", lines=len(delivery.lines), first_seq=seqs[0])
 
     async def _parse_delivery(self, lines: list[FramedLine], seqs: list[int]) -> None:
@@ -258,11 +264,38 @@ class SmdrLink:
                 await asyncio.sleep(0)  # a burst must not hold the API's answers back
             reason = self._parse(line, seq)
             if reason is not None:
-                quarantined.append(self._store.quarantine(self.config.name, line.received_at, line.raw, reason, seq))
+                quarantined.append((line, reason, seq))
         self._report_progress()
         if quarantined:
             self.health.errors += len(quarantined)
-            await asyncio.gather(*quarantined)
+            await self._quarantine_all(quarantined)
+
+    async def _quarantine_all(self, rows: list[tuple[FramedLine, str, int]]) -> None:
+        """Write quarantine rows, again after a pause while the store refuses them (they are kept once)."""
+        while rows:
+            outcomes = await asyncio.gather(
+                *(self._store.quarantine(self.config.name, line.received_at, line.raw, reason, seq) for line, reason, seq in rows),
+                return_exceptions=True,
+            )
+            failed = [row for row, outcome in zip(rows, outcomes) if isinstance(outcome, BaseException)]
+            if not failed:
+                self._store_ok()
+                return
+            self._store_failing(next(outcome for outcome in outcomes if isinstance(outcome, BaseException)))
+            await asyncio.sleep(self._store_retry_s)
+            rows = failed
+
+    def _store_failing(self, error: BaseException) -> None:
+        if self._store_retry_s == 0:
+            self._log.warning("store refuses writes; holding lines", error=str(error))
+            self._store_retry_s = STORE_RETRY_FIRST_S
+        else:
+            self._store_retry_s = min(self._store_retry_s * 2, STORE_RETRY_MAX_S)
+
+    def _store_ok(self) -> None:
+        if self._store_retry_s:
+            self._log.info("store takes writes again")
+            self._store_retry_s = 0.0
 
     def _parse(self, line: FramedLine, seq: int) -> str | None:
         """Parse one journalled line and hand on its records; the reason when it must be quarantined."""

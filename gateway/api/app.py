@@ -38,6 +38,7 @@ from gateway.errors import (
     RecorderError,
     RecorderNotConnected,
     RecorderTimeout,
+    StoreError,
 )
 from gateway.recording import KeepRefused
 
@@ -58,6 +59,7 @@ UNKNOWN_ACTION_TYPE = "Unknown"
 MESSAGE_RECORDER_NOT_CONNECTED = "Unable to control the recording, because the recorder is not connected."
 MESSAGE_RECORDER_TIMEOUT = "Unable to control the recording, because the recorder did not answer in time."
 MESSAGE_INTERNAL = "Internal error; the gateway logged the details."
+MESSAGE_STORE_FAILING = "Unable to store the change, because the gateway's database refuses writes; try again later."
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +147,10 @@ async def verba_api(request: web.Request) -> web.Response:
     except RecorderTimeout:
         status = 504
         return _error(response_type, action_type, status, MESSAGE_RECORDER_TIMEOUT)
+    except StoreError:
+        # A full disk or failing writes: nothing was promised; /healthz shows the store as failing.
+        status = 503
+        return _error(response_type, action_type, status, MESSAGE_STORE_FAILING)
     except RecorderError as error:
         reason = f"{error.code} {error.text}".strip()
         return _error(response_type, action_type, 200, f"The recorder refused the request: {reason}")

@@ -411,6 +411,7 @@ async def test_healthz_reports_links_recorders_and_calls(gateway, http):
         "links": {"pbx-main": {"state": "up", "records": 0, "errors": 0, "replayed": 0, "last_record_at": None}},  # listening
         "recorders": {"trunk1": {"state": "down"}},
         "calls": {"ongoing": 1, "stored": 1},
+        "store": {"state": "ok", "error": None},
         "retention": {  # no pass yet: the first waits a minute after start-up
             "runs": 0,
             "last_run_at": None,

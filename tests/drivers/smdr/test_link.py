@@ -108,7 +108,9 @@ async def test_a_burst_on_one_connection_does_not_hold_back_another(link_for, un
     assert order.index("9999999") < 2 * MAX_LINES_PER_DELIVERY + 1
 
 
-async def test_a_failed_journal_write_is_logged_and_the_connection_goes_on(link_for, store, unused_tcp_port) -> None:
+async def test_lines_the_journal_refuses_are_held_and_written_once_it_takes_writes_again(
+    link_for, store, unused_tcp_port
+) -> None:
     records: list[str | None] = []
     link = await link_for(lambda record: records.append(record.platform_call_id))
     pbx = await connect(unused_tcp_port)
@@ -122,13 +124,14 @@ async def test_a_failed_journal_write_is_logged_and_the_connection_goes_on(link_
         with capture_logs() as logs:
             pbx.write(ipo_line(1, 1_000_002))
             await pbx.drain()
-            await wait_until(lambda: any(entry["event"] == "journal write failed; lines lost" for entry in logs))
-        other.execute("ALTER TABLE journal_away RENAME TO journal")
-        other.close()
-
-        pbx.write(ipo_line(2, 1_000_003))
-        await pbx.drain()
-        await wait_until(lambda: records == ["1000001", "1000003"])  # the lost line was never parsed
+            await wait_until(lambda: any(entry["event"] == "store refuses writes; holding lines" for entry in logs))
+            pbx.write(ipo_line(2, 1_000_003))  # not read meanwhile: the connection waits, as the PBX buffers
+            await pbx.drain()
+            assert records == ["1000001"]
+            other.execute("ALTER TABLE journal_away RENAME TO journal")
+            other.close()
+            await wait_until(lambda: records == ["1000001", "1000002", "1000003"])  # nothing lost, in order
+            assert any(entry["event"] == "store takes writes again" for entry in logs)
     finally:
         pbx.close()
     assert link.health.state.value == "up"
@@ -151,7 +154,9 @@ async def test_closing_mid_burst_parses_every_line_it_journalled(link_for, store
     assert 0 < len(submitted) < BURST_RECORDS and submitted == parsed
 
 
-async def test_a_failed_quarantine_write_does_not_stop_the_parser(link_for, store, unused_tcp_port) -> None:
+async def test_a_quarantine_row_the_store_refuses_is_written_once_it_takes_writes_again(
+    link_for, store, unused_tcp_port
+) -> None:
     records: list[str | None] = []
     link = await link_for(lambda record: records.append(record.platform_call_id))
     other = sqlite3.connect(store.path, isolation_level=None)
@@ -161,13 +166,14 @@ async def test_a_failed_quarantine_write_does_not_stop_the_parser(link_for, stor
         with capture_logs() as logs:
             pbx.write(b"not a record\r\n")
             await pbx.drain()
-            await wait_until(lambda: any(entry["event"] == "delivery not fully parsed" for entry in logs))
+            await wait_until(lambda: any(entry["event"] == "store refuses writes; holding lines" for entry in logs))
+        other.execute("ALTER TABLE quarantine_away RENAME TO quarantine")
         pbx.write(ipo_line(0, 1_000_001))
         await pbx.drain()
         await wait_until(lambda: records == ["1000001"])
     finally:
         pbx.close()
-        other.execute("ALTER TABLE quarantine_away RENAME TO quarantine")
         other.close()
-    assert link.health.errors == 1  # counted when it was found, though its quarantine row could not be written
-    assert [entry.raw for entry in await store.journal_entries("pbx")][0] == b"not a record"
+    assert link.health.errors == 1
+    (entry,) = await store.quarantined("pbx")
+    assert entry.raw == b"not a record"
