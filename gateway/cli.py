@@ -33,6 +33,11 @@ def _port_hint(error: OSError) -> str:
     return ""
 
 
+def api_key_secrets(config: GatewayConfig) -> list[str]:
+    """The configured API keys, for the log redactor to remove wherever they appear."""
+    return [key.key for key in config.api.keys]
+
+
 def _load_config(path: Path) -> GatewayConfig | None:
     """The configuration, or None after printing why it was refused (FILE:LINE: KEY: message)."""
     try:
@@ -46,7 +51,7 @@ async def _run_until_signalled(config_path: Path) -> int:
     from gateway.service import Gateway, tune_interpreter  # late: `check` and `hash-password` need none of it
 
     config = load_config(config_path)
-    configure_logging(config.log.level, config.log.format)
+    configure_logging(config.log.level, config.log.format, secrets=api_key_secrets(config))
     gateway = Gateway(config)
     async with stop_on_signals() as stopping:
         await gateway.start()
@@ -79,7 +84,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = _load_config(config_path)
     if config is None:
         return EXIT_CONFIG
-    configure_logging(args.log_level, config.log.format)
+    configure_logging(args.log_level, config.log.format, secrets=api_key_secrets(config))
     try:
         asyncio.run(
             run_demo(config, sys.stdout, seed=args.seed, calls_per_minute=args.calls_per_minute, speed=args.speed)
