@@ -126,15 +126,38 @@ def cmd_tap(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
-def cmd_hash_password(args: argparse.Namespace) -> int:
-    if sys.stdin.isatty():
-        password = getpass.getpass("Password: ")
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
+EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C
+
+
+def _ask_password_twice() -> str | None:
+    """The password typed twice on the terminal; None (after saying why) when the two differ."""
+    password = getpass.getpass("Password: ")
     if not password:
-        print("gateway: an empty password cannot be hashed", file=sys.stderr)
+        return ""
+    if getpass.getpass("Repeat password: ") != password:
+        print("gateway: the two passwords differ; nothing was hashed", file=sys.stderr)
+        return None
+    return password
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    try:
+        if sys.stdin.isatty():
+            password = _ask_password_twice()
+            if password is None:
+                return EXIT_FAILURE
+        else:
+            password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            print("gateway: an empty password cannot be hashed", file=sys.stderr)
+            return EXIT_FAILURE
+        print(hash_password(password))
+    except EOFError:  # Ctrl-D at the prompt
+        print("\ngateway: no password given; nothing was hashed", file=sys.stderr)
         return EXIT_FAILURE
-    print(hash_password(password))
+    except KeyboardInterrupt:  # Ctrl-C at the prompt or while hashing
+        print("\ngateway: interrupted; nothing was hashed", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_OK
 
 
