@@ -17,7 +17,7 @@ from http import HTTPStatus
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import (
     BadHttpMethod,
     ContentEncodingError,
@@ -46,9 +46,12 @@ MESSAGE_BAD_METHOD = "Malformed HTTP method"
 MESSAGE_BAD_ENCODING = "Unsupported or malformed Content-Encoding or Transfer-Encoding"
 MESSAGE_TIMEOUT = "The request took too long"
 MESSAGE_INTERNAL = "Internal error; the gateway logged the details."
+MESSAGE_BAD_EXPECT = "Unsupported Expect header; only 100-continue is understood"
 MESSAGE_TOO_MANY_CONNECTIONS = "Too many connections; try again shortly"
 
 # (request, HTTP status, message) → the response, in the envelope the request asked for if it can tell.
+EXPECT_CONTINUE = "100-continue"
+
 ErrorPage = Callable[[web.BaseRequest, int, str], web.Response]
 _Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -76,6 +79,10 @@ def _guard(handler: _Handler, error_page: ErrorPage) -> _Handler:
     """
 
     async def guarded(request: web.BaseRequest) -> web.StreamResponse:
+        expect = request.headers.get(hdrs.EXPECT)
+        if expect is not None and expect.lower() != EXPECT_CONTINUE:
+            # aiohttp's own 417 quotes the value, and fails (500) on one it cannot encode.
+            return error_page(request, 417, MESSAGE_BAD_EXPECT)
         try:
             return await handler(request)
         except web.HTTPException as error:
