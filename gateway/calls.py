@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from gateway.bounded import ByteBoundedDict
 from gateway.config import ExtensionConfig
 from gateway.errors import AmbiguousCall, CallNotFound
 from gateway.events import (
@@ -53,6 +54,8 @@ MAX_UNCORRELATED_PER_EXTENSION = 1_000
 PLATFORM_GROUP_TIMEOUT = timedelta(minutes=30)
 # Bounds the memo of "last call of number N" so that clients asking for random numbers cannot grow it forever.
 MAX_LAST_ENDED_ENTRIES = 200_000
+# ... and by bytes, since the numbers are what clients ask for: ~40,000 numbers of up to 64 characters.
+MAX_LAST_ENDED_BYTES = 16 * 1024 * 1024
 # Transfer legs (CallRecord.leg_key) are one call when one leg's time meets the other's within this: the
 # formats that print legs give minutes, not seconds, for the time of day.
 LEG_TOLERANCE = timedelta(minutes=2)
@@ -157,7 +160,7 @@ class CallTracker:
         self._memory_ids_by_platform: dict[str, set[str]] = defaultdict(set)
         self._memory_ids_by_native: dict[str, set[str]] = defaultdict(set)
         self._active_recordings: dict[tuple[str, str], Recording] = {}  # (recorder, rec native id)
-        self._last_ended: dict[str, _LastEnded] = {}
+        self._last_ended: dict[str, _LastEnded] = ByteBoundedDict(MAX_LAST_ENDED_BYTES)
         self._next_waiters: dict[str, set[asyncio.Future[Call]]] = defaultdict(set)
         self._uncorrelated_live: dict[str, dict[str, Call]] = defaultdict(dict)  # extension → recorder calls w/o record
         self._platform_groups: dict[tuple[str, str], tuple[str, datetime]] = {}  # (link, pcid) → (call id, seen)

@@ -33,6 +33,11 @@ def _port_hint(error: OSError) -> str:
     return ""
 
 
+def api_key_secrets(config: GatewayConfig) -> list[str]:
+    """The configured API keys, for the log redactor to remove wherever they appear."""
+    return [key.key for key in config.api.keys]
+
+
 def _load_config(path: Path) -> GatewayConfig | None:
     """The configuration, or None after printing why it was refused (FILE:LINE: KEY: message)."""
     try:
@@ -46,7 +51,7 @@ async def _run_until_signalled(config_path: Path) -> int:
     from gateway.service import Gateway, tune_interpreter  # late: `check` and `hash-password` need none of it
 
     config = load_config(config_path)
-    configure_logging(config.log.level, config.log.format)
+    configure_logging(config.log.level, config.log.format, secrets=api_key_secrets(config))
     gateway = Gateway(config)
     async with stop_on_signals() as stopping:
         await gateway.start()
@@ -79,7 +84,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = _load_config(config_path)
     if config is None:
         return EXIT_CONFIG
-    configure_logging(args.log_level, config.log.format)
+    configure_logging(args.log_level, config.log.format, secrets=api_key_secrets(config))
     try:
         asyncio.run(
             run_demo(config, sys.stdout, seed=args.seed, calls_per_minute=args.calls_per_minute, speed=args.speed)
@@ -121,15 +126,38 @@ def cmd_tap(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
-def cmd_hash_password(args: argparse.Namespace) -> int:
-    if sys.stdin.isatty():
-        password = getpass.getpass("Password: ")
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
+EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C
+
+
+def _ask_password_twice() -> str | None:
+    """The password typed twice on the terminal; None (after saying why) when the two differ."""
+    password = getpass.getpass("Password: ")
     if not password:
-        print("gateway: an empty password cannot be hashed", file=sys.stderr)
+        return ""
+    if getpass.getpass("Repeat password: ") != password:
+        print("gateway: the two passwords differ; nothing was hashed", file=sys.stderr)
+        return None
+    return password
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    try:
+        if sys.stdin.isatty():
+            password = _ask_password_twice()
+            if password is None:
+                return EXIT_FAILURE
+        else:
+            password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            print("gateway: an empty password cannot be hashed", file=sys.stderr)
+            return EXIT_FAILURE
+        print(hash_password(password))
+    except EOFError:  # Ctrl-D at the prompt
+        print("\ngateway: no password given; nothing was hashed", file=sys.stderr)
         return EXIT_FAILURE
-    print(hash_password(password))
+    except KeyboardInterrupt:  # Ctrl-C at the prompt or while hashing
+        print("\ngateway: interrupted; nothing was hashed", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_OK
 
 

@@ -15,6 +15,8 @@ from aiohttp import web
 from multidict import MultiDict
 
 from gateway.api.auth import Authenticator
+from gateway.api import connections
+from gateway.api.connections import ApiRunner
 from gateway.api.render import (
     NoPayload,
     RenderedResponse,
@@ -29,6 +31,7 @@ from gateway.api.verba import (
     KNOWN_ACTIONS,
     ActionContext,
     ActionRequest,
+    check_parameter_lengths,
     lookup_error_message,
     missing,
 )
@@ -50,6 +53,9 @@ HEALTH_PATH = "/healthz"
 # (method + URL + version) and header fields get twice that.
 MAX_REQUEST_LINE_BYTES = 16 * 1024
 MAX_HEADER_FIELD_BYTES = 16 * 1024
+# A request's form fields are a few hundred bytes; aiohttp's 1 MiB default, held by a thousand
+# connections at once, would be a gigabyte.
+MAX_BODY_BYTES = 64 * 1024
 # On SIGTERM, requests in flight (a `status=next` wait can last a minute) get this long to finish.
 SHUTDOWN_TIMEOUT_S = 5.0
 # An unknown action is echoed as the envelope's type only when it looks like an action name.
@@ -60,6 +66,9 @@ MESSAGE_RECORDER_NOT_CONNECTED = "Unable to control the recording, because the r
 MESSAGE_RECORDER_TIMEOUT = "Unable to control the recording, because the recorder did not answer in time."
 MESSAGE_INTERNAL = "Internal error; the gateway logged the details."
 MESSAGE_STORE_FAILING = "Unable to store the change, because the gateway's database refuses writes; try again later."
+MESSAGE_MALFORMED_BODY = "Malformed request body"
+MESSAGE_BODY_TOO_LARGE = f"Request body too large (at most {MAX_BODY_BYTES} bytes)"
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,22 +86,53 @@ TIMING_LOG = web.AppKey("timing_log", bool)
 
 
 async def _read_params(request: web.Request) -> MultiDict[str]:
-    """Query-string parameters, overridden by form fields on POST (api.md §1)."""
+    """Query-string parameters, overridden by form fields on POST (api.md §1); 400/413 for a bad body."""
     if request.method != "POST":
         return request.query  # type: ignore[return-value]
     params: MultiDict[str] = MultiDict(request.query)
-    form = await request.post()
+    try:
+        form = await request.post()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, MESSAGE_BODY_TOO_LARGE) from None
+    except Exception:
+        # The body is the client's: whatever decoding it raises (multipart without a boundary or a
+        # name, an unknown charset, invalid UTF-8, gzip that is not gzip) is a malformed request.
+        raise ApiError(400, MESSAGE_MALFORMED_BODY) from None
     for name, value in form.items():
         if isinstance(value, str):
             params[name] = value
     return params
 
 
+def _action_type(action: str) -> str:
+    """The envelope's `type`: the action when it is a plain name, so that nothing else is echoed."""
+    if action in KNOWN_ACTIONS or _ACTION_NAME.fullmatch(action):
+        return action
+    return UNKNOWN_ACTION_TYPE
+
+
+def _query_response_type(request: web.BaseRequest) -> ResponseType:
+    """The format asked for in the query string, for errors found before the parameters are read; else XML."""
+    try:
+        return ResponseType.parse(request.query.get("responseType"))
+    except Exception:  # an invalid value, or a URL that cannot even be split into parameters
+        return ResponseType.XML
+
+
+def error_page(request: web.BaseRequest, status: int, message: str) -> web.Response:
+    """An error envelope for an answer that no action gave (parser errors, 404, 405, 417, overload)."""
+    try:
+        action_type = _action_type((request.query.get("action") or "").strip())
+    except Exception:
+        action_type = UNKNOWN_ACTION_TYPE
+    return _error(_query_response_type(request), action_type, status, message)
+
+
 def _respond(rendered: RenderedResponse, status: int = 200) -> web.Response:
     return web.Response(
         body=rendered.body,
         status=status,
-        headers={"Content-Type": rendered.content_type, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"},
+        headers={"Content-Type": rendered.content_type, **NOSNIFF, "Cache-Control": "no-store"},
     )
 
 
@@ -103,17 +143,21 @@ def _error(response_type: ResponseType, action: str, status: int, message: str) 
 async def verba_api(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     started = time.perf_counter() if request.app[TIMING_LOG] else 0.0
-    params = await _read_params(request)
-    action = (params.get("action") or "").strip()
-    action_type = action if action in KNOWN_ACTIONS else (action if _ACTION_NAME.fullmatch(action) else UNKNOWN_ACTION_TYPE)
-    response_type = ResponseType.XML
+    action = ""
+    action_type = UNKNOWN_ACTION_TYPE
+    response_type = _query_response_type(request)
     status = 200
     try:
+        params = await _read_params(request)
+        action = (params.get("action") or "").strip()
+        action_type = _action_type(action)
+        response_type = ResponseType.XML  # an invalid responseType is answered in XML (api.md)
         response_type = ResponseType.parse(params.get("responseType"))
         if not action:
             raise missing("action")
         if action not in KNOWN_ACTIONS:
             raise ApiError(400, "Unknown action")
+        check_parameter_lengths(params)
         authorization = request.headers.get("Authorization")
         if action == ACTION_REQUEST_TOKEN:
             token = await services.auth.request_token(
@@ -169,14 +213,19 @@ async def verba_api(request: web.Request) -> web.Response:
             )
 
 
+async def _no_sniffing(_request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(NOSNIFF)
+
+
 async def healthz(request: web.Request) -> web.Response:
     report = await request.app[SERVICES].health()
     return web.json_response(report)
 
 
 def create_app(services: ApiServices) -> web.Application:
-    app = web.Application()
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[SERVICES] = services
+    app.on_response_prepare.append(_no_sniffing)
     app[TIMING_LOG] = log.is_enabled_for(logging.DEBUG)
     app.router.add_route("GET", API_PATH, verba_api)
     app.router.add_route("POST", API_PATH, verba_api)
@@ -185,15 +234,20 @@ def create_app(services: ApiServices) -> web.Application:
 
 
 def create_runner(app: web.Application) -> web.AppRunner:
-    """A runner whose handlers are cancelled when the client goes away (ends `status=next` waits)."""
-    return web.AppRunner(
+    """A runner whose handlers are cancelled when the client goes away (ends `status=next` waits),
+    whose every error page is an envelope, and whose connections are capped and timed (connections.py)."""
+    return ApiRunner(
         app,
+        error_page=error_page,
         handle_signals=False,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         access_log=None,  # aiohttp's access log would write query strings, i.e. API keys and passwords
         handler_cancellation=True,
+        keepalive_timeout=connections.IDLE_TIMEOUT_S,
         max_line_size=MAX_REQUEST_LINE_BYTES,
         max_field_size=MAX_HEADER_FIELD_BYTES,
+        max_connections=connections.MAX_CONNECTIONS,
+        header_timeout_s=connections.HEADER_TIMEOUT_S,
     )
 
 

@@ -36,9 +36,41 @@ AMBIGUOUS_MESSAGE = {
 }
 MANUAL_RECORDING_NOT_FOUND = "Unable to retrieve the recording identifier, because no manual recording was made on the call."
 
+# The longest value each parameter can really carry, with room to spare. Longer ones are refused
+# (400) before authentication and any lookup: no client gets the gateway to hash, compare, query
+# or memoise megabytes it made up.
+MAX_CHARS_BY_PARAMETER = {
+    "action": 64,  # the longest action name is 18
+    "responseType": 16,
+    "apiKey": 64,  # a GUID is 36
+    "token": 256,  # ours are 43
+    "userName": 256,
+    "password": 1024,  # a pass phrase, not a document
+    "extension": 64,  # E.164 numbers are at most 15 digits; dial strings and SIP user parts stay well below
+    "status": 64,  # "ongoing, last, next" is 19; duplicates are allowed, and harmless
+    "type": 32,
+    "unmark": 8,
+    "callID": 64,  # a GUID
+    "cid": 64,
+    "platformCallID": 128,  # PBX call ids: 8-40 characters in every supported format
+    "nativeID": 128,  # recorder call ids (TRS26140192)
+}
+
 
 def missing(name: str) -> ApiError:
     return ApiError(400, f"Missing parameter '{name}'")
+
+
+def too_long(name: str, limit: int) -> ApiError:
+    return ApiError(400, f"Parameter '{name}' is too long (at most {limit} characters)")
+
+
+def check_parameter_lengths(params: Mapping[str, str]) -> None:
+    """400 for the first known parameter longer than any real value (every occurrence counts)."""
+    for name, value in params.items():
+        limit = MAX_CHARS_BY_PARAMETER.get(name)
+        if limit is not None and len(value) > limit:
+            raise too_long(name, limit)
 
 
 def invalid(name: str) -> ApiError:
@@ -94,7 +126,8 @@ async def _find_by_extension(context: ActionContext, request: ActionRequest, ext
     if status is None:
         raise missing("status")
     try:
-        statuses = parse_statuses(status)
+        # Each status once, in its first place: a second `next` would wait a second window.
+        statuses = list(dict.fromkeys(parse_statuses(status)))
     except ValueError:
         raise invalid("status") from None
     return await context.tracker.find_by_status(extension, statuses, context.next_window_s)

@@ -1,0 +1,19 @@
+"""Fixtures of the hostile-client tests: a gateway on loopback with short waits (hostile_http.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from hostile_http import hostile_config
+
+from gateway.service import Gateway
+
+
+@pytest.fixture
+async def hostile_gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+    gateway = Gateway(hostile_config(tmp_path))
+    await gateway.start()
+    yield gateway
+    await gateway.stop()
