@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from drivers.backoff import BACKOFF_INITIAL_S, BACKOFF_MAX_S, Backoff
 from gateway.config import LinkConfig, SerialSettings
 from gateway.errors import LinkError
 from gateway.model import utc_now
@@ -55,9 +56,6 @@ OPTION_TELNET = "telnet"
 OPTION_IDLE_TIMEOUT = "idle_timeout"
 OPTION_KEEPALIVE = "keepalive"
 
-# Reconnect delays double from 0.1 s to 30 s; a good connection resets them.
-BACKOFF_INITIAL_S = 0.1
-BACKOFF_MAX_S = 30.0
 # A connection counts as good (backoff reset, outage over) when it carried data or stayed up this long; a PBX
 # that accepts and hangs up at once (port busy with another collector) is retried with growing delays instead.
 STABLE_CONNECTION_S = 10.0
@@ -735,14 +733,18 @@ class LineTransport(abc.ABC):
         raise NotImplementedError
 
     async def _reconnect_forever(self) -> None:
-        """The manager of tcp:// and serial links: one connection at a time, reopened with backoff."""
-        backoff_s = self._backoff_initial_s
+        """The manager of tcp:// and serial links: one connection at a time, reopened with backoff (refused
+        connects and missing serial ports at most a second apart: see drivers/backoff.py)."""
+        backoff = Backoff(self._backoff_initial_s, self._backoff_max_s)
         in_outage = False  # after the WARNING that opened an outage, failures are logged at DEBUG
         while True:
             connection: _Connection | None = None
+            failure: BaseException | None = None
+            backoff_s = backoff.upcoming_s
             try:
                 connection = await self._connect()
             except Exception as error:  # OSError, TimeoutError, LinkError; anything else is a bug, still retried
+                failure = error
                 reason = str(error) or type(error).__name__
                 expected = isinstance(error, (OSError, TimeoutError, LinkError, ValueError))
                 if not expected:
@@ -759,15 +761,15 @@ class LineTransport(abc.ABC):
                     self._log.info("link connected again", peer=connection.peer)
                 await self._watch(connection)
                 if self._was_good(connection):
-                    backoff_s = self._backoff_initial_s
+                    backoff.reset()
+                    backoff_s = backoff.upcoming_s
                     in_outage = False
                 if in_outage:
                     self._log.debug("link lost again", peer=connection.peer, reason=connection.lost_reason, retry_s=backoff_s)
                 else:
                     self._log.warning("link lost", peer=connection.peer, reason=connection.lost_reason, retry_s=backoff_s)
                     in_outage = True
-            await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, self._backoff_max_s)
+            await asyncio.sleep(backoff.next_delay(failure))
 
 
 def host_port(url: str) -> tuple[str, int]:

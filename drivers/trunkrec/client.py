@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from drivers.backoff import BACKOFF_INITIAL_S, BACKOFF_MAX_S, Backoff
 from drivers.trunkrec import protocol as p
 from gateway.config import RecorderConfig, SerialSettings
 from gateway.errors import RecorderError, RecorderNotConnected, RecorderTimeout
@@ -28,9 +29,6 @@ from gateway.model import Direction, utc_now
 
 log = structlog.get_logger(__name__)
 
-# Reconnect delays double from 0.1 s to 30 s (trunkrec.md §Session 3).
-BACKOFF_INITIAL_S = 0.1
-BACKOFF_MAX_S = 30.0
 # A TCP connect or serial open that takes longer than this has failed (then: backoff, retry).
 CONNECT_TIMEOUT_S = 5.0
 # The banner comes right after connecting; the state replay of a 60-channel device is a few
@@ -225,26 +223,29 @@ class TrunkRecorderClient:
         self._state_changed.set()
 
     async def _run(self) -> None:
-        backoff_s = self._backoff_initial_s
+        backoff = Backoff(self._backoff_initial_s, self._backoff_max_s)
         outage_reported = False
         while True:
+            failure: BaseException | None = None
             try:
                 await self._connect()
                 await self._session()  # returns when the link is lost
-                backoff_s = self._backoff_initial_s
+                backoff.reset()
                 self._log.warning("recorder link lost")
                 outage_reported = True  # the reconnect attempts that follow belong to this outage
             except (OSError, TimeoutError, ConnectionError, p.ProtocolError) as error:
+                failure = error
                 # One WARNING per outage, then DEBUG: a dead recorder must not flood the log.
+                reason = str(error) or type(error).__name__
                 if outage_reported:
-                    self._log.debug("recorder still unreachable", error=str(error) or type(error).__name__, retry_s=backoff_s)
+                    self._log.debug("recorder still unreachable", error=reason, retry_s=backoff.upcoming_s)
                 else:
-                    self._log.warning("recorder unreachable", error=str(error) or type(error).__name__, retry_s=backoff_s)
+                    self._log.warning("recorder unreachable", error=reason, retry_s=backoff.upcoming_s)
                     outage_reported = True
             finally:
                 self._drop_link()
-            await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, self._backoff_max_s)
+            # After a lost link the first attempt is quick; a restarting recorder refuses at once (cheap retries).
+            await asyncio.sleep(backoff.next_delay(failure))
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()

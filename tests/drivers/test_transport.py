@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import struct
 import tty
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +38,12 @@ FAST_BACKOFF = {"backoff_initial_s": 0.01, "backoff_max_s": 0.05}
 AT = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 TOO_LONG = "line longer than 4096 bytes"
 PARTIAL = "partial line at disconnect"
+# A peer that is down this long has pushed the doubling reconnect delay past a second.
+OUTAGE_S = 3.0
+# The promise (docs/reliability.md): a link is up this soon after its peer is back.
+UP_AFTER_PEER_RETURNS_S = 1.0
+# What a loaded CI machine may add to a timer before the loop runs it.
+SCHEDULING_SLACK_S = 0.5
 
 
 # ---- framer
@@ -444,6 +451,51 @@ async def test_tcp_reconnects_after_the_server_closes(pbx: FakePbx) -> None:
     finally:
         await link_transport.close()
     assert states.seen == [LinkState.UP, LinkState.DOWN, LinkState.UP, LinkState.DOWN]
+
+
+async def test_a_connection_reset_mid_line_never_glues_the_fragment_to_the_next_connection(pbx: FakePbx) -> None:
+    sink, states = Sink(), States()
+    link_transport = create_transport(link(f"tcp://127.0.0.1:{pbx.port}"), sink, on_state=states, **FAST_BACKOFF)
+    await link_transport.open()
+    try:
+        _, writer1 = await pbx.connection()
+        writer1.write(b"WHOLE\r\nHALF OF A REC")
+        await writer1.drain()
+        assert (await sink.next()).raw == b"WHOLE"
+        sock = writer1.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+        writer1.transport.abort()
+        fragment = await sink.next()
+        assert (fragment.raw, fragment.error) == (b"HALF OF A REC", PARTIAL)
+        _, writer2 = await pbx.connection()
+        writer2.write(b"ORD AFTER RESET\r\n")
+        assert (await sink.next()).raw == b"ORD AFTER RESET"  # a line of its own, never "HALF OF A RECORD…"
+    finally:
+        await link_transport.close()
+
+
+async def test_a_link_is_up_within_a_second_of_its_peer_returning_after_a_long_outage(unused_tcp_port: int) -> None:
+    sink, states = Sink(), States()
+    # Default delays (doubling from 0.1 s to 30 s), started a little further along so the test stays short.
+    link_transport = create_transport(
+        link(f"tcp://127.0.0.1:{unused_tcp_port}"), sink, on_state=states, backoff_initial_s=0.4
+    )
+    loop = asyncio.get_running_loop()
+    await link_transport.open()
+    try:
+        await asyncio.sleep(OUTAGE_S)  # refused again and again: the doubling delay alone would be 3.2 s by now
+        accepted: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+        server = await asyncio.start_server(lambda _r, w: accepted.put_nowait(w), "127.0.0.1", unused_tcp_port)
+        returned_at = loop.time()
+        async with server:
+            writer = await asyncio.wait_for(accepted.get(), WAIT_S)
+            await states.wait(LinkState.UP)
+            up_after_s = loop.time() - returned_at
+            writer.close()
+            await link_transport.close()
+    finally:
+        await link_transport.close()
+    assert up_after_s <= UP_AFTER_PEER_RETURNS_S + SCHEDULING_SLACK_S
 
 
 async def test_tcp_keeps_retrying_while_nothing_listens(unused_tcp_port: int) -> None:

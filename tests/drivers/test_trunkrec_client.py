@@ -223,3 +223,41 @@ async def test_serial_link_over_a_pty(sink):
     finally:
         await driver.close()
         await simulator.stop()
+
+
+# A recorder that is away this long has pushed the doubling reconnect delay past a second; the client must
+# still be ready within UP_AFTER_PEER_RETURNS_S (plus what a loaded machine adds) of its return.
+OUTAGE_S = 3.0
+UP_AFTER_PEER_RETURNS_S = 1.0
+SCHEDULING_SLACK_S = 0.5
+
+
+async def test_a_recorder_restarting_mid_command_fails_the_command_and_is_ready_within_a_second_of_its_return(sink):
+    sim = TrunkRecorderSimulator(channels=60, name="sim1")
+    port = await sim.start_tcp("127.0.0.1", 0)
+    driver = make_client(f"tcp://127.0.0.1:{port}", sink, backoff_initial_s=0.4, backoff_max_s=30.0)
+    await driver.open()
+    loop = asyncio.get_running_loop()
+    try:
+        await driver.wait_ready(WAIT_S)
+        sim.place_call("1/5", calling="0170", called="8856")
+        sim.answer("1/5")
+        sim.silent = True  # the START is taken and never answered: the device is about to restart
+        command = asyncio.create_task(driver.start("1/5"))
+        await sim.wait_for_request("START")
+        await sim.stop()
+        began = loop.time()
+        with pytest.raises((RecorderNotConnected, RecorderTimeout)):
+            await command
+        assert loop.time() - began <= TIMEOUT_S + SCHEDULING_SLACK_S  # promptly, never a hang
+
+        await asyncio.sleep(OUTAGE_S)
+        sim.silent = False
+        await sim.start_tcp("127.0.0.1", port)
+        returned_at = loop.time()
+        await driver.wait_ready(WAIT_S)
+        assert loop.time() - returned_at <= UP_AFTER_PEER_RETURNS_S + SCHEDULING_SLACK_S
+        assert await driver.start("1/5")  # nothing left locked: the same channel takes the command again
+    finally:
+        await driver.close()
+        await sim.stop()
