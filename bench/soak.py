@@ -14,6 +14,7 @@ restart, once (lost and duplicates must be 0). Records sent but not counted may 
 kernel's socket buffer: they are reported as unacknowledged, not as lost.
 
     python bench/soak.py [--cycles 100] [--seed 1] [--records-per-cycle 3000] [--time-limit-s 900] [--store PATH]
+                         [--kill-at mixed|counted|mid-stream] [--rate 5000]
 """
 
 from __future__ import annotations
@@ -70,6 +71,11 @@ OPEN_GROUP_LOOKUP_SHARE = 0.5  # lookups aimed at calls whose last part has not 
 VERIFY_CONCURRENCY = 8  # API requests in flight while checking
 FINAL_SAMPLE = 2_000  # acknowledged platform call ids of all cycles re-checked after the last restart
 MAX_EXAMPLES = 10  # platform call ids named per kind of failure
+# When the kill comes: `mixed` alternates a random moment mid-stream with the moment /healthz counts a random
+# number of records sent; `counted` sends every record of the cycle and kills the moment they are all counted
+# (the issue's external check); `mid-stream` always at a random moment of the stream.
+KILL_MIXED, KILL_COUNTED, KILL_MID_STREAM = "mixed", "counted", "mid-stream"
+KILL_MOMENTS = (KILL_MIXED, KILL_COUNTED, KILL_MID_STREAM)
 
 CODE_SUCCESS = 0
 MORE_THAN_ONE = "more than one call"
@@ -184,8 +190,10 @@ class SoakReport:
     unacknowledged: int = 0  # sent, not counted before the kill
     unacknowledged_found: int = 0  # of those, found after the restart all the same (their calls' records)
     duplicates: int = 0  # platform call ids answered with "more than one call"
-    callids_checked: int = 0
+    callids_handed_out: int = 0
+    callids_checked: int = 0  # checks: each callID after the next restart and after the last one
     callids_changed: int = 0
+    keeps_answered: int = 0
     keeps_checked: int = 0
     keeps_lost: int = 0
     final_sample_checked: int = 0
@@ -227,8 +235,10 @@ class SoakReport:
             f"unacknowledged              {self.unacknowledged:>9,}   (sent, not counted before the kill; "
             f"{self.unacknowledged_found:,} of them found after the restart)",
             f"duplicated calls            {self.duplicates:>9,}   (platformCallIDs answering more than one call)",
-            f"callIDs checked / changed   {self.callids_checked:>9,} / {self.callids_changed:,}",
-            f"keeps checked / lost        {self.keeps_checked:>9,} / {self.keeps_lost:,}",
+            f"callIDs checked / changed   {self.callids_checked:>9,} / {self.callids_changed:,}   "
+            f"({self.callids_handed_out:,} handed out, each checked after the next restart and after the last)",
+            f"keeps checked / lost        {self.keeps_checked:>9,} / {self.keeps_lost:,}   "
+            f"({self.keeps_answered:,} KeepCall do_not_delete answered 0)",
             f"final re-check of a sample  {self.final_sample_checked:>9,} / {self.final_sample_failed:,} gone",
             f"restart → /healthz answers  {spread(self.ready_s)}",
             f"restart → link accepts PBX  {spread(self.link_s)}",
@@ -408,8 +418,9 @@ class CycleOutcome:
 class Soak:
     def __init__(
         self, folder: Path, store: Path, *, seed: int, records_per_cycle: int, rate: float,
-        progress: Callable[[str], object] | None = None,
+        kill_at: str = KILL_MIXED, progress: Callable[[str], object] | None = None,
     ) -> None:
+        self.kill_at = kill_at
         self.progress = progress
         self.rng = random.Random(seed)
         self.records_per_cycle = records_per_cycle
@@ -439,7 +450,8 @@ class Soak:
                 await self._start(session, measure=outcome is not None)
                 if outcome is not None:
                     await self._verify(api, outcome)
-                outcome = await self._stream_and_kill(api, mid_stream=cycle % 2 == 0)
+                mid_stream = self.kill_at == KILL_MID_STREAM or (self.kill_at == KILL_MIXED and cycle % 2 == 0)
+                outcome = await self._stream_and_kill(api, mid_stream=mid_stream)
             self.report.cycles += 1
             if self.progress is not None:
                 self.progress(self._progress_line(started))
@@ -481,7 +493,9 @@ class Soak:
         outcome = CycleOutcome()
         baseline = await api.records_counted()
         self.carry.extend(self.plan.carried())
-        new_records = self.records_per_cycle if mid_stream else self.rng.randint(1, self.records_per_cycle)
+        new_records = self.records_per_cycle
+        if self.kill_at == KILL_MIXED and not mid_stream:
+            new_records = self.rng.randint(1, self.records_per_cycle)
         to_send = len(self.carry) + new_records
         stream_s = to_send / self.rate
         kill_after_s = self.rng.uniform(0.05, 0.95) * stream_s
@@ -531,6 +545,7 @@ class Soak:
                     self._handed_out(call_id, pcid)
                     if self.rng.random() < KEEP_SHARE and await api.protect(call_id):
                         self.kept.add(call_id)
+                        self.report.keeps_answered = len(self.kept)
                 except (aiohttp.ClientError, OSError, TimeoutError):
                     return
 
@@ -579,6 +594,7 @@ class Soak:
     def _handed_out(self, call_id: str, pcid: str) -> None:
         if call_id not in self.handed_out:
             self.handed_out[call_id] = pcid
+            self.report.callids_handed_out = len(self.handed_out)
             self.unchecked_call_ids.append(call_id)
 
     # -- after a restart
@@ -656,13 +672,14 @@ async def run_soak(
     rate: float = DEFAULT_RATE,
     time_limit_s: float = DEFAULT_TIME_LIMIT_S,
     store: Path | None = None,
+    kill_at: str = KILL_MIXED,
     progress: Callable[[str], object] | None = None,
 ) -> SoakReport:
     """Run `cycles` kill -9 cycles (fewer if `time_limit_s` runs out) and report. `store`: the SQLite file to
     use (its folder gets the configuration and the gateway's log); a temporary folder when None. `progress` gets
     a line after every cycle."""
     deadline = time.monotonic() + time_limit_s
-    options = dict(seed=seed, records_per_cycle=records_per_cycle, rate=rate, progress=progress)
+    options = dict(seed=seed, records_per_cycle=records_per_cycle, rate=rate, kill_at=kill_at, progress=progress)
     if store is not None:
         store = store.resolve()
         store.parent.mkdir(parents=True, exist_ok=True)
@@ -689,12 +706,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-limit-s", type=float, default=DEFAULT_TIME_LIMIT_S,
                         help="no new cycle after this many seconds (default %(default)s)")
     parser.add_argument("--store", type=Path, help="the SQLite file (default: a temporary folder)")
+    parser.add_argument("--kill-at", choices=KILL_MOMENTS, default=KILL_MIXED,
+                        help="mixed (default): half mid-stream, half when /healthz counted a random number of records "
+                        "sent; counted: every record of the cycle sent and counted; mid-stream: always mid-stream")
     arguments = parser.parse_args(argv)
     report = asyncio.run(
         run_soak(
             arguments.cycles, seed=arguments.seed, records_per_cycle=arguments.records_per_cycle,
             rate=arguments.rate, time_limit_s=arguments.time_limit_s, store=arguments.store,
-            progress=lambda line: print(line, file=sys.stderr, flush=True),
+            kill_at=arguments.kill_at, progress=lambda line: print(line, file=sys.stderr, flush=True),
         )
     )
     print(report.render())
