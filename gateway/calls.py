@@ -22,11 +22,12 @@ from gateway.events import (
     CallRecord,
     CallStarted,
     DriverEvent,
+    LinkProgress,
     RecorderSynced,
     RecordingStarted,
     RecordingStopped,
 )
-from gateway.model import Call, CallState, Direction, Recording, RecordingMode, new_id
+from gateway.model import Call, CallState, Direction, Recording, RecordingMode, new_id, record_call_id, utc_now
 from gateway.store import Store
 
 log = structlog.get_logger(__name__)
@@ -58,7 +59,12 @@ LEG_TOLERANCE = timedelta(minutes=2)
 # A leg can be joined this long after it ended (the next leg's record comes when that leg ends).
 LEG_WINDOW = timedelta(hours=4)
 
+# A batch of saves the store refused (disk full, I/O error) is tried again this long after, for as long as it
+# fails: the calls stay in memory meanwhile, and the journal still holds the lines they came from.
+SAVE_RETRY_S = 1.0
+
 CallListener = Callable[[DriverEvent, Call], None]
+ProgressSource = Callable[[], LinkProgress | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,13 +166,18 @@ class CallTracker:
         self._dirty: dict[str, Call] = {}  # changed this loop turn, not yet snapshotted
         self._dirty_batch: asyncio.Future[None] | None = None  # the future of this turn's batch
         self._listeners: list[CallListener] = []
+        # Asked at each batch: how far each SMDR link has applied its journal, committed with the batch.
+        self._progress_sources: list[ProgressSource] = []
+        self._retry_handle: asyncio.TimerHandle | None = None
         self._loading: dict[str, asyncio.Future[Call | None]] = {}
         self.new_call_count = 0  # calls created since start (for the health report's stored count)
 
     # ---- life cycle
 
     async def start(self) -> None:
-        """Load the calls that were ongoing when the gateway stopped; recorders reconcile them on sync."""
+        """Load the calls that were ongoing when the gateway stopped (recorders reconcile them on sync), and
+        those it still had business with: multi-record calls and transfer legs that more records may join,
+        recorder calls waiting for their PBX record."""
         for call in await self._store.load_ongoing_calls():
             self._index_ongoing(call)
             for recording in call.recordings:
@@ -174,12 +185,68 @@ class CallTracker:
                     self._active_recordings[(recording.recorder, recording.native_id)] = recording
         if self._ongoing_by_id:
             log.info("ongoing calls restored", calls=len(self._ongoing_by_id))
+        now = utc_now()
+        open_calls = await self._store.load_open_calls(awaiting_since=now - UNCORRELATED_HORIZON)
+        for call in sorted(open_calls, key=lambda open_call: open_call.start_time):
+            self._restore_open_business(self._ongoing_by_id.get(call.call_id) or call, now)
+        if open_calls:
+            log.info("open calls restored", calls=len(open_calls), groups=len(self._platform_groups))
+
+    def _restore_open_business(self, call: Call, now: datetime) -> None:
+        if not call.ongoing:
+            self._remember_finished(call)
+        if call.open_group and call.link:
+            # Seen now: the group gets its whole timeout again rather than expiring for the time we were down.
+            self._platform_groups[(call.link, call.open_group)] = (call.call_id, now)
+        if call.open_leg_key and call.link and call.open_leg_direction is not None:
+            end = call.end_time or call.start_time
+            if end >= now - LEG_WINDOW:
+                leg = _Leg(call.call_id, call.start_time, end, call.open_leg_direction)
+                self._legs[(call.link, call.open_leg_key)].append(leg)
+        if call.awaiting_record and call.extension:
+            self._uncorrelated_live[call.extension][call.call_id] = call
 
     async def flush(self) -> None:
         """Wait until every queued save has committed."""
         pending = list(self._unsaved.values())
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+
+    async def stored(self, call_id: str) -> None:
+        """Return once the call's latest change is committed (at once when nothing is queued): an answer that
+        hands out a callID or reports a change must not outlive a crash the call did not."""
+        pending = self._unsaved.get(call_id)
+        if pending is not None:
+            await asyncio.shield(pending)
+
+    def add_progress_source(self, source: ProgressSource) -> None:
+        """`source()` is asked at every batch how far a link has applied its journal; the answer is committed
+        with the batch's call saves (the records of those lines are in them)."""
+        self._progress_sources.append(source)
+
+    def note_progress(self) -> None:
+        """A link parsed lines that changed no call (headers, quarantined lines): write its progress anyway."""
+        self._pending_batch()
+
+    async def apply_replayed(self, records: Sequence[CallRecord]) -> int:
+        """Apply records read again from the journal after a restart; a record whose call the store already
+        holds (it was applied before the crash) is skipped, so a line never makes a second call. The count
+        applied."""
+        instance = self._store.instance_id
+        ids = {
+            index: record_call_id(instance, record.origin_seq, record.origin_index)
+            for index, record in enumerate(records)
+            if record.origin_seq is not None
+        }
+        existing = await self._store.existing_call_ids(list(ids.values())) if ids else set()
+        applied = 0
+        for index, record in enumerate(records):
+            call_id = ids.get(index)
+            if call_id is not None and (call_id in existing or self._call_in_memory(call_id) is not None):
+                continue
+            self.apply(record)
+            applied += 1
+        return applied
 
     def subscribe(self, listener: CallListener) -> None:
         """Call `listener(event, call)` after each event is applied. Listeners must not block."""
@@ -203,21 +270,28 @@ class CallTracker:
         the end of that turn: a call changed twice (an OK reply and the event in the same read) is
         written once, and a burst of PBX records costs one queue entry and one future, not one each.
         """
+        batch = self._pending_batch()
+        self._dirty[call.call_id] = call
+        self._unsaved[call.call_id] = batch
+        return batch
+
+    def _pending_batch(self) -> asyncio.Future[None]:
+        """This loop turn's batch, scheduled to be written at the end of the turn."""
         batch = self._dirty_batch
         if batch is None:
             loop = asyncio.get_running_loop()
             batch = self._dirty_batch = loop.create_future()
             loop.call_soon(self._write_dirty)
-        self._dirty[call.call_id] = call
-        self._unsaved[call.call_id] = batch
         return batch
 
     def _write_dirty(self) -> None:
         batch, self._dirty_batch = self._dirty_batch, None
         dirty, self._dirty = self._dirty, {}
         assert batch is not None
+        # Taken now, with the snapshots: every record of every line up to here is in this batch or an earlier one.
+        progress = [item for source in self._progress_sources if (item := source()) is not None]
         try:
-            stored = self._store.save_calls_soon(dirty.values())
+            stored = self._store.save_calls_soon(dirty.values(), progress)
         except Exception as error:  # the store is closed: the callers learn it from the future
             stored = asyncio.get_running_loop().create_future()
             stored.set_exception(error)
@@ -228,9 +302,35 @@ class CallTracker:
                 if self._unsaved.get(call_id) is batch:
                     del self._unsaved[call_id]
             if not done.cancelled() and done.exception() is not None:
-                log.error("calls could not be stored", calls=len(dirty), error=str(done.exception()))
+                log.error("calls could not be stored; retrying", calls=len(dirty), error=str(done.exception()))
+                self._retry_later(dirty)
 
         stored.add_done_callback(saved)
+
+    def _retry_later(self, calls: dict[str, Call]) -> None:
+        """Queue the calls of a failed batch again (unless changed since: then they are queued already), with
+        the progress of that moment, SAVE_RETRY_S from now. Progress is never committed without them."""
+        for call_id, call in calls.items():
+            self._dirty.setdefault(call_id, call)
+        if self._retry_handle is None and calls:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._retry_handle = loop.call_later(SAVE_RETRY_S, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry_handle = None
+        if self._dirty:
+            batch = self._pending_batch()
+            for call_id in self._dirty:
+                self._unsaved.setdefault(call_id, batch)
+
+    def close(self) -> None:
+        """Stop retrying failed saves (the gateway is stopping)."""
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
+            self._retry_handle = None
 
     async def save(self, call: Call) -> None:
         """Queue the call's current state and wait for the commit (API answers that report a change)."""
@@ -301,6 +401,7 @@ class CallTracker:
         if len(waiting) >= MAX_UNCORRELATED_PER_EXTENSION:  # a trunk channel without SMDR: keep the newest
             del waiting[next(iter(waiting))]
         waiting[call.call_id] = call
+        call.awaiting_record = True
 
     def _guess_internal_party(self, event: CallStarted) -> str | None:
         """A channel not in the configuration: the internal party is the called number inbound, the caller outbound."""
@@ -443,8 +544,10 @@ class CallTracker:
         if group_key is not None:
             if record.more_follows:
                 self._platform_groups[group_key] = (call.call_id, record.received_at)
+                call.open_group = record.platform_call_id
             else:
                 self._platform_groups.pop(group_key, None)
+                call.open_group = None
         self.save_soon(call)
         return call
 
@@ -494,6 +597,9 @@ class CallTracker:
         )
         if not pair_complete:
             legs.append(_Leg(call.call_id, min(start, call.start_time), max(end, call.end_time or end), record.direction))
+            call.open_leg_key, call.open_leg_direction = record.leg_key, record.direction
+        else:
+            call.open_leg_key, call.open_leg_direction = None, None
         if not legs:
             del self._legs[key]
 
@@ -503,7 +609,11 @@ class CallTracker:
         stale = [key for key, (_, seen) in self._platform_groups.items() if now - seen > PLATFORM_GROUP_TIMEOUT]
         for key in stale:
             log.warning("multi-record call never completed", link=key[0], platform_call_id=key[1])
-            del self._platform_groups[key]
+            call_id, _ = self._platform_groups.pop(key)
+            call = self._call_in_memory(call_id)
+            if call is not None and call.open_group == key[1]:
+                call.open_group = None
+                self.save_soon(call)
 
     @staticmethod
     def _record_times(record: CallRecord) -> tuple[datetime, datetime]:
@@ -533,6 +643,7 @@ class CallTracker:
                 best, best_delta = call, delta
         if best is not None:
             del candidates[best.call_id]
+            best.awaiting_record = False
         return best
 
     def _complete_with_record(self, call: Call, record: CallRecord) -> None:
@@ -583,7 +694,10 @@ class CallTracker:
         answered = record.answered if record.answered is not None else bool(record.duration_s)
         extension_config = self.extension_config(record.extension)
         call = Call(
-            call_id=new_id(),
+            # From the journal line: read again after a crash, the record makes this same callID.
+            call_id=new_id()
+            if record.origin_seq is None
+            else record_call_id(self._store.instance_id, record.origin_seq, record.origin_index),
             start_time=start,
             state=CallState.FINISHED,
             direction=record.direction,

@@ -100,6 +100,21 @@ class CallRecord:
     # The key names a trunk line, which carries one call at a time: a joining leg continues the latest call on
     # it (otherwise it must match exactly one call).
     leg_on_line: bool = False
+    # The journal line the record began on and its place among the records begun there: a record read again
+    # from the journal after a crash is the same record, and makes the same call (None: not journalled).
+    origin_seq: int | None = None
+    origin_index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LinkProgress:
+    """How far an SMDR link's journal has been applied: stored with the call saves it covers, read back after
+    a crash to replay what was journalled but not applied."""
+
+    link: str
+    applied_seq: int  # every journal line of the link up to this seq has been parsed and its records applied
+    replay_from_seq: int  # the oldest line a record still held by the parser began on (applied_seq + 1: none)
+    context_seqs: tuple[int, ...] = ()  # older lines whose content the parser still reads with (page headers)
 
 
 DriverEvent = CallStarted | CallConnected | CallEnded | RecordingStarted | RecordingStopped | RecorderSynced | CallRecord

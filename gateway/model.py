@@ -60,6 +60,32 @@ def new_id() -> str:
     return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
+_RECORD_ID_VERSION_VARIANT = 0x8 << 76 | 0x2 << 62  # version 8 (RFC 9562's custom layout); RFC 4122 variant
+_RECORD_ID_INSTANCE_BITS = (1 << 62) - 1
+_RECORD_ID_MAX_SEQ = (1 << 48) - 1
+_RECORD_ID_MAX_INDEX = 0xFFF
+
+
+def record_call_id(store_instance: int, journal_seq: int, index: int = 0) -> str:
+    """The callID of a call made from the `index`-th record begun on journal line `journal_seq`: the same
+    every time that line is read (so a replay after a crash finds the call instead of making a second one),
+    and unique to the store (`store_instance` is its random id).
+
+    48 bits of journal seq, so ids of one store sort in arrival order (the primary-key index grows at its
+    right edge, as with new_id), 12 bits of index and 62 bits of the store's id.
+    """
+    if not 0 <= journal_seq <= _RECORD_ID_MAX_SEQ or not 0 <= index <= _RECORD_ID_MAX_INDEX:
+        raise ValueError(f"no record call id for line {journal_seq} record {index}")
+    value = (
+        journal_seq << 80
+        | index << 64
+        | (store_instance & _RECORD_ID_INSTANCE_BITS)
+        | _RECORD_ID_VERSION_VARIANT
+    )
+    digits = "%032x" % value
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+
 @dataclass(slots=True)
 class Recording:
     """One recording of (part of) a call; a manual restart makes a new one."""
@@ -106,6 +132,13 @@ class Call:
     kept: bool = False
     do_not_delete: bool = False
     recordings: list[Recording] = field(default_factory=list)
+    # The call tracker's open business with the call, stored with it so that a restart picks it up again:
+    # the PBX call id while more parts of a multi-record call may follow; the transfer-leg key (and that
+    # leg's direction) while a further leg may join; a recorder's call still waiting for its PBX record.
+    open_group: str | None = None
+    open_leg_key: str | None = None
+    open_leg_direction: Direction | None = None
+    awaiting_record: bool = False
 
     @property
     def ongoing(self) -> bool:

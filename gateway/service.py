@@ -65,7 +65,19 @@ class Gateway:
             recorders if recorders is not None else {client.name: client for client in self.recorder_clients}
         )
         self.links: dict[str, LinkHealth] = {link.name: LinkHealth(link.name) for link in config.links}
-        self.smdr_links = [SmdrLink(link, self.store, self.submit, self.links[link.name]) for link in config.links]
+        self.smdr_links = [
+            SmdrLink(
+                link,
+                self.store,
+                self.submit,
+                self.links[link.name],
+                submit_replayed=self.tracker.apply_replayed,
+                note_progress=self.tracker.note_progress,
+            )
+            for link in config.links
+        ]
+        for smdr_link in self.smdr_links:
+            self.tracker.add_progress_source(smdr_link.progress)
         self.recording = RecordingService(self.tracker, self.recorders)
         self.policy = RecordingPolicy(self.tracker, self.recorders, retention_s=config.on_demand.retention_s)
         self.auth = Authenticator(config.api)
@@ -103,11 +115,16 @@ class Gateway:
     async def start(self) -> None:
         await self.store.open()
         try:
-            self._stored_calls_at_start = await self.store.count_calls()
+            await self.tracker.start()
+            # Before any link or recorder is open: what the journal holds past each link's committed progress
+            # (journalled before a crash, not yet applied) becomes calls again, with the callIDs it had.
+            for link in self.smdr_links:
+                await link.recover()
+            await self.tracker.flush()
+            self._stored_calls_at_start = await self.store.count_calls() - self.tracker.new_call_count
             for link_name, errors in (await self.store.quarantine_counts()).items():
                 if link_name in self.links:
                     self.links[link_name].errors = errors
-            await self.tracker.start()
             for client in self.recorder_clients:
                 await client.open()
             for link in self.smdr_links:
@@ -148,5 +165,6 @@ class Gateway:
         for client in self.recorder_clients:
             await client.close()
         await self.tracker.flush()
+        self.tracker.close()
         await self.store.close()
         log.info("gateway stopped")

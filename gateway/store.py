@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, TypeVar
 import structlog
 
 from gateway.errors import StoreError
+from gateway.events import LinkProgress
 from gateway.model import Call, CallState, Direction, Recording, RecordingMode
 
 log = structlog.get_logger(__name__)
@@ -133,8 +134,12 @@ MIGRATIONS: list[str] = [
     CREATE TABLE link_progress (
         link TEXT PRIMARY KEY,
         applied_seq INTEGER NOT NULL,  -- every journal line of the link up to here has been applied
-        replay_from_seq INTEGER NOT NULL  -- the oldest line the link's parser still needed then (<= applied + 1)
+        replay_from_seq INTEGER NOT NULL,  -- the oldest line the link's parser still needed then (<= applied + 1)
+        context_seqs TEXT NOT NULL DEFAULT ''  -- older lines it still read with (page headers), comma-separated
     );
+    -- A store from before this migration: what its journal holds was applied (nothing was ever replayed).
+    INSERT INTO link_progress (link, applied_seq, replay_from_seq)
+        SELECT link, max(seq), max(seq) + 1 FROM journal GROUP BY link;
     CREATE TABLE store_meta (
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
@@ -149,6 +154,9 @@ MIGRATIONS: list[str] = [
     ALTER TABLE calls ADD COLUMN awaiting_record INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX calls_open_groups ON calls(link) WHERE open_group IS NOT NULL OR open_leg_key IS NOT NULL;
     CREATE INDEX calls_awaiting_record ON calls(start_time) WHERE awaiting_record = 1;
+    -- Why the transport could not frame a line (cut at the length limit, partial at a disconnect): a replay
+    -- must see the line as the link did.
+    ALTER TABLE journal ADD COLUMN framing_error TEXT;
     -- A line replayed after a crash is quarantined once, however often it is replayed.
     CREATE UNIQUE INDEX quarantine_journal_seq ON quarantine(journal_seq) WHERE journal_seq IS NOT NULL;
     """,
@@ -156,7 +164,8 @@ MIGRATIONS: list[str] = [
 
 _CALL_COLUMNS = (
     "call_id, state, direction, extension, calling, called, platform_call_id, native_id, recorder, channel, link,"
-    " account, trunk, start_time, connect_time, end_time, ring_s, duration_s, recording_mode, kept, do_not_delete"
+    " account, trunk, start_time, connect_time, end_time, ring_s, duration_s, recording_mode, kept, do_not_delete,"
+    " open_group, open_leg_key, open_leg_direction, awaiting_record"
 )
 _RECORDING_COLUMNS = (
     "recording_id, call_id, recorder, channel, native_id, start_time, end_time, manual, deleted, seq, discardable"
@@ -199,7 +208,7 @@ _UPSERT_CALL = _upsert("calls", _CALL_COLUMNS, "call_id")
 _UPSERT_RECORDING = _upsert("recordings", _RECORDING_COLUMNS, "recording_id")
 _DELETE_PARTIES = _RowsStatement("DELETE FROM call_parties WHERE call_id IN (", 1, ")", row_open="", row_close="")
 _INSERT_PARTY = _RowsStatement("INSERT INTO call_parties (call_id, number, end_time) VALUES ", 3)
-_INSERT_JOURNAL = _RowsStatement("INSERT INTO journal (link, received_at, raw) VALUES ", 3)
+_INSERT_JOURNAL = _RowsStatement("INSERT INTO journal (link, received_at, raw, framing_error) VALUES ", 4)
 # Rows per statement, largest first: a batch of n rows takes a handful of statements, and only these few
 # shapes are ever prepared (each is cached by the connection). Capped by SQLite's variable limit per statement.
 ROWS_PER_STATEMENT = (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
@@ -217,7 +226,9 @@ def _execute_rows(
         done += size
 
 
-_INSERT_QUARANTINE = "INSERT INTO quarantine (journal_seq, link, received_at, raw, reason) VALUES (?, ?, ?, ?, ?)"
+_UPSERT_PROGRESS = _upsert("link_progress", "link, applied_seq, replay_from_seq, context_seqs", "link")
+# OR IGNORE: a line quarantined before a crash and replayed after it is kept once (unique journal_seq).
+_INSERT_QUARANTINE = "INSERT OR IGNORE INTO quarantine (journal_seq, link, received_at, raw, reason) VALUES (?, ?, ?, ?, ?)"
 
 # Read queries are module constants so the tests can EXPLAIN exactly what runs.
 SELECT_CALL = f"SELECT {_CALL_COLUMNS} FROM calls WHERE call_id = ?"
@@ -243,12 +254,19 @@ SELECT_LAST_ENDED = (
     "SELECT p.end_time, p.call_id FROM call_parties AS p CROSS JOIN calls AS c ON c.call_id = p.call_id"
     " WHERE p.number = ? AND p.end_time IS NOT NULL AND c.state = 1 ORDER BY p.end_time DESC LIMIT ?"
 )
+SELECT_OPEN_CALL_IDS = (
+    "SELECT call_id FROM calls WHERE open_group IS NOT NULL OR open_leg_key IS NOT NULL"
+    " UNION SELECT call_id FROM calls WHERE awaiting_record = 1 AND start_time >= ?"
+)
+SELECT_LINK_PROGRESS = "SELECT link, applied_seq, replay_from_seq, context_seqs FROM link_progress"
+SELECT_STORE_INSTANCE = "SELECT value FROM store_meta WHERE key = 'instance_id'"
+SELECT_JOURNAL_SEQS = "SELECT seq, link, received_at, raw, framing_error FROM journal WHERE seq IN ({})"
 COUNT_CALLS = "SELECT count(*) FROM calls"
 COUNT_ONGOING_CALLS = "SELECT count(*) FROM calls WHERE state = 0"
 QUARANTINE_COUNTS = "SELECT link, count(*) FROM quarantine GROUP BY link"
-SELECT_JOURNAL = "SELECT seq, link, received_at, raw FROM journal WHERE seq > ? ORDER BY seq LIMIT ?"
+SELECT_JOURNAL = "SELECT seq, link, received_at, raw, framing_error FROM journal WHERE seq > ? ORDER BY seq LIMIT ?"
 SELECT_JOURNAL_BY_LINK = (
-    "SELECT seq, link, received_at, raw FROM journal WHERE link = ? AND seq > ? ORDER BY seq LIMIT ?"
+    "SELECT seq, link, received_at, raw, framing_error FROM journal WHERE link = ? AND seq > ? ORDER BY seq LIMIT ?"
 )
 SELECT_QUARANTINE = "SELECT seq, journal_seq, link, received_at, raw, reason FROM quarantine ORDER BY seq LIMIT ?"
 SELECT_QUARANTINE_BY_LINK = (
@@ -264,6 +282,7 @@ class JournalEntry:
     link: str
     received_at: datetime
     raw: bytes
+    framing_error: str | None = None  # the transport could not frame it (cut at the length limit, partial)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +295,13 @@ class QuarantineEntry:
     received_at: datetime
     raw: bytes
     reason: str
+
+
+def _journal_entries(rows: Iterable[Sequence[Any]]) -> list[JournalEntry]:
+    return [
+        JournalEntry(seq, link, datetime.fromtimestamp(at, UTC), bytes(raw), framing_error)
+        for seq, link, at, raw, framing_error in rows
+    ]
 
 
 def _epoch(moment: datetime | None) -> float | None:
@@ -331,6 +357,10 @@ def _snapshot(call: Call) -> _CallSnapshot:
         None if call.recording_mode is None else call.recording_mode.value,
         int(call.kept),
         int(call.do_not_delete),
+        call.open_group,
+        call.open_leg_key,
+        None if call.open_leg_direction is None else call.open_leg_direction.value,
+        int(call.awaiting_record),
     )
     party_rows = tuple([(call.call_id, number, end_time) for number in call.parties])
     discardable_call = call.recording_mode is RecordingMode.ON_DEMAND and not call.kept and not call.do_not_delete
@@ -358,7 +388,7 @@ def _call_from_row(row: Sequence[Any], parties: Iterable[str], recordings: list[
     (
         call_id, state, direction, extension, calling, called, platform_call_id, native_id, recorder, channel,
         link, account, trunk, start_time, connect_time, end_time, ring_s, duration_s, recording_mode, kept,
-        do_not_delete,
+        do_not_delete, open_group, open_leg_key, open_leg_direction, awaiting_record,
     ) = row  # fmt: skip
     own_numbers = {extension, calling, called}
     return Call(
@@ -386,6 +416,10 @@ def _call_from_row(row: Sequence[Any], parties: Iterable[str], recordings: list[
         kept=bool(kept),
         do_not_delete=bool(do_not_delete),
         recordings=recordings,
+        open_group=open_group,
+        open_leg_key=open_leg_key,
+        open_leg_direction=None if open_leg_direction is None else Direction(open_leg_direction),
+        awaiting_record=bool(awaiting_record),
     )
 
 
@@ -507,6 +541,12 @@ class Store:
         self._reader_connections_lock = threading.Lock()
         self._pending_reads: set[asyncio.Future[Any]] = set()
         self._closed: asyncio.Future[None] | None = None
+        self._instance_id = 0  # read from the file at open
+
+    @property
+    def instance_id(self) -> int:
+        """This store's random id (made with the file): call ids derived from journal lines include it."""
+        return self._instance_id
 
     @property
     def path(self) -> Path:
@@ -575,32 +615,46 @@ class Store:
 
     def save_call_soon(self, call: Call) -> asyncio.Future[None]:
         """Queue an upsert of the call, its parties and recordings; the future resolves once committed."""
-        return self._submit(_SAVE_CALLS, [_snapshot(call)])
+        return self._submit(_SAVE_CALLS, ([_snapshot(call)], ()))
 
     async def save_call(self, call: Call) -> None:
         await self.save_call_soon(call)
 
-    def save_calls_soon(self, calls: Iterable[Call]) -> asyncio.Future[None]:
-        """Queue several calls as one write (snapshots taken now); one future for all, resolved once committed."""
-        return self._submit(_SAVE_CALLS, [_snapshot(call) for call in calls])
+    def save_calls_soon(self, calls: Iterable[Call], progress: Iterable[LinkProgress] = ()) -> asyncio.Future[None]:
+        """Queue several calls as one write (snapshots taken now); one future for all, resolved once committed.
 
-    def append_journal_many_soon(self, link: str, lines: Iterable[tuple[datetime, bytes]]) -> asyncio.Future[list[int]]:
-        """Queue raw lines of one link as one write; resolves to their seqs, in order, once committed."""
+        `progress` is committed in the same transaction: how far each link's journal had been applied when
+        the snapshots were taken, so that after a crash exactly the lines after it are replayed.
+        """
+        progress_rows = tuple([
+            (item.link, item.applied_seq, item.replay_from_seq, ",".join(map(str, item.context_seqs)))
+            for item in progress
+        ])
+        return self._submit(_SAVE_CALLS, ([_snapshot(call) for call in calls], progress_rows))
+
+    def append_journal_many_soon(
+        self, link: str, lines: Iterable[tuple[datetime, bytes] | tuple[datetime, bytes, str | None]]
+    ) -> asyncio.Future[list[int]]:
+        """Queue raw lines of one link as one write; resolves to their seqs, in order, once committed.
+        A line is (received_at, raw) or (received_at, raw, framing error)."""
         rows = []
         last_at: datetime | None = None
         epoch: float | None = None
-        for received_at, raw in lines:
+        for line in lines:
+            received_at = line[0]
             if received_at is not last_at:  # the lines of one read share their arrival time
                 last_at, epoch = received_at, _epoch(received_at)
-            rows.append((link, epoch, _raw_bytes(raw)))
+            rows.append((link, epoch, _raw_bytes(line[1]), line[2] if len(line) > 2 else None))
         return self._submit(_APPEND_JOURNAL_MANY, rows)
 
-    def append_journal_soon(self, link: str, received_at: datetime, raw: bytes) -> asyncio.Future[int]:
+    def append_journal_soon(
+        self, link: str, received_at: datetime, raw: bytes, framing_error: str | None = None
+    ) -> asyncio.Future[int]:
         """Queue a raw line for the journal; the future resolves to its seq once committed."""
-        return self._submit(_APPEND_JOURNAL, (link, _epoch(received_at), _raw_bytes(raw)))
+        return self._submit(_APPEND_JOURNAL, (link, _epoch(received_at), _raw_bytes(raw), framing_error))
 
-    async def append_journal(self, link: str, received_at: datetime, raw: bytes) -> int:
-        return await self.append_journal_soon(link, received_at, raw)
+    async def append_journal(self, link: str, received_at: datetime, raw: bytes, framing_error: str | None = None) -> int:
+        return await self.append_journal_soon(link, received_at, raw, framing_error)
 
     async def quarantine(
         self, link: str, received_at: datetime, raw: bytes, reason: str, journal_seq: int | None = None
@@ -654,6 +708,8 @@ class Store:
             connection.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
             self._max_variables = connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
             self._migrate(connection)
+            (instance_hex,) = connection.execute(SELECT_STORE_INSTANCE).fetchone()
+            self._instance_id = int(instance_hex, 16)
         except BaseException:
             connection.close()
             raise
@@ -742,12 +798,14 @@ class Store:
         cursor.execute("BEGIN IMMEDIATE")
         values: list[Any] = []
         snapshots: list[_CallSnapshot] = []
+        progress_rows: list[tuple[Any, ...]] = []
         journal_rows: list[tuple[Any, ...]] = []
         journal_ops: list[tuple[int, int, int]] = []  # (index in values, first row, rows) of each journal op
         for kind, payload, _ in ops:
             value: Any = None
             if kind == _SAVE_CALLS:
-                snapshots.extend(payload)
+                snapshots.extend(payload[0])
+                progress_rows.extend(payload[1])
             elif kind == _APPEND_JOURNAL_MANY:
                 journal_ops.append((len(values), len(journal_rows), len(payload)))
                 journal_rows.extend(payload)
@@ -760,6 +818,8 @@ class Store:
             values.append(value)
         if snapshots:
             self._save_snapshots(cursor, snapshots)
+        if progress_rows:
+            self._save_progress(cursor, progress_rows)
         if journal_rows:
             first_seq = self._append_journal_rows(cursor, journal_rows)
             for index, first_row, rows in journal_ops:
@@ -792,7 +852,9 @@ class Store:
         if kind == _APPEND_JOURNAL:
             return self._append_journal_rows(cursor, [payload])
         if kind == _SAVE_CALLS:
-            self._save_snapshots(cursor, payload)
+            if payload[0]:
+                self._save_snapshots(cursor, payload[0])
+            self._save_progress(cursor, payload[1])
             return None
         if kind == _APPEND_JOURNAL_MANY:
             if not payload:
@@ -816,6 +878,11 @@ class Store:
         recording_rows = [row for snapshot in snapshots for row in snapshot.recording_rows]
         if recording_rows:
             _execute_rows(cursor, _UPSERT_RECORDING, recording_rows, max_variables)
+
+    def _save_progress(self, cursor: sqlite3.Cursor, rows: Sequence[tuple[Any, ...]]) -> None:
+        latest = {row[0]: row for row in rows}  # queued in order: a link's last row is its newest progress
+        if latest:
+            _execute_rows(cursor, _UPSERT_PROGRESS, list(latest.values()), self._max_variables)
 
     def _append_journal_rows(self, cursor: sqlite3.Cursor, rows: list[tuple[Any, ...]]) -> int:
         """Inserts the rows; the seq of the first. This thread is the only writer, inside one transaction:
@@ -885,6 +952,38 @@ class Store:
         """Every call still ONGOING, in full (what the tracker reloads after a restart)."""
         return await self._read(self._read_ongoing_calls)
 
+    async def load_open_calls(self, awaiting_since: datetime) -> list[Call]:
+        """Finished calls the tracker still has business with (a multi-record call or a transfer leg that more
+        may join), and recorder calls since `awaiting_since` still waiting for their PBX record; in full."""
+        return await self._read(self._read_calls_by, SELECT_OPEN_CALL_IDS, (_epoch(awaiting_since),))
+
+    async def link_progress(self) -> dict[str, LinkProgress]:
+        """How far each link's journal had been applied at the last commit."""
+        rows = await self._read(self._read_rows, SELECT_LINK_PROGRESS, ())
+        return {
+            link: LinkProgress(link, applied, replay_from, tuple(int(seq) for seq in context.split(",") if seq))
+            for link, applied, replay_from, context in rows
+        }
+
+    async def journal_lines(self, seqs: Sequence[int]) -> list[JournalEntry]:
+        """The journal lines with these seqs (those still there), in seq order."""
+        entries: list[JournalEntry] = []
+        for start in range(0, len(seqs), SQLITE_MIN_VARIABLE_LIMIT):
+            chunk = list(seqs[start : start + SQLITE_MIN_VARIABLE_LIMIT])
+            sql = SELECT_JOURNAL_SEQS.format(", ".join("?" * len(chunk)))
+            rows = await self._read(self._read_rows, sql, chunk)
+            entries.extend(_journal_entries(rows))
+        return sorted(entries, key=lambda entry: entry.seq)
+
+    async def existing_call_ids(self, call_ids: Sequence[str]) -> set[str]:
+        """Which of these calls the store holds."""
+        found: set[str] = set()
+        for start in range(0, len(call_ids), SQLITE_MIN_VARIABLE_LIMIT):
+            chunk = list(call_ids[start : start + SQLITE_MIN_VARIABLE_LIMIT])
+            sql = f"SELECT call_id FROM calls WHERE call_id IN ({', '.join('?' * len(chunk))})"
+            found.update(await self._read(self._read_ids, sql, chunk))
+        return found
+
     async def count_calls(self) -> int:
         # count(*) walks the narrowest index: linear, but off the loop and only for status pages.
         return (await self._read(self._read_rows, COUNT_CALLS, ()))[0][0]
@@ -904,7 +1003,7 @@ class Store:
             rows = await self._read(self._read_rows, SELECT_JOURNAL, (after_seq, limit))
         else:
             rows = await self._read(self._read_rows, SELECT_JOURNAL_BY_LINK, (link, after_seq, limit))
-        return [JournalEntry(seq, link_, datetime.fromtimestamp(at, UTC), bytes(raw)) for seq, link_, at, raw in rows]
+        return _journal_entries(rows)
 
     async def quarantined(self, link: str | None = None, limit: int = DEFAULT_PAGE_LIMIT) -> list[QuarantineEntry]:
         """Quarantined lines in seq order (oldest first), optionally of one link."""
@@ -1070,7 +1169,8 @@ def _close_quietly(connection: sqlite3.Connection) -> None:
 
 def _describe(kind: int, payload: Any) -> str:
     if kind == _SAVE_CALLS:
-        return f"save call {payload[0].call_id}" if len(payload) == 1 else f"save {len(payload)} calls"
+        snapshots = payload[0]
+        return f"save call {snapshots[0].call_id}" if len(snapshots) == 1 else f"save {len(snapshots)} calls"
     if kind == _APPEND_JOURNAL:
         return f"journal append on link {payload[0]}"
     if kind == _APPEND_JOURNAL_MANY:

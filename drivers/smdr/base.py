@@ -43,6 +43,36 @@ class RecordParser(abc.ABC):
         self.link = link
         self.tz = tz
         self.options: Mapping[str, Any] = options or {}
+        # The journal seq of the line being fed (None when the caller has no journal, e.g. `gateway tap`):
+        # records remember the line they began on, which is what a crash replay identifies them by.
+        self.line_seq: int | None = None
+        self._records_begun_on_line = 0
+        # Lines whose content this parser still relies on (a page header, a date line): re-read before a
+        # replay after a crash, however old. At most one per kind of context.
+        self._context_seqs: dict[str, int] = {}
+
+    def begin_line(self, seq: int | None) -> None:
+        """The next `feed` is of journal line `seq`."""
+        self.line_seq = seq
+        self._records_begun_on_line = 0
+
+    def note_context(self, kind: str) -> None:
+        """The line being fed sets context later lines are read with (a header's columns, a page date)."""
+        if self.line_seq is not None:
+            self._context_seqs[kind] = self.line_seq
+
+    @property
+    def context_seqs(self) -> list[int]:
+        """Journal lines to re-read (records discarded) before replaying, so the parser reads the rest alike."""
+        return sorted(set(self._context_seqs.values()))
+
+    def held_since_seq(self) -> int | None:
+        """The journal line the oldest record this parser still holds began on (None: holds nothing)."""
+        return None
+
+    def resume(self) -> None:
+        """Reading resumes mid-stream from the journal after a restart: no connection has just opened, so
+        nothing per-connection (such as lines to skip after connecting) applies."""
 
     @abc.abstractmethod
     def feed(self, line: str, received_at: datetime) -> list[CallRecord]:
@@ -60,9 +90,23 @@ class RecordParser(abc.ABC):
     def validate_options(cls, options: Mapping[str, Any]) -> None:
         """Refuse bad format options at start-up (raise ValueError naming the key); default: accept all."""
 
-    def record(self, raw: str, received_at: datetime, **fields: Any) -> CallRecord:
-        """A CallRecord of this link and format."""
-        return CallRecord(format=self.format, source=self.link, raw=raw, received_at=received_at, **fields)
+    def record(self, raw: str, received_at: datetime, *, origin_seq: int | None = None, **fields: Any) -> CallRecord:
+        """A CallRecord of this link and format, begun on the line being fed (or on `origin_seq`: a held record
+        built only when released)."""
+        if origin_seq is None or origin_seq == self.line_seq:
+            origin_seq, origin_index = self.line_seq, self._records_begun_on_line
+            self._records_begun_on_line += 1
+        else:
+            origin_index = 0
+        return CallRecord(
+            format=self.format,
+            source=self.link,
+            raw=raw,
+            received_at=received_at,
+            origin_seq=origin_seq,
+            origin_index=origin_index,
+            **fields,
+        )
 
 
 # ---- time helpers (smdr-formats.md §1.3)

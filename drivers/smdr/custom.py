@@ -169,6 +169,7 @@ class _Held:
     raw: str
     received_at: datetime
     fields: dict[str, Any]
+    seq: int | None = None  # the journal line the record began on
 
 
 class CustomParser(RecordParser):
@@ -192,6 +193,12 @@ class CustomParser(RecordParser):
 
     def reset(self) -> None:
         self._skip_remaining = self._settings.skip_first
+
+    def resume(self) -> None:
+        self._skip_remaining = 0
+
+    def held_since_seq(self) -> int | None:
+        return self._held.seq if self._held is not None else None
 
     def flush(self, now: datetime) -> list[CallRecord]:
         if self._held is not None and (now - self._held.received_at).total_seconds() >= self.hold_timeout_s:
@@ -218,7 +225,7 @@ class CustomParser(RecordParser):
             raise SmdrParseError(f"unreadable record: {error}") from None
         released = self._release()
         if settings.attach_pattern is not None:
-            self._held = _Held(line, received_at, fields)
+            self._held = _Held(line, received_at, fields, self.line_seq)
             return released
         return [*released, self.record(line, received_at, **fields)]
 
@@ -462,7 +469,7 @@ class CustomParser(RecordParser):
         held, self._held = self._held, None
         if held is None:
             return []
-        return [self.record(held.raw, held.received_at, **held.fields)]
+        return [self.record(held.raw, held.received_at, origin_seq=held.seq, **held.fields)]
 
 
 PARSER = CustomParser

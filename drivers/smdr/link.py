@@ -2,14 +2,15 @@
 
 Every line read is committed to the journal before it is parsed; a line that does not parse (or
 that the transport could not frame) is quarantined with its reason and counted, and the link
-goes on with the next line.
+goes on with the next line. Lines are parsed in journal order, so "applied up to seq N" (committed
+with the call saves, see `progress`) says exactly which lines a restart must read again (`recover`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -19,10 +20,10 @@ from drivers.smdr import create_parser
 from drivers.smdr.base import RecordParser, SmdrParseError
 from drivers.transport import FramedLine, LineTransport, create_transport
 from gateway.config import LinkConfig
-from gateway.events import CallRecord
+from gateway.events import CallRecord, LinkProgress
 from gateway.model import utc_now
 from gateway.ops import LinkHealth, LinkState
-from gateway.store import Store
+from gateway.store import JournalEntry, Store
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +37,10 @@ LINES_PER_TURN = 128
 RELEASE_ALL = timedelta(days=365)
 # At close, lines already journalled are parsed for at most this long (the transport has had its own drain).
 CLOSE_PARSE_TIMEOUT_S = 10.0
+# The peer of a line read back from the journal (the connection it came on is not kept).
+JOURNAL_PEER = "journal"
+# Journal lines read per query when replaying after a restart: one read, then its records applied together.
+REPLAY_PAGE_LINES = 2000
 
 
 @dataclass(slots=True)
@@ -58,7 +63,9 @@ class LineReader:
         self._format = config.format
         self._log = log.bind(link=config.name)
 
-    def read(self, line: FramedLine) -> tuple[list[CallRecord], str | None]:
+    def read(self, line: FramedLine, seq: int | None = None) -> tuple[list[CallRecord], str | None]:
+        """`seq`: the line's journal seq, which the records it begins carry (None: not journalled)."""
+        self.parser.begin_line(seq)
         if line.error:
             return [], line.error
         try:
@@ -81,18 +88,26 @@ class SmdrLink:
         health: LinkHealth,
         *,
         transport_factory: Callable[..., LineTransport] = create_transport,
+        submit_replayed: Callable[[Sequence[CallRecord]], Awaitable[object]] | None = None,
+        note_progress: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self._store = store
         self._submit = submit
+        self._submit_replayed = submit_replayed
+        self._note_progress = note_progress
+        # The newest journal line parsed: every line of this link up to it has been parsed (journal order).
+        self._parsed_seq = 0
+        self._reported_seq = 0  # the newest one `progress()` has reported
         self.health = health
         self._transport_factory = transport_factory
         self._reader = LineReader(config)
         self._parser: RecordParser = self._reader.parser
         self._transport: LineTransport | None = None
         self._hold_task: asyncio.Task[None] | None = None
-        # Journalled or being journalled, not yet parsed: per peer, in arrival order; dict order is the rotation.
-        self._backlog: dict[str, collections.deque[_Delivery]] = {}
+        # Journalled or being journalled, not yet parsed, in arrival order = journal order. Connections still
+        # take turns: each has at most one delivery waiting (it reads on when its parsing begins).
+        self._backlog: collections.deque[_Delivery] = collections.deque()
         self._backlog_changed = asyncio.Event()
         self._parsed_all = asyncio.Event()
         self._parse_task: asyncio.Task[None] | None = None
@@ -136,24 +151,82 @@ class SmdrLink:
         ~4 % more records/s but twice the arrival → API delay at saturation: bigger commits.)"""
         delivery = _Delivery(
             lines,
-            self._store.append_journal_many_soon(self.config.name, [(line.received_at, line.raw) for line in lines]),
+            self._store.append_journal_many_soon(
+                self.config.name, [(line.received_at, line.raw, line.error) for line in lines]
+            ),
             asyncio.get_running_loop().create_future(),
         )
-        self._backlog.setdefault(lines[0].peer, collections.deque()).append(delivery)
+        self._backlog.append(delivery)
         self._parsed_all.clear()
         self._backlog_changed.set()
         await asyncio.shield(delivery.started)  # a delivery cancelled at close is still parsed: it is journalled
 
     def _next_delivery(self) -> _Delivery | None:
-        """The next delivery to parse, connections taking turns: a PBX flushing thousands of buffered records
-        on one connection does not hold back the live records of another."""
-        for peer, deliveries in self._backlog.items():
-            delivery = deliveries.popleft()
-            del self._backlog[peer]
-            if deliveries:
-                self._backlog[peer] = deliveries  # to the back of the rotation
-            return delivery
-        return None
+        """The oldest delivery: parsing in journal order is what makes "applied up to seq N" exact. A PBX
+        flushing thousands of buffered records on one connection still does not hold back another's live
+        records: it has one delivery queued at a time, so the connections' deliveries alternate."""
+        return self._backlog.popleft() if self._backlog else None
+
+    # ---- progress and recovery
+
+    def progress(self) -> LinkProgress | None:
+        """How far this link's journal is applied (None: nothing new since the last answer). Asked when the
+        call tracker snapshots a batch: every record of the lines up to `applied_seq` has been handed in."""
+        if self._parsed_seq == 0:
+            return None
+        held_since = self._parser.held_since_seq()
+        replay_from = self._parsed_seq + 1 if held_since is None else min(held_since, self._parsed_seq + 1)
+        self._reported_seq = self._parsed_seq
+        return LinkProgress(self.config.name, self._parsed_seq, replay_from, tuple(self._parser.context_seqs))
+
+    async def recover(self) -> int:
+        """Before the link opens: read again what the journal holds past the last committed progress, so that
+        nothing journalled before a crash is lost. The parser first re-reads the lines it still needs (page
+        headers; records it held, waiting for a continuation) without handing anything on, then the lines
+        never applied are parsed and handed to `submit_replayed`. Returns the number of lines replayed."""
+        name = self.config.name
+        progress = (await self._store.link_progress()).get(name) or LinkProgress(name, 0, 1)
+        self._parser.resume()
+        for entry in await self._store.journal_lines(progress.context_seqs):
+            if entry.link == name and entry.seq < progress.replay_from_seq:
+                self._reader.read(self._framed(entry), entry.seq)
+        after_seq = min(progress.replay_from_seq - 1, progress.applied_seq)
+        replayed = 0
+        while True:
+            entries = await self._store.journal_entries(name, after_seq=after_seq, limit=REPLAY_PAGE_LINES)
+            if not entries:
+                break
+            records: list[CallRecord] = []
+            quarantined = []
+            for entry in entries:
+                found, reason = self._reader.read(self._framed(entry), entry.seq)
+                if entry.seq <= progress.applied_seq:
+                    continue  # applied before the crash: read only to rebuild what the parser held
+                replayed += 1
+                if reason is not None:
+                    quarantined.append(self._store.quarantine(name, entry.received_at, entry.raw, reason, entry.seq))
+                else:
+                    records.extend(found)
+            self.health.replayed += len(records)
+            if self._submit_replayed is not None:
+                await self._submit_replayed(records)
+            self._parsed_seq = max(self._parsed_seq, entries[-1].seq, progress.applied_seq)
+            if quarantined:
+                await asyncio.gather(*quarantined)
+            after_seq = entries[-1].seq
+        self._parsed_seq = max(self._parsed_seq, progress.applied_seq)
+        if replayed:
+            self._log.info("journal replayed", lines=replayed, from_seq=progress.applied_seq + 1, to_seq=after_seq)
+        self._report_progress()
+        return replayed
+
+    @staticmethod
+    def _framed(entry: JournalEntry) -> FramedLine:
+        return FramedLine(entry.raw, entry.received_at, JOURNAL_PEER, entry.framing_error)
+
+    def _report_progress(self) -> None:
+        if self._note_progress is not None and self._parsed_seq != self._reported_seq:
+            self._note_progress()
 
     async def _parse_forever(self) -> None:
         while True:
@@ -183,16 +256,18 @@ class SmdrLink:
         for index, (line, seq) in enumerate(zip(lines, seqs)):
             if index and not index % LINES_PER_TURN:
                 await asyncio.sleep(0)  # a burst must not hold the API's answers back
-            reason = self._parse(line)
+            reason = self._parse(line, seq)
             if reason is not None:
                 quarantined.append(self._store.quarantine(self.config.name, line.received_at, line.raw, reason, seq))
+        self._report_progress()
         if quarantined:
             self.health.errors += len(quarantined)
             await asyncio.gather(*quarantined)
 
-    def _parse(self, line: FramedLine) -> str | None:
+    def _parse(self, line: FramedLine, seq: int) -> str | None:
         """Parse one journalled line and hand on its records; the reason when it must be quarantined."""
-        records, reason = self._reader.read(line)
+        records, reason = self._reader.read(line, seq)
+        self._parsed_seq = seq  # before the records go: a batch they cause reports this line as applied
         if reason is not None:
             self._log.info("line quarantined", reason=reason)
             self._log.debug("quarantined line", raw=line.raw)

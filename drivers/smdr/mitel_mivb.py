@@ -350,6 +350,8 @@ class MitelMivbParser(RecordParser):
         """12 h (`p`/`P` after the minutes = PM, nothing = AM) or 24 h, by option or by what the link has shown."""
         pm = text[-1:] in PM_MARKS if text else False
         if pm:
+            if not self._seen_pm:
+                self.note_context("twelve_hour_clock")
             self._seen_pm = True
             return parse_clock(text)
         hour, minute, second = parse_clock(text)

@@ -119,6 +119,9 @@ class NecSvParser(RecordParser):
             return []
         return self._release()
 
+    def held_since_seq(self) -> int | None:
+        return self._held.record.origin_seq if self._held is not None else None
+
     def reset(self) -> None:
         """Reconnected: a held record stays held (flush releases it); what the last line was is forgotten."""
         self._previous_was_record = False
@@ -181,6 +184,7 @@ class NecSvParser(RecordParser):
                 month, day, year = (int(part) for part in page_date.groups())
                 try:
                     self._page_date = date(year, month, day)
+                    self.note_context("page_date")
                 except ValueError:
                     log.warning("nec page header with a bad date", link=self.link, date=page_date.group(0))
             return True

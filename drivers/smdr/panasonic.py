@@ -188,6 +188,7 @@ class PanasonicParser(RecordParser):
     def _learn_header(self, line: str) -> None:
         """A column header confirms the layout: `Dept` column; KX-TA (`Code`, no `Ring`) prints start times."""
         words = {word.strip(".:").lower() for word in line.split()}
+        self.note_context("header")
         self._header_dept = "dept" in words
         if "code" in words and "ring" not in words:  # KX-TA616: `Date Time Ext. CO Dial number Duration Code`
             self._header_time_is = TIME_IS_START

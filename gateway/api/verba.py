@@ -137,14 +137,18 @@ async def get_call_id(context: ActionContext, request: ActionRequest) -> Payload
     tracker = context.tracker
     if kind is None and extension is None:  # the ID alone is asked for: no need to read the call
         if platform_call_id is not None:
-            return CallIdPayload(await tracker.find_id_by_platform_call_id(platform_call_id))
-        return CallIdPayload(await tracker.find_id_by_native_id(native_id or ""))
+            call_id = await tracker.find_id_by_platform_call_id(platform_call_id)
+        else:
+            call_id = await tracker.find_id_by_native_id(native_id or "")
+        await tracker.stored(call_id)  # an ID handed out names a call that a crash cannot take back
+        return CallIdPayload(call_id)
     if extension is not None:
         call = await _find_by_extension(context, request, extension)
     elif platform_call_id is not None:
         call = await tracker.find_by_platform_call_id(platform_call_id)
     else:
         call = await tracker.find_by_native_id(native_id or "")
+    await tracker.stored(call.call_id)
     if kind is None:
         return CallIdPayload(call.call_id)
     recording = call.last_manual_recording
@@ -165,6 +169,8 @@ async def keep_call(context: ActionContext, request: ActionRequest) -> Payload:
         await context.recording.protect(call, unmark=unmark)
     else:
         await context.recording.manual_record(call, stop=unmark)
+    # Code 0 promises the state: also when it was set already, by a request whose write is still queued.
+    await context.tracker.stored(call.call_id)
     return NoPayload()
 
 
@@ -214,6 +220,7 @@ def call_information(call: Call, mode: RecordingMode | None, tz: tzinfo) -> Call
 
 async def get_call_information(context: ActionContext, request: ActionRequest) -> Payload:
     call = await _find_call(context, request, by_external_ids=True)
+    await context.tracker.stored(call.call_id)
     return call_information(call, recording_mode_of(call, context.tracker), request.principal.tz)
 
 

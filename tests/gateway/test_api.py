@@ -408,7 +408,7 @@ async def test_healthz_reports_links_recorders_and_calls(gateway, http):
         report = await response.json()
     assert report == {
         "status": "degraded",
-        "links": {"pbx-main": {"state": "up", "records": 0, "errors": 0, "last_record_at": None}},  # listening
+        "links": {"pbx-main": {"state": "up", "records": 0, "errors": 0, "replayed": 0, "last_record_at": None}},  # listening
         "recorders": {"trunk1": {"state": "down"}},
         "calls": {"ongoing": 1, "stored": 1},
     }
