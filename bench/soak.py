@@ -198,6 +198,7 @@ class SoakReport:
     keeps_lost: int = 0
     final_sample_checked: int = 0
     final_sample_failed: int = 0  # found at their cycle's restart, gone by the last one
+    replayed: int = 0  # records /healthz reported replayed from the journal at the restarts
     count_mismatches: int = 0  # /healthz counted more records than were sent on the connection
     ready_s: list[float] = field(default_factory=list)  # restart → /healthz answering
     link_s: list[float] = field(default_factory=list)  # restart → link accepting the PBX
@@ -240,6 +241,7 @@ class SoakReport:
             f"keeps checked / lost        {self.keeps_checked:>9,} / {self.keeps_lost:,}   "
             f"({self.keeps_answered:,} KeepCall do_not_delete answered 0)",
             f"final re-check of a sample  {self.final_sample_checked:>9,} / {self.final_sample_failed:,} gone",
+            f"replayed from the journal   {self.replayed:>9,}   (records applied at the restarts, /healthz `replayed`)",
             f"restart → /healthz answers  {spread(self.ready_s)}",
             f"restart → link accepts PBX  {spread(self.link_s)}",
         ]
@@ -393,6 +395,11 @@ class Api:
         async with self.session.get("/healthz") as response:
             return (await response.json())["links"][LINK]["records"]
 
+    async def records_replayed(self) -> int:
+        """Journal lines applied at start-up (`replayed`; 0 from a gateway that does not report it)."""
+        async with self.session.get("/healthz") as response:
+            return (await response.json())["links"][LINK].get("replayed", 0)
+
 
 async def bounded_gather(coroutines) -> list:
     limit = asyncio.Semaphore(VERIFY_CONCURRENCY)
@@ -485,6 +492,7 @@ class Soak:
         if measure:
             self.report.ready_s.append(ready_s)
             self.report.link_s.append(link_s)
+            self.report.replayed += await Api(session).records_replayed()
 
     # -- one cycle
 
