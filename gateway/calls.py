@@ -305,7 +305,8 @@ class CallTracker:
                 if self._unsaved.get(call_id) is batch:
                     del self._unsaved[call_id]
             if not done.cancelled() and done.exception() is not None:
-                log.error("calls could not be stored; retrying", calls=len(dirty), error=str(done.exception()))
+                # The store logs the spell of failures once; this is every batch of it.
+                log.debug("calls could not be stored; retrying", calls=len(dirty), error=str(done.exception()))
                 self._retry_later(dirty)
 
         stored.add_done_callback(saved)

@@ -527,12 +527,19 @@ class _Checkpointer:
         except sqlite3.Error as exc:
             log.warning("store checkpoints left to the writer", path=str(self._path), error=str(exc))
             return
+        failing = False  # one WARNING per spell of failures (a full disk fails every 0.25 s), then DEBUG
         try:
             while not self._stopping.wait(CHECKPOINT_INTERVAL_S):
                 try:
                     connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 except sqlite3.Error as exc:
-                    log.warning("store checkpoint failed", path=str(self._path), error=str(exc))
+                    if failing:
+                        log.debug("store checkpoint failed", path=str(self._path), error=str(exc))
+                    else:
+                        log.warning("store checkpoint failed", path=str(self._path), error=str(exc))
+                        failing = True
+                else:
+                    failing = False
         finally:
             _close_quietly(connection)
 
