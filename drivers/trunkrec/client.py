@@ -28,7 +28,7 @@ from gateway.model import Direction, utc_now
 
 log = structlog.get_logger(__name__)
 
-# Reconnect delays double from 0.1 s to 30 s (trunkrec.md §Session 3).
+# Reconnect delays double from 0.1 s to 30 s (docs/trunkrec.md §7).
 BACKOFF_INITIAL_S = 0.1
 BACKOFF_MAX_S = 30.0
 # A TCP connect or serial open that takes longer than this has failed (then: backoff, retry).
