@@ -1,4 +1,4 @@
-"""Line transports for PBX links (smdr-formats.md §1.2, §1.4): listen://, tcp:// and serial ports (pySerial
+"""Line transports for PBX links (docs/smdr.md, "Transports"): listen://, tcp:// and serial ports (pySerial
 URLs) turned into framed lines, with reconnection forever, backpressure, idle detection and keepalives."""
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from gateway.ops import LinkState
 
 log = structlog.get_logger(__name__)
 
-# ---- framing (smdr-formats.md §1.2)
+# ---- framing (docs/smdr.md, format reference: "Lines")
 
-MAX_LINE_BYTES = 4096  # §1.2.6: an SMDR record is < 300 bytes; 4 KiB leaves room for any CDR and bounds memory
+MAX_LINE_BYTES = 4096  # an SMDR record is < 300 bytes; 4 KiB leaves room for any CDR and bounds memory
 LINE_TOO_LONG = "line longer than {max_line_bytes} bytes"
 PARTIAL_LINE_AT_DISCONNECT = "partial line at disconnect"
 _LINE_BOUNDARY = re.compile(rb"[\r\n\x00]+")  # any run of CR/LF (and NUL: NUL-terminated records) ends a line
@@ -168,7 +168,7 @@ class TelnetFilter:
 
 
 class LineFramer:
-    """Bytes → lines (smdr-formats.md §1.2): CR/LF runs and NUL end lines, form feeds go, long lines are errors."""
+    """Bytes → lines (docs/smdr.md): CR/LF runs and NUL end lines, form feeds go, long lines are errors."""
 
     def __init__(
         self,
@@ -251,7 +251,7 @@ def _format_peer(address: Any) -> str:
 
 
 def _encode_text(text: str) -> bytes:
-    """Login and keepalive text as the PBX expects it: latin-1 (§1.2.7), UTF-8 for anything latin-1 lacks."""
+    """Login and keepalive text as the PBX expects it: latin-1 (what PBXs decode), UTF-8 for anything latin-1 lacks."""
     try:
         return text.encode("latin-1")
     except UnicodeEncodeError:

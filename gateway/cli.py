@@ -1,4 +1,4 @@
-"""Command line (`gateway`, `python -m gateway`): run, check, demo, tap, hash-password (config.md)."""
+"""Command line (`gateway`, `python -m gateway`): run, check, demo, tap, hash-password (docs/configuration.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""YAML configuration → frozen dataclasses; every error names the file, the line and the key (config.md)."""
+"""YAML configuration → frozen dataclasses; every error names the file, line and key (docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ DEFAULT_TOKEN_TTL_S = 3600
 DEFAULT_NEXT_WINDOW_S = 60.0
 MAX_ON_DEMAND_RETENTION_S = 48 * 3600
 DAY_S = 86400
-# store.retention defaults (config.md): calls are kept for ever unless the file says otherwise; raw journal
+# store.retention defaults (docs/configuration.md): calls are kept for ever unless the file says otherwise; raw journal
 # lines and quarantined lines are troubleshooting material, kept 90 days.
 DEFAULT_CALLS_RETENTION_S: float | None = None
 DEFAULT_JOURNAL_RETENTION_S: float | None = 90 * DAY_S

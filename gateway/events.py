@@ -69,7 +69,7 @@ class RecorderSynced:
 
 @dataclass(slots=True)
 class CallRecord:
-    """One normalised SMDR/CDR record (smdr-formats.md §1.1). Treat it as immutable once handed in.
+    """One normalised SMDR/CDR record (docs/smdr.md, "The normalised record"). Treat it as immutable once handed in.
 
     Not `frozen`: a frozen dataclass sets each of these 17 fields through object.__setattr__, which
     made building a record cost 3.5 µs instead of 1 µs — paid for every record a busy link reads.

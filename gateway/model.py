@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 
 class RecordingMode(enum.StrEnum):
-    """Per-extension recording policy (api.md §7)."""
+    """Per-extension recording policy (docs/api.md §7)."""
 
     FULL = "full"
     ON_DEMAND = "on_demand"

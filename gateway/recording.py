@@ -73,7 +73,7 @@ class RecordingService:
         self._channel_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def keep(self, call: Call, *, unmark: bool) -> None:
-        """On-demand keep: the call's recordings survive retention (api.md §6 KeepCall, no type)."""
+        """On-demand keep: the call's recordings survive retention (docs/api.md §6 KeepCall, no type)."""
         if recording_mode_of(call, self._tracker) is RecordingMode.FULL:
             return  # every recording of a full extension is kept already
         if not call.recorded:
@@ -134,7 +134,7 @@ RETENTION_BATCH = 500
 
 
 class RecordingPolicy:
-    """Recording modes in action (api.md §7): start on CONNECT where the mode says so; on-demand retention."""
+    """Recording modes in action (docs/api.md §7): start on CONNECT where the mode says so; on-demand retention."""
 
     def __init__(
         self,

@@ -1,6 +1,6 @@
 """A PBX simulator: SMDR/CDR records in every supported format over every way a PBX is reached.
 
-Records follow shared/spec/smdr-formats.md. The simulator connects to a gateway listen:// link, serves a
+Records follow the formats of docs/smdr.md. The simulator connects to a gateway listen:// link, serves a
 tcp:// link behind the format's login, or sits behind a pty that a gateway serial link opens. Fault knobs:
 split writes, leading NULs, garbage, bursts, dropped links.
 """
@@ -55,7 +55,7 @@ LOGIN_FAILED_TEXT = "Login incorrect"
 # Bytes typed at a login prompt kept while waiting for the line's end: replies are short, memory stays bounded.
 LOGIN_INPUT_MAX_BYTES = 1024
 _TYPED_LINE_END = re.compile(rb"[\r\n]+")
-# leading_nuls: NULs before each record line, as IP Office sends them (smdr-formats.md §2 edge cases).
+# leading_nuls: NULs before each record line, as IP Office sends them (docs/smdr.md, avaya-ipo).
 LEADING_NUL_BYTES = 3
 NUL = b"\x00"
 # split_writes: write sizes in turn. Small ones split lines across reads; the large one carries the end of one
@@ -64,10 +64,10 @@ SPLIT_WRITE_BYTES = (1, 7, 3, 2, 5, 4, 6, 200)
 # Loop turns between pieces: after one turn the gateway's read of the previous piece is only scheduled, so
 # the next write would join it in the same read; two turns make each piece a read of its own.
 SPLIT_WRITE_TURNS = 2
-# What PBXs send (smdr-formats.md §1.2 rule 7); a character latin-1 lacks goes out as "?".
+# What PBXs send (docs/smdr.md, "Lines": latin-1); a character latin-1 lacks goes out as "?".
 TEXT_ENCODING = "latin-1"
 # Lines that continue the record before them instead of starting one (not counted in `records_sent`):
-# NEC's caller-name line (smdr-formats.md §4).
+# NEC's caller-name line (docs/smdr.md, nec-sv).
 CONTINUATION_LINE_WORDS: dict[str, str] = {"nec-sv": "NEXT"}
 # --extensions: a range larger than this is a typo, not a site.
 MAX_EXTENSION_RANGE = 10_000

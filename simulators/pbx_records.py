@@ -1,8 +1,8 @@
-"""What a PBX prints for a finished call, in each SMDR/CDR format the gateway reads (smdr-formats.md §2–§7).
+"""What a PBX prints for a finished call, in each SMDR/CDR format the gateway reads (docs/smdr.md).
 
 One small writer per format turns a `CompletedCall` into that format's record line(s), laid out column- or
-field-exact to the spec; `PROFILES` says how the device frames them (line ending, login, page headers). The
-PBX simulator (simulators/pbx.py) sends what this module writes; no I/O here.
+field-exact to docs/smdr.md's format reference; `PROFILES` says how the device frames them (line ending, login,
+page headers). The PBX simulator (simulators/pbx.py) sends what this module writes; no I/O here.
 
 Shared conventions (all formats):
 - Instants are whole seconds: the seizure second (`call.start` with its fraction dropped, as a clock shows it)
@@ -192,7 +192,7 @@ def _clock_12h(local: datetime) -> tuple[str, bool]:
     return f"{(local.hour % 12) or 12:02d}:{local.minute:02d}", local.hour >= 12
 
 
-# ---- Avaya IP Office (§2): CSV, one record per call segment, Call ID + Continuation
+# ---- Avaya IP Office (docs/smdr.md, avaya-ipo): CSV, one record per call segment, Call ID + Continuation
 
 IPO_FIELD_COUNTS = (17, 30, 35)  # by release: up to Park Time / + charging and targeting / + R11 fields
 IPO_DEFAULT_FIELDS = 30
@@ -250,13 +250,14 @@ def _avaya_ipo(call: _Call, tz: tzinfo, *, fields: int = IPO_DEFAULT_FIELDS) -> 
     return lines
 
 
-# ---- Panasonic (§3): 80-column Pattern A printer report, end time, no call id
+# ---- Panasonic (docs/smdr.md, panasonic): 80-column Pattern A printer report, end time, no call id
 
 PANASONIC_HEADER = "  Date     Time    Ext CO        Dial Number        Ring Duration  Acc code  CD "
 PANASONIC_RULE = "-" * 80
 # Skip Perforation is set to 0 (no blank lines at a page end): the header is all that is not a record.
 PANASONIC_LINES_PER_PAGE = PRINTER_PAGE_LINES - 2
-PANASONIC_LOGIN = (LoginStep("login: ", "SMDR"), LoginStep("Enter password: ", "PCCSMDR"))  # §3 (unverified)
+# The LAN login: user SMDR, password PCCSMDR (unconfirmed defaults, docs/smdr.md, panasonic).
+PANASONIC_LOGIN = (LoginStep("login: ", "SMDR"), LoginStep("Enter password: ", "PCCSMDR"))
 PANASONIC_INCOMING = "<I>"
 PANASONIC_INTERCOM = "EXT"  # intercom: number + `EXT`
 PANASONIC_TRANSFER = "TR"  # CD of the record whose party transferred the call away
@@ -328,7 +329,7 @@ def _panasonic_page_header(at: datetime, page: int, tz: tzinfo) -> list[str]:
     return [PANASONIC_HEADER, PANASONIC_RULE]
 
 
-# ---- NEC SV/SL (§4): 80-column report, no year, no call id, NEXT line for the caller name
+# ---- NEC SV/SL (docs/smdr.md, nec-sv): 80-column report, no year, no call id, NEXT line for the caller name
 
 # The titles start on their fields' first columns (DATE 12, LINE 18 … ACCOUNT 64), except TIME: `CLASS` is one
 # wider than the Class field, so TIME moves to 7 to stay a word of its own.
@@ -407,7 +408,7 @@ def _nec_page_header(at: datetime, page: int, tz: tzinfo) -> list[str]:
     return [f"{'':60}{day} PAGE {page % 1000:03d}", NEC_TITLES]
 
 
-# ---- Mitel MiVoice Business (§5): standard 90-char record + ANI/DNIS (112), 12 h clock, one record per call
+# ---- Mitel MiVoice Business (docs/smdr.md, mitel-mivb): standard 90-char record + ANI/DNIS (112), 12 h clock, one record per call
 
 # 1-based inclusive columns of the standard record with the ANI/DNIS option (vendor field table).
 MITEL_COLUMNS: dict[str, tuple[int, int]] = {
@@ -488,7 +489,7 @@ def _mitel(call: _Call, tz: tzinfo) -> list[str]:
     return [_mitel_place(values)]
 
 
-# ---- 3CX (§6): one CSV line per call in the common 20-field order, `Call <historyid>` … `Chain: …;`
+# ---- 3CX (docs/smdr.md, 3cx): one CSV line per call in the common 20-field order, `Call <historyid>` … `Chain: …;`
 
 THREECX_DELIMITER = ","
 THREECX_TIME = "%Y/%m/%d %H:%M:%S"
@@ -553,7 +554,7 @@ def _threecx(call: _Call, tz: tzinfo) -> list[str]:
     return [THREECX_DELIMITER.join(record)]
 
 
-# ---- custom (§7): our own `|`-delimited layout, one record per segment like IP Office
+# ---- custom (docs/smdr.md, custom): our own `|`-delimited layout, one record per segment like IP Office
 
 CUSTOM_DELIMITER = "|"
 CUSTOM_COLUMNS = (
@@ -638,18 +639,18 @@ _PAGE_HEADERS: dict[str, Callable[[datetime, int, tzinfo], list[str]]] = {
 }
 
 PROFILES: dict[str, FormatProfile] = {
-    # §2: CSV records end CR LF; no login (IP only, the PBX pushes or the gateway connects); no pages.
+    # avaya-ipo: CSV records end CR LF; no login (IP only, the PBX pushes or the gateway connects); no pages.
     AVAYA_IPO: FormatProfile(AVAYA_IPO, b"\r\n"),
-    # §3: New Line Code is CR or CR+LF; CR alone is the case the gateway must survive. LAN login: user SMDR,
+    # panasonic: New Line Code is CR or CR+LF; CR alone is the case the gateway must survive. LAN login: user SMDR,
     # password PCCSMDR. Header + dashes on every page.
     PANASONIC: FormatProfile(PANASONIC, b"\r", PANASONIC_LOGIN, PANASONIC_LINES_PER_PAGE),
-    # §4: records CR LF; plain text, no login; date+PAGE and CLASS lines on every page.
+    # nec-sv: records CR LF; plain text, no login; date+PAGE and CLASS lines on every page.
     NEC_SV: FormatProfile(NEC_SV, b"\r\n", (), NEC_LINES_PER_PAGE),
-    # §5: one line per record (any terminator accepted; CR LF sent); no login; no pages.
+    # mitel-mivb: one line per record (any terminator accepted; CR LF sent); no login; no pages.
     MITEL_MIVB: FormatProfile(MITEL_MIVB, b"\r\n", gateway_options=MITEL_GATEWAY_OPTIONS),
-    # §6: one CSV line per call; no login; no header documented.
+    # 3cx: one CSV line per call; no login; no header documented.
     THREECX: FormatProfile(THREECX, b"\r\n"),
-    # §7: our layout: LF alone, a header + dashes repeated per page (the options skip them).
+    # custom: our layout: LF alone, a header + dashes repeated per page (the options skip them).
     CUSTOM: FormatProfile(CUSTOM, b"\n", (), CUSTOM_LINES_PER_PAGE, CUSTOM_OPTIONS),
 }
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # the PBX simulator imports this module for its --traffic pla
 
 log = structlog.get_logger(__name__)
 
-# IP Office style Call IDs: ten digits, +1 per call (smdr-formats.md §2).
+# IP Office style Call IDs: ten digits, +1 per call (docs/smdr.md, avaya-ipo).
 DEFAULT_FIRST_PBX_CALL_ID = 1_000_020_000
 # The PBX's trunk lines for external calls: one E1 (T9001 … T9030); a call takes the lowest free line.
 FIRST_TRUNK_LINE = 9001

@@ -1,4 +1,4 @@
-"""The trunk recorder device side of TRUNKREC/1 (shared/spec/trunkrec.md) over TCP or a pty.
+"""The trunk recorder device side of TRUNKREC/1 (docs/trunkrec.md) over TCP or a pty.
 
 It carries scripted or random call traffic and has fault knobs (delays, silence, forced errors,
 junk, split writes, dropped links) so that tests and the demo can exercise the gateway's client.
@@ -106,7 +106,7 @@ class _Outcome:
     ok_fields: dict[str, object] = field(default_factory=dict)
     error: tuple[str, str] | None = None
     events: list[bytes] = field(default_factory=list)
-    events_first: bool = False  # the spec's order for this verb, unless events_before_replies says otherwise
+    events_first: bool = False  # this verb's usual order (docs/trunkrec.md §5), unless events_before_replies says otherwise
 
 
 def _error(code: str, text: str = "") -> _Outcome:

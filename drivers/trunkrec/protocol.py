@@ -1,4 +1,4 @@
-"""TRUNKREC/1 wire format (shared/spec/trunkrec.md): line framing, messages, encoding — both sides use it."""
+"""TRUNKREC/1 wire format (docs/trunkrec.md): line framing, messages, encoding — both sides use it."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from gateway.errors import GatewayError
 log = structlog.get_logger(__name__)
 
 PROTOCOL_VERSION = "TRUNKREC/1"
-MAX_LINE_BYTES = 1024  # longer lines are framing errors (spec: "At most 1024 bytes per line")
+MAX_LINE_BYTES = 1024  # longer lines (terminator not counted) are framing errors (docs/trunkrec.md §2)
 LINE_END = b"\r\n"
 
 HELLO = "HELLO"

@@ -86,7 +86,7 @@ TIMING_LOG = web.AppKey("timing_log", bool)
 
 
 async def _read_params(request: web.Request) -> MultiDict[str]:
-    """Query-string parameters, overridden by form fields on POST (api.md §1); 400/413 for a bad body."""
+    """Query-string parameters, overridden by form fields on POST (docs/api.md §1); 400/413 for a bad body."""
     if request.method != "POST":
         return request.query  # type: ignore[return-value]
     params: MultiDict[str] = MultiDict(request.query)
@@ -151,7 +151,7 @@ async def verba_api(request: web.Request) -> web.Response:
         params = await _read_params(request)
         action = (params.get("action") or "").strip()
         action_type = _action_type(action)
-        response_type = ResponseType.XML  # an invalid responseType is answered in XML (api.md)
+        response_type = ResponseType.XML  # an invalid responseType is answered in XML (docs/api.md)
         response_type = ResponseType.parse(params.get("responseType"))
         if not action:
             raise missing("action")

@@ -1,4 +1,4 @@
-"""API authentication (api.md §3): API keys, network restrictions, users, and bearer tokens.
+"""API authentication (docs/api.md §3): API keys, network restrictions, users, and bearer tokens.
 
 Secrets are compared in constant time and never logged: logs carry key *names* and known user
 names only — never API keys, passwords, tokens or hashes.
@@ -28,7 +28,7 @@ from gateway.passwords import DEFAULT_N, PasswordHash, hash_password, parse_pass
 
 log = structlog.get_logger(__name__)
 
-TOKEN_BYTES = 32  # 256 random bits; api.md §3 asks for at least 128
+TOKEN_BYTES = 32  # 256 random bits: unguessable with a wide margin (128 would be enough)
 DEFAULT_RESOLVE_TTL_S = 60.0
 # A host-name lookup that takes longer than this is treated as failed: the request is answered
 # (403) instead of hanging on a dead DNS server for the resolver's full retry schedule.
@@ -101,7 +101,7 @@ def _address_forms(address: _Address) -> tuple[_Address, ...]:
 
 
 class Authenticator:
-    """Checks API keys, client networks, user passwords and tokens for the API (api.md §3)."""
+    """Checks API keys, client networks, user passwords and tokens for the API (docs/api.md §3)."""
 
     def __init__(
         self,

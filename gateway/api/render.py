@@ -1,4 +1,4 @@
-"""Response envelopes of the Verba-compatible API in XML, JSON, HTML and TEXT (api.md §2).
+"""Response envelopes of the Verba-compatible API in XML, JSON, HTML and TEXT (docs/api.md §2).
 
 Every value is treated as hostile: it is escaped for the output format so that no caller name,
 dialled number or parameter can inject markup, XML or lines. Built with plain string joins,
@@ -79,7 +79,7 @@ class NoPayload:
 @dataclass(frozen=True, slots=True)
 class CallInformationPayload:
     state: int  # 0 ongoing, 1 finished
-    # (element name, value or None = empty), in the order of api.md §6
+    # (element name, value or None = empty), in the order of docs/api.md §6
     fields: tuple[tuple[str, str | None], ...]
     # per recording: (element name, value) for id, native_id, start_time, end_time, manual
     recordings: tuple[tuple[tuple[str, str | None], ...], ...]

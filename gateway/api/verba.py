@@ -1,4 +1,4 @@
-"""The Verba Business API actions (api.md §6): RequestToken, GetCallID, KeepCall, GetCallInformation."""
+"""The Verba Business API actions (docs/api.md §6): RequestToken, GetCallID, KeepCall, GetCallInformation."""
 
 from __future__ import annotations
 

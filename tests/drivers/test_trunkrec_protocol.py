@@ -1,4 +1,4 @@
-"""TRUNKREC/1 wire format: framing with resync, parsing, encoding (trunkrec.md)."""
+"""TRUNKREC/1 wire format: framing with resync, parsing, encoding (docs/trunkrec.md)."""
 
 from __future__ import annotations
 

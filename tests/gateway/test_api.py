@@ -1,4 +1,4 @@
-"""The HTTP API end to end: a real Gateway on loopback, spoken to over HTTP (api.md §1–§6)."""
+"""The HTTP API end to end: a real Gateway on loopback, spoken to over HTTP (docs/api.md §1–§6)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """PBX record writer: what each format prints for a call reads back, through the gateway's own parsers, as the
-record(s) the spec's mapping gives (smdr-formats.md §2–§7); page headers are skipped, garbage is refused."""
+record(s) the mapping gives (docs/smdr.md, format reference); page headers are skipped, garbage is refused."""
 
 from __future__ import annotations
 
@@ -214,7 +214,7 @@ def want_mitel_mivb(f: Facts) -> list[Want]:
 
 
 def want_3cx(f: Facts) -> list[Want]:
-    """One record per call; extension = final-dn when the final party is an extension (spec §6 mapping): the
+    """One record per call; extension = final-dn when the final party is an extension (docs/smdr.md, 3cx mapping rules): the
     transfer target inbound, and for an intercom call the called extension (the caller is then other_number)."""
     plan = f.plan
     if f.direction is Direction.IN:
@@ -409,7 +409,7 @@ def test_line_breaks_in_text_never_reach_the_wire() -> None:
             assert not set(line) & set("\r\n\x00\x0c"), (fmt, line)
 
 
-# ---- layouts: byte-exact where the spec gives columns
+# ---- layouts: byte-exact where docs/smdr.md gives columns
 
 
 def test_panasonic_lines_fill_the_80_columns_of_the_header() -> None:
