@@ -350,9 +350,11 @@ class TrunkRecorderClient:
 
     def _dispatch(self, message: p.DeviceMessage) -> None:
         if isinstance(message, p.Reply):
-            self._missed_replies = 0
             future = self._pending.get(message.tag)
             if future is not None and not future.done():
+                # Only a reply in time proves the device alive: one that always answers after the timeout
+                # would otherwise keep a link up on which every request fails.
+                self._missed_replies = 0
                 future.set_result(message)
             else:
                 self._log.debug("reply to no pending request", tag=message.tag)

@@ -138,6 +138,17 @@ async def test_silence_times_out_and_three_misses_reconnect(client, sim, sink):
     assert client.connects == 2 and sink.count(RecorderSynced) > synced_before
 
 
+async def test_a_device_that_always_answers_too_late_is_declared_lost(client, sim, sink):
+    sim.reply_delay_s = TIMEOUT_S * 2  # every reply comes, after its request timed out
+    for _ in range(MAX_MISSED_REPLIES):
+        with pytest.raises(RecorderTimeout):
+            await client.request("PING")
+    sim.reply_delay_s = 0.0
+    await sink.next(RecorderSynced, after=len(sink.events))  # reconnected: a new session's replay
+    await client.wait_ready(WAIT_S)
+    assert client.connects == 2
+
+
 async def test_ping_watchdog_declares_a_silent_device_lost(sim, sink):
     sim.ignore_pings = True
     driver = make_client(f"tcp://127.0.0.1:{sim.port}", sink, ping_interval_s=0.05)
