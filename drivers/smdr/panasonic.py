@@ -1,4 +1,4 @@
-"""Panasonic KX-TD/TA/TDA/TDE/NCP/NS SMDR printer report → CallRecord (smdr-formats.md §3).
+"""Panasonic KX-TD/TA/TDA/TDE/NCP/NS SMDR printer report → CallRecord (docs/smdr.md).
 
 Pattern A lines are read by column when they line up with the 80-column header, otherwise by token.
 """
@@ -116,25 +116,38 @@ class _Fields:
     unknown: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class PanasonicSettings:
+    """A Panasonic link's options, checked and compiled (None: not set, learnt from the stream)."""
+
+    time_is: str | None
+    date_order: str | None
+    layout: str
+    dept: bool | None
+    merge_transfer_legs: bool
+
+
 class PanasonicParser(RecordParser):
     """One Panasonic SMDR link. Keeps what a header line told it (Dept column, KX-TA start times)."""
 
     format: ClassVar[str] = FORMAT
+    vendor: ClassVar[str] = "Panasonic"
+    settings: PanasonicSettings
 
     def __init__(self, link: str, *, tz: tzinfo, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(link, tz=tz, options=options)
-        self.validate_options(self.options)
-        self._time_is_option: str | None = _lower(self.options.get(OPTION_TIME_IS))
-        self._date_order: str | None = _lower(self.options.get(OPTION_DATE_ORDER))
-        self._layout = str(self.options.get(OPTION_LAYOUT, LAYOUT_A)).upper()
-        self._dept_option: bool | None = self.options.get(OPTION_DEPT)
-        self._merge_legs: bool = self.options.get(OPTION_MERGE_TRANSFER_LEGS, True)
+        settings = self.settings
+        self._time_is_option: str | None = settings.time_is
+        self._date_order: str | None = settings.date_order
+        self._layout = settings.layout
+        self._dept_option: bool | None = settings.dept
+        self._merge_legs: bool = settings.merge_transfer_legs
         # Learnt from header lines when the options leave them open.
         self._header_time_is: str | None = None
         self._header_dept: bool | None = None
 
     @classmethod
-    def validate_options(cls, options: Mapping[str, Any]) -> None:
+    def compile_options(cls, options: Mapping[str, Any]) -> PanasonicSettings:
         time_is = options.get(OPTION_TIME_IS)
         if time_is is not None and _lower(time_is) not in TIME_IS_VALUES:
             raise ValueError(f"{OPTION_TIME_IS}: must be one of {', '.join(TIME_IS_VALUES)}, not {time_is!r}")
@@ -148,6 +161,13 @@ class PanasonicParser(RecordParser):
             value = options.get(option)
             if value is not None and not isinstance(value, bool):
                 raise ValueError(f"{option}: must be true or false, not {value!r}")
+        return PanasonicSettings(
+            time_is=_lower(time_is),
+            date_order=_lower(date_order),
+            layout=str(layout if layout is not None else LAYOUT_A).upper(),
+            dept=options.get(OPTION_DEPT),
+            merge_transfer_legs=options.get(OPTION_MERGE_TRANSFER_LEGS, True),
+        )
 
     @property
     def time_is(self) -> str:
@@ -155,17 +175,7 @@ class PanasonicParser(RecordParser):
 
     # ---- lines
 
-    def feed(self, line: str, received_at: datetime) -> list[CallRecord]:
-        try:
-            return self._feed(line, received_at)
-        except SmdrParseError:
-            raise
-        except (ValueError, IndexError, OverflowError) as error:
-            raise SmdrParseError(f"unreadable Panasonic record: {error}") from error
-
-    def _feed(self, line: str, received_at: datetime) -> list[CallRecord]:
-        if not line.strip():
-            return []
+    def parse(self, line: str, received_at: datetime) -> list[CallRecord]:
         if not _DATE_AT_START.match(line):
             return self._non_record(line)
         fields = self._read_columns(line) or self._read_tokens(line)
