@@ -113,7 +113,10 @@ class AvayaIpoParser(RecordParser):
         caller = _drop_host(fields[F_CALLER])
         called = _drop_host(fields[F_CALLED_NUMBER]) or _drop_host(fields[F_DIALLED_NUMBER])
         extension = extension_devices[0][1:] if extension_devices else None
-        if extension is None and direction is Direction.OUT:
+        if extension is None and direction is Direction.OUT and not (trunk is party1 and _is_trunk(party2)):
+            # An outbound segment with no E party: the caller is the extension (a SIP or remote user) — unless
+            # both parties are trunks (the segment after an off-switch transfer joins two outside parties; the
+            # call keeps its extension from its other segments).
             extension = caller or None
         other_number = _other_number(direction, extension, extension_devices, caller, called)
 

@@ -32,6 +32,9 @@ DEFAULT_DIRECTION_FIELDS = True
 DEFAULT_EXTERNAL_TYPES = ("line", "externalline", "external", "trunk", "siptrunk", "gateway", "provider", "bridge")
 EXTENSION_TYPE = "extension"
 
+# *-type values of the PBX's own endpoints: a call ending there never reached a person.
+SYSTEM_TYPES = frozenset({"endcall", "ivr", "queue", "ringgroup", "voicemail", "vmail", "fax", "parking", "conference"})
+_OUTSIDE_NUMBER = re.compile(r"^\+?[\d*#]+$")
 EXTENSION_PREFIX = "ext."  # `Ext.101` in the *-no fields, compared case-insensitively
 CHAIN_SEPARATOR = ";"
 FIELD_STRIP = " \t\x00"
@@ -214,6 +217,10 @@ class ThreeCxParser(RecordParser):
             return Direction.INTERNAL if destination_is_extension else Direction.OUT
         if destination_is_extension or final.is_extension:
             return Direction.IN
+        # No extension on either side: an outside number that reached one of the PBX's own named endpoints
+        # (`EndCall`, an IVR, a queue — 3CX names those with words, outside parties with digits) called in.
+        if _OUTSIDE_NUMBER.match(source.number) and (destination.is_system or final.is_system):
+            return Direction.IN
         return Direction.UNKNOWN
 
 
@@ -231,6 +238,14 @@ class _Party:
     @property
     def is_extension(self) -> bool:
         return self.number.lower().startswith(EXTENSION_PREFIX) or type_key(self.type) == EXTENSION_TYPE
+
+    @property
+    def is_system(self) -> bool:
+        """One of the PBX's own named endpoints (`EndCall`, `Ivr…`, `Queue…`), not a person and not outside."""
+        if type_key(self.type) in SYSTEM_TYPES:
+            return True
+        name = self.number or self.dn
+        return bool(name) and name[0].isalpha() and not name.lower().startswith(EXTENSION_PREFIX)
 
     @property
     def extension(self) -> str | None:
