@@ -67,6 +67,14 @@ EXTRA_DID = "did"
 EXTRA_PARTIAL = "partial"
 EXTRA_UNPARSED = "unparsed"
 EXTRA_DURATION_OVERFLOW = "duration_overflow"
+EXTRA_TRANSFERRED = "transferred"
+EXTRA_CONFERENCE = "conference"
+EXTRA_FORWARDED = "forwarded"
+EXTRA_SPEED_CALL = "speed_call"
+TRANSFER_FLAGS = frozenset({"T", "X"})
+CONFERENCE_FLAG = "C"
+FORWARD_FLAG = "F"
+SPEED_CALL_FLAG = "S"
 
 # Standard 90-character record (vendor field table). ANI/DNIS and Network OLI follow when enabled.
 STANDARD_COLUMNS: Columns = {
@@ -293,6 +301,19 @@ class MitelMivbParser(RecordParser):
         }
         if overflow:
             extra[EXTRA_DURATION_OVERFLOW] = True
+
+        # Transfer/conference identifier (col 66 standard): T or X a transfer, C a conference, the second station
+        # in Third Party; speed call / call forward flag (col 61): S speed call, F forwarded.
+        transfer_flag = values.get(COL_TRANSFER, "").upper()
+        if transfer_flag in TRANSFER_FLAGS:
+            extra[EXTRA_TRANSFERRED] = True
+        elif transfer_flag == CONFERENCE_FLAG:
+            extra[EXTRA_CONFERENCE] = True
+        forward_flag = values.get(COL_FORWARD, "").upper()
+        if forward_flag == FORWARD_FLAG:
+            extra[EXTRA_FORWARDED] = True
+        elif forward_flag == SPEED_CALL_FLAG:
+            extra[EXTRA_SPEED_CALL] = True
 
         direction, extension, other_number, trunk = _parties(calling, called, digits, ani)
         if direction is Direction.IN and digits:
