@@ -124,7 +124,7 @@ TWO_DIGIT_YEAR_DIRECTIVE = "%y"
 PLACEHOLDER_LEAP_YEAR = 2000
 FORMAT_PROBE = datetime(2000, 12, 31, 13, 4, 5)  # every directive prints something strptime reads back
 
-# Page rules and other decoration lines: skipped silently (§1.2 rule 8).
+# Page rules and other decoration lines: skipped silently.
 _DECORATION = re.compile(r"^[\s\-=_*+|#~.]*$")
 
 

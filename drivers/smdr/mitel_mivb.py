@@ -436,7 +436,7 @@ def _party_kind(party: str) -> str:
 def _parties(
     calling: str, called: str, digits: str, ani: str
 ) -> tuple[Direction, str | None, str | None, str | None]:
-    """(direction, extension, other_number, trunk) from the calling and called parties (§5 Mapping).
+    """(direction, extension, other_number, trunk) from the calling and called parties.
 
     Calling trunk → in; called trunk → out; two stations → internal. A missing party (site layouts and
     anonymised logs leave one blank) reads as the trunk side: a station that dialled digits → out, a station

@@ -25,7 +25,7 @@ FORMAT = "nec-sv"
 OPTION_DATE = "date"  # PRG 35-02-14: Date column printed (default) or not
 # PTRS/ITRS records of one transferred call (one per station) become one call (default) or stay apart.
 OPTION_MERGE_TRANSFER_LEGS = "merge_transfer_legs"
-# A NEXT line follows its record at once; 2 s is ample even at 1200 baud (spec §4 "~2 s").
+# A NEXT line follows its record at once; 2 s is ample even at 1200 baud.
 HOLD_TIMEOUT_S = 2.0
 # A time-only record (ICM has no date) later than this after its receive time belongs to the previous day.
 TIME_ONLY_FUTURE_TOLERANCE = timedelta(hours=1)
@@ -281,7 +281,7 @@ class NecSvParser(RecordParser):
             answered=answered,
             extra=extra,
             # A trunk line carries one call at a time: a transfer's PTRS/ITRS record continues the record of
-            # that line which ended when it began (smdr-formats.md §4, multi-record calls).
+            # that line which ended when it began.
             leg_key=f"line {fields.line}" if self._merge_legs and fields.line else None,
             joins_leg=call_class in TRANSFER_CLASSES,
             leg_on_line=True,

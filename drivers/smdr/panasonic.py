@@ -306,7 +306,7 @@ class PanasonicParser(RecordParser):
         return fields
 
     def _read_body(self, body: list[str], fields: _Fields) -> None:
-        """Ext, [Dept], CO, Dial Number (spec §3 token mode)."""
+        """Ext, [Dept], CO, Dial Number, read by token (docs/smdr.md)."""
         bracket = next((index for index, token in enumerate(body) if token.startswith("<")), None)
         if bracket is not None:
             before, dial = body[:bracket], body[bracket:]

@@ -1,4 +1,4 @@
-"""Panasonic SMDR parser (smdr-formats.md §3): every spec sample, Pattern A columns, token mode, edge cases."""
+"""Panasonic SMDR parser: every spec sample, Pattern A columns, token mode, edge cases."""
 
 from __future__ import annotations
 
