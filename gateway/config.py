@@ -1184,6 +1184,16 @@ def _format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def _describe_link_variant(link: LinkConfig) -> str:
+    """How the link's format parser will read its lines (layout, time semantics …) before any line is seen."""
+    from drivers.smdr import create_parser  # late: the drivers import this module
+
+    try:
+        return create_parser(link).variant()
+    except Exception as error:  # a description must not make `check` fail; validation reports real problems
+        return f"unknown ({type(error).__name__}: {error})"
+
+
 def describe_config(config: GatewayConfig) -> str:
     """What the configuration would run, for `gateway check`; never shows a key, a hash or a login text."""
     http = config.http
@@ -1226,6 +1236,7 @@ def describe_config(config: GatewayConfig) -> str:
         if link.options:
             details.append("options: " + ", ".join(sorted(link.options)))
         lines.append(f"  {link.name}: {link.format} at {link.url} ({'; '.join(details)})")
+        lines.append(f"    reads lines as: {_describe_link_variant(link)}")
     lines.append(f"extensions ({len(config.extensions)}):")
     for extension in config.extensions:
         where = "no recorder channel"

@@ -61,6 +61,7 @@ class Tap:
         self.lines = 0
         self.records = 0
         self.errors = 0
+        self.variant = self.parser.variant()  # how the lines are read; shown again whenever a line changes it
 
     def say(self, kind: str, text: str, at: datetime | None = None) -> None:
         stamp = (at or utc_now()).astimezone().strftime("%H:%M:%S.%f")[:-3]
@@ -84,6 +85,14 @@ class Tap:
                 self.show_records(records)
             elif self.parser.hold_timeout_s == 0:
                 self.say("skip", "not a call record (header, separator, status line)", line.received_at)
+            self.show_variant_change(line.received_at)
+
+    def show_variant_change(self, at: datetime | None = None) -> None:
+        """A header, a date or a clock mark can change how later lines are read: say so the moment it does."""
+        variant = self.parser.variant()
+        if variant != self.variant:
+            self.variant = variant
+            self.say("layout", variant, at)
 
     def on_state(self, state: LinkState) -> None:
         self.say("link", state.value)
@@ -96,6 +105,7 @@ async def run_tap(config: GatewayConfig, link_name: str, out: TextIO) -> int:
         raise KeyError(f"no link named {link_name!r} in {config.source} (links: {names})")
     tap = Tap(link, out)
     tap.say("tap", f"{link.name}: {link.format} on {link.url} — Ctrl-C to stop")
+    tap.say("layout", tap.variant)
     transport = create_transport(link, tap.deliver, on_state=tap.on_state)
     async with stop_on_signals() as stop:
         await transport.open()

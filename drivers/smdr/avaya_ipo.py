@@ -1,4 +1,4 @@
-"""Avaya IP Office SMDR: one CSV record per call segment, mapped by field index (smdr-formats.md §2)."""
+"""Avaya IP Office SMDR: one CSV record per call segment, mapped by field index (docs/smdr.md)."""
 
 from __future__ import annotations
 
@@ -68,10 +68,9 @@ class AvayaIpoParser(RecordParser):
     (the Call ID) and all but the last have `more_follows` — the call tracker groups them."""
 
     format = "avaya-ipo"
+    vendor = "IP Office"
 
-    def feed(self, line: str, received_at: datetime) -> list[CallRecord]:
-        if not line.strip(FIELD_STRIP):
-            return []
+    def parse(self, line: str, received_at: datetime) -> list[CallRecord]:
         fields = [field.strip(FIELD_STRIP) for field in line.split(",")]
         try:
             start_local = _call_start(fields[F_CALL_START])
@@ -83,12 +82,10 @@ class AvayaIpoParser(RecordParser):
             raise SmdrParseError(f"call start {fields[F_CALL_START]!r} is not a YYYY/MM/DD HH:MM:SS date") from None
         if len(fields) < MIN_FIELDS:
             raise SmdrParseError(f"{len(fields)} fields, at least {MIN_FIELDS} needed")
-        try:
-            return [self._record(line, fields, start_local, received_at)]
-        except SmdrParseError:
-            raise
-        except (ValueError, IndexError, OverflowError) as error:
-            raise SmdrParseError(f"unreadable IP Office record: {error}") from None
+        return [self._record(line, fields, start_local, received_at)]
+
+    def variant(self) -> str:
+        return "IP Office: CSV by field index, start times, segments grouped by Call ID"
 
     def _record(self, raw: str, fields: list[str], start_local: datetime, received_at: datetime) -> CallRecord:
         # Written for speed (this runs for every record of a busy site, on the event loop): plain locals, no
@@ -116,7 +113,10 @@ class AvayaIpoParser(RecordParser):
         caller = _drop_host(fields[F_CALLER])
         called = _drop_host(fields[F_CALLED_NUMBER]) or _drop_host(fields[F_DIALLED_NUMBER])
         extension = extension_devices[0][1:] if extension_devices else None
-        if extension is None and direction is Direction.OUT:
+        if extension is None and direction is Direction.OUT and not (trunk is party1 and _is_trunk(party2)):
+            # An outbound segment with no E party: the caller is the extension (a SIP or remote user) — unless
+            # both parties are trunks (the segment after an off-switch transfer joins two outside parties; the
+            # call keeps its extension from its other segments).
             extension = caller or None
         other_number = _other_number(direction, extension, extension_devices, caller, called)
 

@@ -1,4 +1,5 @@
-"""What every SMDR/CDR format parser provides, and the time rules they share (smdr-formats.md §1.3)."""
+"""What every SMDR/CDR format parser provides — one `feed()` template over each format's `parse()` — and the
+time rules they share (docs/smdr.md)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,21 @@ import abc
 import functools
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, ClassVar
 
 from gateway.errors import LinkError
 from gateway.events import CallRecord
 
-# A record "more than 1 day after the receive time" belongs to the previous year (§1.3: `12/31` read on `01/01`).
+# A record "more than 1 day after the receive time" belongs to the previous year (`12/31` read on `01/01`).
 FUTURE_TOLERANCE = timedelta(days=1)
+# Blank lines and page decoration (rules of dashes, equals signs, stars, dots): never a record, in any format.
+_DECORATION_CHARS = " \t\v\r\n-=_*+|#~."
+_DECORATION = re.compile(r"^[\s\-=_*+|#~.]*$")
+_DECORATION_START = frozenset(_DECORATION_CHARS)  # a line starting with anything else is not decoration (fast)
+# What a format's `parse` may raise on a line it did not expect: turned into a quarantine reason by `feed`.
+STRAY_PARSE_ERRORS: tuple[type[Exception], ...] = (ValueError, IndexError, OverflowError)
 
 
 class SmdrParseError(LinkError):
@@ -22,6 +30,18 @@ class SmdrParseError(LinkError):
     def __init__(self, reason: str):
         self.reason = reason
         super().__init__(reason)
+
+
+@dataclass
+class HeldRecord:
+    """A record kept back for a continuation line (NEC `NEXT`, a custom `attach_regex`): the CallRecord fields
+    so far, built into a record only when released."""
+
+    raw: str
+    received_at: datetime
+    fields: dict[str, Any]
+    seq: int | None = None  # the journal line the record began on
+    continuation_lines: list[str] = field(default_factory=list)
 
 
 class RecordParser(abc.ABC):
@@ -33,9 +53,17 @@ class RecordParser(abc.ABC):
     separators and blank or status lines (skipped silently), or while a record is held waiting for a
     possible continuation. A line that cannot be understood raises SmdrParseError(reason): the link
     quarantines it and goes on with the next line.
+
+    A format implements `parse` (one non-blank, non-decoration line) and, when it has options,
+    `compile_options` (options → one frozen settings object, used both to refuse bad options at start-up and
+    by the parser as `self.settings`). `feed` does the rest once for every format.
     """
 
     format: ClassVar[str]
+    # How a quarantine reason names the format ("unreadable <vendor> record: …").
+    vendor: ClassVar[str] = "SMDR"
+    # Exceptions a stray value can raise inside `parse`; they become quarantine reasons, not parser failures.
+    parse_errors: ClassVar[tuple[type[Exception], ...]] = STRAY_PARSE_ERRORS
     # Seconds a held record may wait for a continuation line before `flush` releases it (0: never holds).
     hold_timeout_s: ClassVar[float] = 0.0
 
@@ -43,6 +71,7 @@ class RecordParser(abc.ABC):
         self.link = link
         self.tz = tz
         self.options: Mapping[str, Any] = options or {}
+        self.settings: Any = self.compile_options(self.options)
         # The journal seq of the line being fed (None when the caller has no journal, e.g. `gateway tap`):
         # records remember the line they began on, which is what a crash replay identifies them by.
         self.line_seq: int | None = None
@@ -50,6 +79,27 @@ class RecordParser(abc.ABC):
         # Lines whose content this parser still relies on (a page header, a date line): re-read before a
         # replay after a crash, however old. At most one per kind of context.
         self._context_seqs: dict[str, int] = {}
+        self._held: HeldRecord | None = None
+
+    # ---- options
+
+    @classmethod
+    def compile_options(cls, options: Mapping[str, Any]) -> Any:
+        """Options → this format's frozen settings; ValueError naming the key when one is wrong. Default: none.
+        Other keys are not refused: the link's own settings (idle_timeout, keepalive, encoding) arrive here too."""
+        return None
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> None:
+        """Refuse bad format options at start-up (raise ValueError naming the key)."""
+        cls.compile_options(options)
+
+    def variant(self) -> str:
+        """How this link's lines are being read (layout, time semantics, date order …), for `gateway tap` and
+        `gateway check`: a wrong guess should be visible at once."""
+        return self.vendor
+
+    # ---- crash-recovery bookkeeping
 
     def begin_line(self, seq: int | None) -> None:
         """The next `feed` is of journal line `seq`."""
@@ -68,27 +118,64 @@ class RecordParser(abc.ABC):
 
     def held_since_seq(self) -> int | None:
         """The journal line the oldest record this parser still holds began on (None: holds nothing)."""
-        return None
+        return self._held.seq if self._held is not None else None
 
     def resume(self) -> None:
         """Reading resumes mid-stream from the journal after a restart: no connection has just opened, so
         nothing per-connection (such as lines to skip after connecting) applies."""
 
-    @abc.abstractmethod
+    # ---- lines
+
     def feed(self, line: str, received_at: datetime) -> list[CallRecord]:
-        """Parse one line; `received_at` is timezone-aware UTC."""
+        """Parse one line; `received_at` is timezone-aware UTC. Blank and decoration lines are skipped here;
+        everything else goes to the format's `parse`, and a stray ValueError/IndexError becomes a quarantine
+        reason (SmdrParseError) instead of a parser failure."""
+        if not line or (line[0] in _DECORATION_START and _DECORATION.match(line)):
+            return self.skip_line()
+        try:
+            return self.parse(line, received_at)
+        except SmdrParseError:
+            raise
+        except self.parse_errors as error:
+            raise SmdrParseError(f"unreadable {self.vendor} record: {error}") from None
+
+    @abc.abstractmethod
+    def parse(self, line: str, received_at: datetime) -> list[CallRecord]:
+        """One line that is neither blank nor decoration → the records it completes (see the class docstring)."""
+
+    def skip_line(self) -> list[CallRecord]:
+        """A blank or decoration line: no record of its own; it ends any record held for a continuation."""
+        return self.release_held()
 
     def flush(self, now: datetime) -> list[CallRecord]:
-        """Release records held longer than `hold_timeout_s` (or all when the link closes: `now` = None semantics
-        are the caller's: it passes a time far in the future)."""
+        """Release a record held longer than `hold_timeout_s` (the link passes a time far in the future to
+        release everything when it closes)."""
+        held = self._held
+        if held is not None and (now - held.received_at).total_seconds() >= self.hold_timeout_s:
+            return self.release_held()
         return []
 
     def reset(self) -> None:
         """The link reconnected: forget per-connection state (e.g. lines to skip after connecting)."""
 
-    @classmethod
-    def validate_options(cls, options: Mapping[str, Any]) -> None:
-        """Refuse bad format options at start-up (raise ValueError naming the key); default: accept all."""
+    # ---- held records (one helper for every format that waits for continuation lines)
+
+    def hold(self, raw: str, received_at: datetime, fields: dict[str, Any]) -> list[CallRecord]:
+        """Keep a record (its CallRecord fields) back for continuation lines; returns the one held before."""
+        released = self.release_held()
+        self._held = HeldRecord(raw, received_at, fields, self.line_seq)
+        return released
+
+    @property
+    def held(self) -> HeldRecord | None:
+        return self._held
+
+    def release_held(self) -> list[CallRecord]:
+        """The held record, built now (it keeps the journal line it began on), or nothing."""
+        held, self._held = self._held, None
+        if held is None:
+            return []
+        return [self.record(held.raw, held.received_at, origin_seq=held.seq, **held.fields)]
 
     def record(self, raw: str, received_at: datetime, *, origin_seq: int | None = None, **fields: Any) -> CallRecord:
         """A CallRecord of this link and format, begun on the line being fed (or on `origin_seq`: a held record
@@ -109,7 +196,7 @@ class RecordParser(abc.ABC):
         )
 
 
-# ---- time helpers (smdr-formats.md §1.3)
+# ---- time helpers
 
 
 # In the hour a DST change repeats, the later reading is taken unless it lies more than this after the

@@ -1,4 +1,4 @@
-"""Generic configurable SMDR/CDR format: delimited, fixed-width or regex lines mapped by link options (smdr-formats.md §7)."""
+"""Generic configurable SMDR/CDR format: delimited, fixed-width or regex lines mapped by link options (docs/smdr.md)."""
 
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ TWO_DIGIT_YEAR_DIRECTIVE = "%y"
 PLACEHOLDER_LEAP_YEAR = 2000
 FORMAT_PROBE = datetime(2000, 12, 31, 13, 4, 5)  # every directive prints something strptime reads back
 
-# Page rules and other decoration lines: skipped silently (§1.2 rule 8).
+# Page rules and other decoration lines: skipped silently.
 _DECORATION = re.compile(r"^[\s\-=_*+|#~.]*$")
 
 
@@ -162,34 +162,26 @@ class CustomSettings:
     more_follows_value: str | None = None
 
 
-@dataclass
-class _Held:
-    """A record waiting for continuation lines."""
-
-    raw: str
-    received_at: datetime
-    fields: dict[str, Any]
-    seq: int | None = None  # the journal line the record began on
-
-
 class CustomParser(RecordParser):
     """A PBX without a dedicated parser, described by link options: how to cut a line into named values
     (`mode` + `fields`/`columns`/`pattern`) and how to read them (formats, year, direction map, grouping)."""
 
     format = "custom"
+    vendor = "custom-format"
+    parse_errors = (ValueError, IndexError, OverflowError, csv.Error)
+    settings: CustomSettings
     hold_timeout_s = HOLD_TIMEOUT_S  # only used when attach_regex is set
 
     def __init__(self, link: str, *, tz: tzinfo, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(link, tz=tz, options=options)
-        self._settings = compile_options(self.options)
+        self._settings = self.settings
         if self._settings.timezone is not None:
             self.tz = self._settings.timezone
         self._skip_remaining = self._settings.skip_first
-        self._held: _Held | None = None
 
     @classmethod
-    def validate_options(cls, options: Mapping[str, Any]) -> None:
-        compile_options(options)
+    def compile_options(cls, options: Mapping[str, Any]) -> CustomSettings:
+        return compile_options(options)
 
     def reset(self) -> None:
         self._skip_remaining = self._settings.skip_first
@@ -197,15 +189,19 @@ class CustomParser(RecordParser):
     def resume(self) -> None:
         self._skip_remaining = 0
 
-    def held_since_seq(self) -> int | None:
-        return self._held.seq if self._held is not None else None
+    def variant(self) -> str:
+        settings = self._settings
+        return f"custom: {settings.mode}, {settings.time_is} times" + (
+            ", continuation lines attached" if settings.attach_pattern is not None else ""
+        )
 
-    def flush(self, now: datetime) -> list[CallRecord]:
-        if self._held is not None and (now - self._held.received_at).total_seconds() >= self.hold_timeout_s:
-            return self._release()
-        return []
+    def skip_line(self) -> list[CallRecord]:
+        if self._skip_remaining > 0:  # a blank line right after connecting counts among the lines to skip
+            self._skip_remaining -= 1
+            return []
+        return super().skip_line()
 
-    def feed(self, line: str, received_at: datetime) -> list[CallRecord]:
+    def parse(self, line: str, received_at: datetime) -> list[CallRecord]:
         settings = self._settings
         if self._skip_remaining > 0:
             self._skip_remaining -= 1
@@ -214,20 +210,13 @@ class CustomParser(RecordParser):
             self._attach(line, _attached_text(line, match))
             return []
         if self._is_skipped(line):
-            return self._release()
+            return self.release_held()
         if len(line) < settings.min_length:
             raise SmdrParseError(f"line of {len(line)} characters, records have at least {settings.min_length}")
-        try:
-            fields = self._fields(self._values(line), received_at)
-        except SmdrParseError:
-            raise
-        except (ValueError, IndexError, OverflowError, csv.Error) as error:
-            raise SmdrParseError(f"unreadable record: {error}") from None
-        released = self._release()
+        fields = self._fields(self._values(line), received_at)
         if settings.attach_pattern is not None:
-            self._held = _Held(line, received_at, fields, self.line_seq)
-            return released
-        return [*released, self.record(line, received_at, **fields)]
+            return self.hold(line, received_at, fields)
+        return [*self.release_held(), self.record(line, received_at, **fields)]
 
     # ---- line → named values
 
@@ -464,12 +453,6 @@ class CustomParser(RecordParser):
         else:
             extra = held.fields["extra"]
             extra[target] = _joined(extra.get(target), text)
-
-    def _release(self) -> list[CallRecord]:
-        held, self._held = self._held, None
-        if held is None:
-            return []
-        return [self.record(held.raw, held.received_at, origin_seq=held.seq, **held.fields)]
 
 
 PARSER = CustomParser

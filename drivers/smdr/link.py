@@ -27,7 +27,7 @@ from gateway.store import JournalEntry, Store
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_ENCODING = "latin-1"  # never fails to decode; what most PBXs send (smdr-formats.md §1.2 rule 7)
+DEFAULT_ENCODING = "latin-1"  # never fails to decode; what most PBXs send (ASCII, IBM-ASCII, ISO-8859-1)
 # Held records (a NEC `NEXT` line may follow) are checked this often; their own wait is the parser's hold_timeout_s.
 HOLD_CHECK_INTERVAL_S = 0.5
 # Lines parsed per turn of the event loop before other work (API requests, other links) gets a turn: ~5 ms of

@@ -1,4 +1,4 @@
-"""Mitel MiVoice Business / 3300 ICP (SX-2000 lineage) SMDR: one fixed-width line per call (smdr-formats.md §5)."""
+"""Mitel MiVoice Business / 3300 ICP (SX-2000 lineage) SMDR: one fixed-width line per call (docs/smdr.md)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,14 @@ EXTRA_DID = "did"
 EXTRA_PARTIAL = "partial"
 EXTRA_UNPARSED = "unparsed"
 EXTRA_DURATION_OVERFLOW = "duration_overflow"
+EXTRA_TRANSFERRED = "transferred"
+EXTRA_CONFERENCE = "conference"
+EXTRA_FORWARDED = "forwarded"
+EXTRA_SPEED_CALL = "speed_call"
+TRANSFER_FLAGS = frozenset({"T", "X"})
+CONFERENCE_FLAG = "C"
+FORWARD_FLAG = "F"
+SPEED_CALL_FLAG = "S"
 
 # Standard 90-character record (vendor field table). ANI/DNIS and Network OLI follow when enabled.
 STANDARD_COLUMNS: Columns = {
@@ -166,8 +174,6 @@ _DURATION_STANDARD = re.compile(r"\d\d:\d\d:\d\d")
 _DURATION_EXTENDED = re.compile(r"\d{4}:\d\d:\d\d")
 _TRUNK = re.compile(r"^[TX]\d+$", re.IGNORECASE)
 _ATTENDANT = re.compile(r"^ATT\d*$", re.IGNORECASE)
-# Page rules and other decoration: nothing but separators.
-_DECORATION = re.compile(r"^[\s\-=_*.#~]*$")
 # Collapsed or damaged lines: flag, date, start, optional duration, calling party, rest.
 _TOKENS = re.compile(
     r"^\s*(?P<flag>[-%+])?(?P<date>\d\d/\d\d)\s+(?P<start>\d{1,2}:\d\d(?::\d\d)?)(?P<pm>[pP])?"
@@ -190,29 +196,47 @@ class MitelMivbParser(RecordParser):
     `extended_time_to_answer`, `metering`, `columns`) or detected per line; one record per line, no holding."""
 
     format = "mitel-mivb"
+    vendor = "Mitel SMDR"
+    settings: MitelOptions
 
     def __init__(self, link: str, *, tz: tzinfo, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(link, tz=tz, options=options)
-        self._settings = _compile_options(self.options)
+        self._settings = self.settings
         self._layouts: dict[tuple[str, bool], Columns] = {}
+        self._last_layout: tuple[str, bool] | None = None
         self._seen_pm = False  # a `p` proves a 12 h clock: then `12:xx` without it is just after midnight
 
     @classmethod
-    def validate_options(cls, options: Mapping[str, Any]) -> None:
-        _compile_options(options)
+    def compile_options(cls, options: Mapping[str, Any]) -> MitelOptions:
+        return _compile_options(options)
 
-    def feed(self, line: str, received_at: datetime) -> list[CallRecord]:
-        if _DECORATION.match(line):
-            return []
-        try:
-            columns = self._layout_for(line)
-            record = self._from_columns(line, columns, received_at)
-            if record is None:
-                record = self._from_tokens(line, received_at)
-        except SmdrParseError:
-            raise
-        except (ValueError, IndexError, OverflowError) as error:
-            raise SmdrParseError(f"unreadable Mitel SMDR record: {error}") from None
+    def variant(self) -> str:
+        settings = self._settings
+        if self._last_layout is not None:
+            layout, seconds = self._last_layout
+        else:
+            layout, seconds = settings.layout or "auto", settings.seconds_in_time
+        parts = [f"{layout} layout"]
+        if seconds:
+            parts.append("seconds in the start time")
+        if settings.extended_time_to_answer:
+            parts.append("extended time to answer")
+        if settings.metering:
+            parts.append("meter pulses")
+        if settings.clock == CLOCK_24H:
+            parts.append("24-hour clock")
+        elif settings.clock == CLOCK_12H or self._seen_pm:
+            parts.append("12-hour clock (p = PM)")
+        else:
+            parts.append("24-hour clock until a `p` is seen")
+        parts.append("start times, year inferred")
+        return "Mitel: " + ", ".join(parts)
+
+    def parse(self, line: str, received_at: datetime) -> list[CallRecord]:
+        columns = self._layout_for(line)
+        record = self._from_columns(line, columns, received_at)
+        if record is None:
+            record = self._from_tokens(line, received_at)
         return [record]
 
     # ---- layout
@@ -237,6 +261,7 @@ class MitelMivbParser(RecordParser):
             else:
                 layout = LAYOUT_EXTENDED if extended else LAYOUT_STANDARD
         key = (layout, seconds)
+        self._last_layout = key
         columns = self._layouts.get(key)
         if columns is None:
             columns = _build_layout(layout, seconds, settings)
@@ -276,6 +301,19 @@ class MitelMivbParser(RecordParser):
         }
         if overflow:
             extra[EXTRA_DURATION_OVERFLOW] = True
+
+        # Transfer/conference identifier (col 66 standard): T or X a transfer, C a conference, the second station
+        # in Third Party; speed call / call forward flag (col 61): S speed call, F forwarded.
+        transfer_flag = values.get(COL_TRANSFER, "").upper()
+        if transfer_flag in TRANSFER_FLAGS:
+            extra[EXTRA_TRANSFERRED] = True
+        elif transfer_flag == CONFERENCE_FLAG:
+            extra[EXTRA_CONFERENCE] = True
+        forward_flag = values.get(COL_FORWARD, "").upper()
+        if forward_flag == FORWARD_FLAG:
+            extra[EXTRA_FORWARDED] = True
+        elif forward_flag == SPEED_CALL_FLAG:
+            extra[EXTRA_SPEED_CALL] = True
 
         direction, extension, other_number, trunk = _parties(calling, called, digits, ani)
         if direction is Direction.IN and digits:
@@ -398,7 +436,7 @@ def _party_kind(party: str) -> str:
 def _parties(
     calling: str, called: str, digits: str, ani: str
 ) -> tuple[Direction, str | None, str | None, str | None]:
-    """(direction, extension, other_number, trunk) from the calling and called parties (§5 Mapping).
+    """(direction, extension, other_number, trunk) from the calling and called parties.
 
     Calling trunk → in; called trunk → out; two stations → internal. A missing party (site layouts and
     anonymised logs leave one blank) reads as the trunk side: a station that dialled digits → out, a station

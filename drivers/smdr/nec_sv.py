@@ -1,4 +1,4 @@
-"""NEC SL1000/SL1100/SL2100/SV8100/SV9100 SMDR report → CallRecord (smdr-formats.md §4).
+"""NEC SL1000/SL1100/SL2100/SV8100/SV9100 SMDR report → CallRecord (docs/smdr.md).
 
 Each record is held until the next line (or `hold_timeout_s`) because a `NEXT` line may carry its caller name.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from typing import Any, ClassVar
 
@@ -25,7 +25,7 @@ FORMAT = "nec-sv"
 OPTION_DATE = "date"  # PRG 35-02-14: Date column printed (default) or not
 # PTRS/ITRS records of one transferred call (one per station) become one call (default) or stay apart.
 OPTION_MERGE_TRANSFER_LEGS = "merge_transfer_legs"
-# A NEXT line follows its record at once; 2 s is ample even at 1200 baud (spec §4 "~2 s").
+# A NEXT line follows its record at once; 2 s is ample even at 1200 baud.
 HOLD_TIMEOUT_S = 2.0
 # A time-only record (ICM has no date) later than this after its receive time belongs to the previous day.
 TIME_ONLY_FUTURE_TOLERANCE = timedelta(hours=1)
@@ -79,72 +79,59 @@ _SEPARATOR = re.compile(r"^[\s\-=_*]+$")
 _MODEM_NOISE = re.compile(r"^AT")
 
 
-@dataclass
-class _Held:
-    record: CallRecord
-    since: datetime
+@dataclass(frozen=True)
+class NecSettings:
+    """An NEC link's options, checked and compiled."""
+
+    date_printed: bool  # PRG 35-02-14: the Date column is printed
+    merge_transfer_legs: bool
 
 
 class NecSvParser(RecordParser):
     """One NEC SV/SL link: remembers the page header's date (for the year) and holds the last record for `NEXT`."""
 
     format: ClassVar[str] = FORMAT
+    vendor: ClassVar[str] = "NEC"
     hold_timeout_s: ClassVar[float] = HOLD_TIMEOUT_S
+    settings: NecSettings
 
     def __init__(self, link: str, *, tz: tzinfo, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(link, tz=tz, options=options)
-        self.validate_options(self.options)
-        self._date_printed: bool = _flag(self.options.get(OPTION_DATE, True), OPTION_DATE)
-        self._merge_legs: bool = _flag(self.options.get(OPTION_MERGE_TRANSFER_LEGS, True), OPTION_MERGE_TRANSFER_LEGS)
+        self._date_printed = self.settings.date_printed
+        self._merge_legs = self.settings.merge_transfer_legs
         self._page_date: date | None = None
-        self._held: _Held | None = None
         self._previous_was_record = False
         self._in_summary = False
         # Non-call lines seen, by class (ALB, BFL, SDTA …) and NEXT/remainder lines that found no record.
         self.event_counts: Counter[str] = Counter()
 
     @classmethod
-    def validate_options(cls, options: Mapping[str, Any]) -> None:
-        for option in (OPTION_DATE, OPTION_MERGE_TRANSFER_LEGS):
-            value = options.get(option)
-            if value is not None:
-                _flag(value, option)
+    def compile_options(cls, options: Mapping[str, Any]) -> NecSettings:
+        return NecSettings(
+            date_printed=_flag(options.get(OPTION_DATE, True), OPTION_DATE),
+            merge_transfer_legs=_flag(options.get(OPTION_MERGE_TRANSFER_LEGS, True), OPTION_MERGE_TRANSFER_LEGS),
+        )
+
+    def variant(self) -> str:
+        date_column = "Date column printed" if self._date_printed else "no Date column (PRG 35-02-14 off)"
+        year = f"year {self._page_date.year} from the page header" if self._page_date else "year inferred"
+        return f"NEC: {date_column}, start times, {year}"
 
     # ---- holding
-
-    def flush(self, now: datetime | None) -> list[CallRecord]:
-        if self._held is None:
-            return []
-        if now is not None and (now - self._held.since).total_seconds() < self.hold_timeout_s:
-            return []
-        return self._release()
-
-    def held_since_seq(self) -> int | None:
-        return self._held.record.origin_seq if self._held is not None else None
 
     def reset(self) -> None:
         """Reconnected: a held record stays held (flush releases it); what the last line was is forgotten."""
         self._previous_was_record = False
         self._in_summary = False
 
-    def _release(self) -> list[CallRecord]:
-        held, self._held = self._held, None
-        return [held.record] if held else []
+    def skip_line(self) -> list[CallRecord]:
+        self._previous_was_record = False
+        return super().skip_line()
 
     # ---- lines
 
-    def feed(self, line: str, received_at: datetime) -> list[CallRecord]:
-        try:
-            return self._feed(line, received_at)
-        except SmdrParseError:
-            raise
-        except (ValueError, IndexError, OverflowError) as error:
-            raise SmdrParseError(f"unreadable NEC record: {error}") from error
-
-    def _feed(self, line: str, received_at: datetime) -> list[CallRecord]:
+    def parse(self, line: str, received_at: datetime) -> list[CallRecord]:
         tokens = line.split()
-        if not tokens:
-            return []
         if glued := _CLASS_GLUED_TO_TIME.match(tokens[0]):  # a 5-letter class fills col 5: `IVOTP10:52`
             tokens[:1] = glued.groups()
         first = tokens[0]
@@ -154,19 +141,17 @@ class NecSvParser(RecordParser):
         if first in DIRECTION_BY_CLASS or first in EVENT_CLASSES or self._looks_like_record(tokens):
             self._in_summary = False
             if first in EVENT_CLASSES:
-                return self._release() + self._event(first, tokens)
-            record = self._parse_record(line, tokens, received_at)  # raises before the held record is released
-            released = self._release()
-            self._held = _Held(record, received_at)
+                return self.release_held() + self._event(first, tokens)
+            fields = self._parse_record(line, tokens, received_at)  # raises before the held record is released
             self._previous_was_record = True
-            return released
+            return self.hold(line, received_at, fields)
         if self._skippable(line, first):
-            return self._release()
+            return self.release_held()
         # A line of its own right after a record: the wrapped remainder of an inline caller name.
-        if (self._held is not None or previous_was_record) and len(line.strip()) <= MAX_NAME_REMAINDER:
+        if (self.held is not None or previous_was_record) and len(line.strip()) <= MAX_NAME_REMAINDER:
             return self._attach_name(line.strip(), line, "wrapped")
         if self._in_summary:
-            return self._release()
+            return self.release_held()
         raise SmdrParseError(f"not an NEC SMDR line (unknown class {first[:12]!r})")
 
     def _looks_like_record(self, tokens: list[str]) -> bool:
@@ -196,13 +181,13 @@ class NecSvParser(RecordParser):
     def _attach_name(self, text: str, line: str, how: str) -> list[CallRecord]:
         """`NEXT <name>` or the wrapped remainder of an inline name → the held record's extra.caller_name, and
         the record is released; with nothing to attach to, the line is dropped (counted), never an error."""
-        record = self._held.record if self._held is not None else None
-        inline = record.extra.get("caller_name") if record is not None else None
-        if record is None or (how == "wrapped" and not inline):
+        held = self.held
+        inline = held.fields["extra"].get("caller_name") if held is not None else None
+        if held is None or (how == "wrapped" and not inline):
             self.event_counts[f"{how}_unattached"] += 1
             log.info("nec caller name line without a record to attach to, dropped", link=self.link, kind=how)
-            return self._release()
-        extra = dict(record.extra)
+            return self.release_held()
+        extra = dict(held.fields["extra"])
         if how == "next":
             if inline and not text.startswith(inline):
                 extra["inline_name"] = inline
@@ -211,8 +196,8 @@ class NecSvParser(RecordParser):
         else:
             extra["caller_name"] = f"{inline}{text}" if inline else text
         extra.setdefault("continuation_lines", []).append(line)
-        self._held = None
-        return [replace(record, extra=extra)]
+        held.fields["extra"] = extra
+        return self.release_held()
 
     def _event(self, code: str, tokens: list[str]) -> list[CallRecord]:
         """ALB (all lines busy), BFL (buffer full: records lost), SDTA/SAD/WAD: counted and logged, no record."""
@@ -228,7 +213,8 @@ class NecSvParser(RecordParser):
 
     # ---- records
 
-    def _parse_record(self, line: str, tokens: list[str], received_at: datetime) -> CallRecord:
+    def _parse_record(self, line: str, tokens: list[str], received_at: datetime) -> dict[str, Any]:
+        """The CallRecord fields of a call record line (held until the next line: a NEXT may follow)."""
         fields = self._read_columns(line) or self._read_tokens(tokens)
         call_class = tokens[0]
         received_local = local_now(received_at, self.tz)
@@ -283,9 +269,7 @@ class NecSvParser(RecordParser):
         elif answered is None and duration_s is not None and direction in (Direction.IN, Direction.INTERNAL):
             answered = True
 
-        return self.record(
-            line,
-            received_at,
+        return dict(
             start=start,
             end=end,
             duration_s=float(duration_s) if duration_s is not None else None,
@@ -297,7 +281,7 @@ class NecSvParser(RecordParser):
             answered=answered,
             extra=extra,
             # A trunk line carries one call at a time: a transfer's PTRS/ITRS record continues the record of
-            # that line which ended when it began (smdr-formats.md §4, multi-record calls).
+            # that line which ended when it began.
             leg_key=f"line {fields.line}" if self._merge_legs and fields.line else None,
             joins_leg=call_class in TRANSFER_CLASSES,
             leg_on_line=True,

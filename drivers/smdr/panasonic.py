@@ -1,4 +1,4 @@
-"""Panasonic KX-TD/TA/TDA/TDE/NCP/NS SMDR printer report → CallRecord (smdr-formats.md §3).
+"""Panasonic KX-TD/TA/TDA/TDE/NCP/NS SMDR printer report → CallRecord (docs/smdr.md).
 
 Pattern A lines are read by column when they line up with the 80-column header, otherwise by token.
 """
@@ -48,6 +48,7 @@ DATE_ORDERS = ("mdy", "dmy", "ymd")
 DATE_ORDER_BY_SEPARATOR = {"/": "mdy", ".": "dmy"}  # when `date_order` is not set
 LAYOUT_A, LAYOUT_B, LAYOUT_C = "A", "B", "C"
 LAYOUTS = (LAYOUT_A, LAYOUT_B, LAYOUT_C)
+_ORDER_TEXT = {"mdy": "m/d/y", "dmy": "d/m/y", "ymd": "y/m/d"}
 
 # ---- Pattern A, 80 columns (1-based inclusive in the spec → 0-based slices here)
 
@@ -69,19 +70,28 @@ SEPARATOR_INDEXES = (8, 16, 22, 25, 51, 56, 65)
 _DATE_AT_START = re.compile(r"^\s*(\d{1,2}|\*\*)([/.])(\d{1,2}|\*\*)\2(\d{4}|\d\d|\*\*)(?=\s|$)")
 _DATE_FRAGMENT = re.compile(r"^\s*[\d*]{1,2}[/.][\d*]{1,2}[/.]")  # a damaged record, not serial noise
 _TIME = re.compile(r"^(\*)?(\d{1,2}:\d\d(?:[AaPp][Mm])?)$")
-_DURATION = re.compile(r"^[\d*]{1,2}:[\d*]{2}'[\d*]{2}$")  # HH:MM'SS, `*` when the clock was changed
-_RING = re.compile(r"^[\d*]{1,2}'[\d*]{2}$")  # M'SS
+# HH:MM'SS, `*` when the clock was changed; older KX-T models close the seconds with `"` (00:00'38").
+_DURATION = re.compile(r"^[\d*]{1,2}:[\d*]{2}'[\d*]{2}\"?$")
+_RING = re.compile(r"^[\d*]{1,2}'[\d*]{2}\"?$")  # M'SS
 _CO_AB = re.compile(r"^\d{1,2}$")  # patterns A/B: 2 columns (`00` above 99)
 _CO_C = re.compile(r"^\d{1,4}$")  # pattern C: 4 columns
 _CD = re.compile(r"^[A-Za-z]{1,2}$")
-_COST = re.compile(r"^(\d+\.\s?\d+)\s?([A-Za-z]{1,3}|[£€$\x9c])?(?=\s|$)")
-_COST_TOKEN = re.compile(r"^\d+\.\d+(?:[A-Za-z]{1,3}|[£€$\x9c])$")  # a cost printed before the Duration (B/C)
+# A cost, its currency after (`00560.00EU`, `00007. 00`) or before it (`EU00000.00`).
+_CURRENCY = r"[A-Za-z]{1,3}|[£€$\x9c]"
+_COST = re.compile(rf"^(?:({_CURRENCY})\s?)?(\d+\.\s?\d+)\s?({_CURRENCY})?(?=\s|$)")
+# One token that can only be a cost (a currency on either side): printed before the Duration (B/C), or in the
+# Acc code columns of an 80-column line.
+_COST_TOKEN = re.compile(rf"^(?:(?:{_CURRENCY})\d+\.\d+|\d+\.\d+(?:{_CURRENCY}))$")
 _EMPTY_ACCOUNT = re.compile(r"^\.+$")  # `....`
 
-# Dial Number
-_INCOMING_TEXT = re.compile(r"^<\s*(?:(DISA|DIL)\s*)?incoming\s*>\s*(.*)$", re.IGNORECASE)
-_ID_MARKER = re.compile(r"(<[IiDd]>)")
-_INTERCOM = re.compile(r"^(.*?)\s*EXT$", re.IGNORECASE)
+# Dial Number. Only calls received from a trunk carry a bracketed marker: `<I>` before the caller (`<D>` before a
+# DDI/DID/MSN), KX-TA `< incoming >` / `< DISA incoming >` / `<DIL incoming>`, and localised or older texts
+# (`< DE >` — "from" —, `< DISA >`, `<INCOMING>`): any marker but `<D>` introduces the caller.
+_MARKER = re.compile(r"<\s*([^<>]*?)\s*>")
+_MARKER_DDI = "D"
+_INCOMING_TYPES = ("DISA", "DIL", "UCD")
+# Intercom: the dialled extension with `EXT` after it (`1235EXT`) or before it (`EXT1235`, KX-NS sample).
+_INTERCOM = re.compile(r"^(?:(.*?)\s*EXT|EXT\s*(\S+))$", re.IGNORECASE)
 _CO_TO_CO = re.compile(r"^C-\s?(\d+)$", re.IGNORECASE)
 DIAL_MARKERS = "PF=.Xx-"  # pause, EFA, host-PBX code, secret digit, privacy, transferred
 _MASKED_MARKERS = ".Xx"
@@ -94,6 +104,7 @@ _STATUS = re.compile(
     re.IGNORECASE,
 )
 _HEADER = re.compile(r"\bDate\b.*\bTime\b", re.IGNORECASE)
+_WORD = re.compile(r"[a-z]+")
 
 
 @dataclass
@@ -116,25 +127,41 @@ class _Fields:
     unknown: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class PanasonicSettings:
+    """A Panasonic link's options, checked and compiled (None: not set, learnt from the stream)."""
+
+    time_is: str | None
+    date_order: str | None
+    layout: str
+    dept: bool | None
+    merge_transfer_legs: bool
+
+
 class PanasonicParser(RecordParser):
     """One Panasonic SMDR link. Keeps what a header line told it (Dept column, KX-TA start times)."""
 
     format: ClassVar[str] = FORMAT
+    vendor: ClassVar[str] = "Panasonic"
+    settings: PanasonicSettings
 
     def __init__(self, link: str, *, tz: tzinfo, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(link, tz=tz, options=options)
-        self.validate_options(self.options)
-        self._time_is_option: str | None = _lower(self.options.get(OPTION_TIME_IS))
-        self._date_order: str | None = _lower(self.options.get(OPTION_DATE_ORDER))
-        self._layout = str(self.options.get(OPTION_LAYOUT, LAYOUT_A)).upper()
-        self._dept_option: bool | None = self.options.get(OPTION_DEPT)
-        self._merge_legs: bool = self.options.get(OPTION_MERGE_TRANSFER_LEGS, True)
+        settings = self.settings
+        self._time_is_option: str | None = settings.time_is
+        self._date_order: str | None = settings.date_order
+        self._layout = settings.layout
+        self._dept_option: bool | None = settings.dept
+        self._merge_legs: bool = settings.merge_transfer_legs
         # Learnt from header lines when the options leave them open.
         self._header_time_is: str | None = None
         self._header_dept: bool | None = None
+        # By separator: from a date only one order can read (13/02/24 → dmy).
+        self._learnt_date_order: dict[str, str] = {}
+        self._last_separator = "/"
 
     @classmethod
-    def validate_options(cls, options: Mapping[str, Any]) -> None:
+    def compile_options(cls, options: Mapping[str, Any]) -> PanasonicSettings:
         time_is = options.get(OPTION_TIME_IS)
         if time_is is not None and _lower(time_is) not in TIME_IS_VALUES:
             raise ValueError(f"{OPTION_TIME_IS}: must be one of {', '.join(TIME_IS_VALUES)}, not {time_is!r}")
@@ -148,24 +175,42 @@ class PanasonicParser(RecordParser):
             value = options.get(option)
             if value is not None and not isinstance(value, bool):
                 raise ValueError(f"{option}: must be true or false, not {value!r}")
+        return PanasonicSettings(
+            time_is=_lower(time_is),
+            date_order=_lower(date_order),
+            layout=str(layout if layout is not None else LAYOUT_A).upper(),
+            dept=options.get(OPTION_DEPT),
+            merge_transfer_legs=options.get(OPTION_MERGE_TRANSFER_LEGS, True),
+        )
 
     @property
     def time_is(self) -> str:
         return self._time_is_option or self._header_time_is or TIME_IS_END
 
+    def variant(self) -> str:
+        if self._time_is_option:
+            times = f"{self.time_is} times (time_is option)"
+        elif self._header_time_is == TIME_IS_START:
+            times = "start times (KX-TA/TEA header: `Code`, no `Acc code`/`CD`)"
+        elif self._header_time_is == TIME_IS_END:
+            times = "end times (KX-TD/TDA/TDE/NCP/NS header)"
+        else:
+            times = "end times (default; no header seen yet)"
+        if self._date_order:
+            order = f"{_ORDER_TEXT[self._date_order]} (date_order option)"
+        elif learnt := self._learnt_date_order.get(self._last_separator):
+            order = f"{_ORDER_TEXT[learnt]} (seen in a date)"
+        else:
+            order = f"{_ORDER_TEXT[DATE_ORDER_BY_SEPARATOR[self._last_separator]]} (from the separator, not yet confirmed)"
+        parts = [times, order, f"layout {self._layout}"]
+        dept = self._dept_option if self._dept_option is not None else self._header_dept
+        if dept:
+            parts.append("Dept column")
+        return "Panasonic: " + ", ".join(parts)
+
     # ---- lines
 
-    def feed(self, line: str, received_at: datetime) -> list[CallRecord]:
-        try:
-            return self._feed(line, received_at)
-        except SmdrParseError:
-            raise
-        except (ValueError, IndexError, OverflowError) as error:
-            raise SmdrParseError(f"unreadable Panasonic record: {error}") from error
-
-    def _feed(self, line: str, received_at: datetime) -> list[CallRecord]:
-        if not line.strip():
-            return []
+    def parse(self, line: str, received_at: datetime) -> list[CallRecord]:
         if not _DATE_AT_START.match(line):
             return self._non_record(line)
         fields = self._read_columns(line) or self._read_tokens(line)
@@ -186,11 +231,16 @@ class PanasonicParser(RecordParser):
         return []
 
     def _learn_header(self, line: str) -> None:
-        """A column header confirms the layout: `Dept` column; KX-TA (`Code`, no `Ring`) prints start times."""
-        words = {word.strip(".:").lower() for word in line.split()}
+        """A column header confirms the layout: a `Dept` column, and which family printed it.
+
+        What tells the families apart is the account column: KX-TA/TEA/TES (start times) head it `Code` and
+        have no `CD` column; KX-TD/TDA/TDE/NCP/NS (end times) head it `Acc code` (or `Acc`) beside a `CD`
+        column. Whether a `Ring` column is printed is a programmable option of the latter, not a model trait.
+        """
+        words = set(_WORD.findall(line.lower()))
         self.note_context("header")
         self._header_dept = "dept" in words
-        if "code" in words and "ring" not in words:  # KX-TA616: `Date Time Ext. CO Dial number Duration Code`
+        if "code" in words and "acc" not in words and "cd" not in words:  # `… Dial number Duration Code`
             self._header_time_is = TIME_IS_START
         else:
             self._header_time_is = TIME_IS_END
@@ -237,6 +287,11 @@ class PanasonicParser(RecordParser):
         if duration_index is None:
             if _STATUS.search(line):
                 return None
+            if any(_INTERCOM.match(token) for token in tokens[3:]):
+                # An intercom record: the PBX prints no Duration for extension-to-extension calls.
+                fields = _Fields(mode="tokens", date=tokens[0], time=tokens[1], ext="")
+                self._read_body(tokens[2:], fields)
+                return fields
             raise SmdrParseError("Panasonic record without a Duration (HH:MM'SS)")
         fields = _Fields(mode="tokens", date=tokens[0], time=tokens[1], ext="", duration=tokens[duration_index])
         body_end = duration_index
@@ -251,7 +306,7 @@ class PanasonicParser(RecordParser):
         return fields
 
     def _read_body(self, body: list[str], fields: _Fields) -> None:
-        """Ext, [Dept], CO, Dial Number (spec §3 token mode)."""
+        """Ext, [Dept], CO, Dial Number, read by token (docs/smdr.md)."""
         bracket = next((index for index, token in enumerate(body) if token.startswith("<")), None)
         if bracket is not None:
             before, dial = body[:bracket], body[bracket:]
@@ -292,7 +347,7 @@ class PanasonicParser(RecordParser):
         text = " ".join(rest)
         cost = _COST.match(text)
         if cost:
-            fields.cost, fields.currency = cost.group(1), cost.group(2) or ""
+            fields.cost, fields.currency = cost.group(2), cost.group(1) or cost.group(3) or ""
             text = text[cost.end() :].strip()
         rest = text.split()
         if rest:
@@ -308,11 +363,13 @@ class PanasonicParser(RecordParser):
         clock, transferred = self._parse_time(fields.time)
         if transferred:
             extra["transferred"] = True
-        duration_s = _parse_span(fields.duration, "Duration")
+        duration_s = _parse_span(fields.duration, "Duration") if fields.duration else None
         ring_s = _parse_span(fields.ring, "Ring") if fields.ring else None
         times_known = day is not None and clock is not None
-        if not times_known or duration_s is None or (fields.ring and ring_s is None):
+        if not times_known or (fields.duration and duration_s is None) or (fields.ring and ring_s is None):
             extra["times_unknown"] = True
+        if not fields.duration:  # intercom: the call ended at the printed time; how long it lasted is not printed
+            extra["duration_unknown"] = True
         start = end = None
         if times_known:
             stamp = to_utc(datetime(day.year, day.month, day.day, *clock), self.tz, received_at)
@@ -331,6 +388,10 @@ class PanasonicParser(RecordParser):
             extra["dept"] = fields.dept
         if fields.cd:
             extra["cd"] = fields.cd.upper()
+        if fields.account and not fields.cost and _COST_TOKEN.match(fields.account):
+            cost = _COST.match(fields.account)  # a cost with its currency in the Acc code columns: no account
+            assert cost is not None
+            fields.cost, fields.currency, fields.account = cost.group(2), cost.group(1) or cost.group(3) or "", ""
         if fields.cost:
             extra["cost"] = fields.cost.replace(" ", "")
             if fields.currency:
@@ -338,11 +399,14 @@ class PanasonicParser(RecordParser):
         if fields.unknown:
             extra["unknown_tokens"] = fields.unknown
         account = fields.account if fields.account and not _EMPTY_ACCOUNT.match(fields.account) else None
-        # CO-to-CO transfers, forwards and DISA calls are logged twice, incoming and outgoing, marked TR/FW
-        # (smdr-formats.md §3, samples: the incoming leg TR, then the outgoing leg FW). The FW record joins the
-        # TR record whose time it overlaps; a TR never joins anything, so two TR records stay two calls.
+        # A call transferred or forwarded to an outside line (trunk to trunk) is logged twice under the extension
+        # that sent it out: the incoming leg (`<I>`, with or without a code) and the outgoing leg, marked TR or
+        # FW. Both carry a key naming that extension; the tracker joins an incoming and an outgoing leg of the
+        # same extension whose times meet, and never two of one direction or a guess between several.
         code = (fields.cd or "").upper()
-        transfer_leg = self._merge_legs and code in TRANSFER_LEG_CODES
+        transfer_leg = self._merge_legs and bool(fields.ext) and (
+            code in TRANSFER_LEG_CODES or direction is Direction.IN
+        )
         return self.record(
             line,
             received_at,
@@ -356,8 +420,8 @@ class PanasonicParser(RecordParser):
             trunk=fields.co or None,
             account=account,
             extra=extra,
-            leg_key=TRANSFER_LEG_KEY if transfer_leg else None,
-            joins_leg=transfer_leg and code == CODE_FORWARD,
+            leg_key=f"{TRANSFER_LEG_KEY} {fields.ext}" if transfer_leg else None,
+            joins_leg=transfer_leg,
         )
 
     def _parse_date(self, text: str, received_local: datetime) -> datetime | None:
@@ -367,7 +431,10 @@ class PanasonicParser(RecordParser):
         first, separator, second, third = match.groups()
         if "*" in first + second + third:
             return None  # `**/**/**`: date unknown, record kept
-        order = self._date_order or DATE_ORDER_BY_SEPARATOR[separator]
+        self._last_separator = separator
+        if self._date_order is None and separator not in self._learnt_date_order:
+            self._learn_date_order(separator, first, second)
+        order = self._date_order or self._learnt_date_order.get(separator) or DATE_ORDER_BY_SEPARATOR[separator]
         if order == "mdy":
             month_text, day_text, year_text = first, second, third
         elif order == "dmy":
@@ -379,6 +446,19 @@ class PanasonicParser(RecordParser):
             return datetime(year, int(month_text), int(day_text))
         except ValueError as error:
             raise SmdrParseError(f"bad Panasonic date {text!r} ({order})") from error
+
+    def _learn_date_order(self, separator: str, first: str, second: str) -> None:
+        """Day/month or month/day, when a date shows it (a first number over 12 is a day, and so is a second
+        one): the separator alone does not tell (KX-TA624 and KX-TD816 print `31/12/98`)."""
+        if len(first) > 2 or len(second) > 2:  # year first
+            return
+        if int(first) > 12 >= int(second):
+            self._learnt_date_order[separator] = "dmy"
+        elif int(second) > 12 >= int(first):
+            self._learnt_date_order[separator] = "mdy"
+        else:
+            return
+        self.note_context(f"date_order {separator}")
 
     @staticmethod
     def _parse_time(text: str) -> tuple[tuple[int, int, int] | None, bool]:
@@ -403,7 +483,7 @@ def _parse_span(text: str, name: str) -> int | None:
     if "*" in text:
         return None
     try:
-        return parse_duration(text)
+        return parse_duration(text.rstrip('"'))
     except ValueError as error:
         raise SmdrParseError(f"bad Panasonic {name} {text!r}") from error
 
@@ -425,31 +505,28 @@ def _parse_dial(text: str) -> tuple[Direction, str | None, dict[str, Any]]:
     if not text:
         return Direction.UNKNOWN, None, {}
     extra: dict[str, Any] = {"dial_number": text}
-    incoming = _INCOMING_TEXT.match(text)
-    if incoming:  # KX-TA `< incoming >`, `< DISA incoming >`, `<DIL incoming>`
-        if incoming.group(1):
-            extra["incoming_type"] = incoming.group(1).upper()
-        number, caller_extra = _caller(incoming.group(2))
-        extra.update(caller_extra)
-        return Direction.IN, number, extra
-    if _ID_MARKER.search(text):  # `<I>` caller, optionally after `<D>` DDI/DID/MSN
-        parts = _ID_MARKER.split(text)
+    if _MARKER.search(text):  # received from a trunk: `<D>` DDI, then the caller after any other marker
+        parts = _MARKER.split(text)
         number = None
         if parts[0].strip():
             extra["dial_prefix"] = parts[0].strip()
         for marker, value in zip(parts[1::2], parts[2::2]):
-            if marker.upper() == "<D>":
+            word = " ".join(marker.split()).upper()
+            if word == _MARKER_DDI:
                 if value.strip():
                     extra["ddi"] = re.sub(r"\s", "", value)
-            else:
-                number, caller_extra = _caller(value)
-                extra.update(caller_extra)
+                continue
+            kind = next((kind for kind in _INCOMING_TYPES if word.startswith(kind)), None)
+            if kind:
+                extra["incoming_type"] = kind
+            if word not in ("I", "INCOMING"):
+                extra["incoming_marker"] = marker.strip()
+            number, caller_extra = _caller(value)
+            extra.update(caller_extra)
         return Direction.IN, number, extra
-    if text.startswith("<"):
-        return Direction.UNKNOWN, None, extra
     intercom = _INTERCOM.match(text)
     if intercom:
-        target = intercom.group(1).strip()
+        target = (intercom.group(1) or intercom.group(2) or "").strip()
         return Direction.INTERNAL, target or None, extra
     co_to_co = _CO_TO_CO.match(text)
     if co_to_co:  # CO-to-CO call through DISA: `C-xx`

@@ -1,10 +1,11 @@
-"""3CX CDR over a socket: one comma-separated line per call, fields in an admin-chosen order (smdr-formats.md §6)."""
+"""3CX CDR over a socket: one comma-separated line per call, fields in an admin-chosen order (docs/smdr.md)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta, tzinfo
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from drivers.smdr.base import RecordParser, SmdrParseError, parse_duration, to_utc
@@ -31,6 +32,9 @@ DEFAULT_DIRECTION_FIELDS = True
 DEFAULT_EXTERNAL_TYPES = ("line", "externalline", "external", "trunk", "siptrunk", "gateway", "provider", "bridge")
 EXTENSION_TYPE = "extension"
 
+# *-type values of the PBX's own endpoints: a call ending there never reached a person.
+SYSTEM_TYPES = frozenset({"endcall", "ivr", "queue", "ringgroup", "voicemail", "vmail", "fax", "parking", "conference"})
+_OUTSIDE_NUMBER = re.compile(r"^\+?[\d*#]+$")
 EXTENSION_PREFIX = "ext."  # `Ext.101` in the *-no fields, compared case-insensitively
 CHAIN_SEPARATOR = ";"
 FIELD_STRIP = " \t\x00"
@@ -46,28 +50,25 @@ TO = ("to-no", "to-dn", "to-type")
 FINAL = ("final-number", "final-dn", "final-type")
 
 
+@dataclass(frozen=True)
+class ThreeCxSettings:
+    """A 3CX link's options, checked and compiled."""
+
+    fields: tuple[str, ...]  # the configured field names, normalised, in output order
+    types_give_direction: bool  # from-type and to-type/final-type are configured and to be used
+    external_types: frozenset[str]  # type_key() of the *-type values meaning an external party
+
+
 class ThreeCxParser(RecordParser):
     """3CX CDR: one record per call (routing history in `chain`), no continuation lines."""
 
     format = "3cx"
 
-    def __init__(self, link: str, *, tz: tzinfo, options: Mapping[str, Any] | None = None) -> None:
-        super().__init__(link, tz=tz, options=options)
-        self.validate_options(self.options)
-        self.fields: tuple[str, ...] = tuple(
-            field_key(name) for name in self.options.get(OPTION_FIELDS) or DEFAULT_FIELDS
-        )
-        use_types = self.options.get(OPTION_DIRECTION_FIELDS, DEFAULT_DIRECTION_FIELDS)
-        self.types_give_direction = bool(use_types) and "from-type" in self.fields and (
-            "to-type" in self.fields or "final-type" in self.fields
-        )
-        self.external_types = frozenset(
-            type_key(name) for name in self.options.get(OPTION_EXTERNAL_TYPES, DEFAULT_EXTERNAL_TYPES)
-        )
+    vendor = "3CX"
+    settings: ThreeCxSettings
 
     @classmethod
-    def validate_options(cls, options: Mapping[str, Any]) -> None:
-        # Other keys are not refused: the link's own settings (idle_timeout, keepalive) arrive here too.
+    def compile_options(cls, options: Mapping[str, Any]) -> ThreeCxSettings:
         if OPTION_FIELDS in options:
             names = options[OPTION_FIELDS]
             if isinstance(names, str) or not isinstance(names, Sequence) or not names:
@@ -89,19 +90,35 @@ class ThreeCxParser(RecordParser):
                 or not all(isinstance(name, str) and type_key(name) for name in types)
             ):
                 raise ValueError(f"{OPTION_EXTERNAL_TYPES}: must be a list of 3CX party type names (e.g. Line)")
+        fields = tuple(field_key(name) for name in options.get(OPTION_FIELDS) or DEFAULT_FIELDS)
+        use_types = options.get(OPTION_DIRECTION_FIELDS, DEFAULT_DIRECTION_FIELDS)
+        return ThreeCxSettings(
+            fields=fields,
+            types_give_direction=bool(use_types)
+            and "from-type" in fields
+            and ("to-type" in fields or "final-type" in fields),
+            external_types=frozenset(
+                type_key(name) for name in options.get(OPTION_EXTERNAL_TYPES, DEFAULT_EXTERNAL_TYPES)
+            ),
+        )
 
-    def feed(self, line: str, received_at: datetime) -> list[CallRecord]:
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return self.settings.fields
+
+    def variant(self) -> str:
+        settings = self.settings
+        layout = "default 20 fields" if settings.fields == DEFAULT_FIELDS else f"{len(settings.fields)} fields"
+        direction = "direction from the type fields" if settings.types_give_direction else "direction from the parties"
+        return f"3CX: {layout}, {direction}"
+
+    def parse(self, line: str, received_at: datetime) -> list[CallRecord]:
         if not line.strip(FIELD_STRIP):
             return []
         values = self._split(line)
         if values is None:
             return []
-        try:
-            return [self._record(line, dict(zip(self.fields, values)), received_at)]
-        except SmdrParseError:
-            raise
-        except (ValueError, IndexError, OverflowError) as error:
-            raise SmdrParseError(f"unreadable 3CX record: {error}") from None
+        return [self._record(line, dict(zip(self.fields, values)), received_at)]
 
     def _split(self, line: str) -> list[str] | None:
         """The line's values, one per configured field; None for a header line (the field names)."""
@@ -189,16 +206,20 @@ class ThreeCxParser(RecordParser):
     def _direction(self, parties: dict[tuple[str, str, str], _Party]) -> Direction:
         source, destination, final = parties[FROM], parties[TO], parties[FINAL]
         destination_type = destination.type or final.type
-        if self.types_give_direction and source.type and destination_type:
-            if type_key(source.type) in self.external_types:
+        if self.settings.types_give_direction and source.type and destination_type:
+            if type_key(source.type) in self.settings.external_types:
                 return Direction.IN
-            if type_key(destination_type) in self.external_types:
+            if type_key(destination_type) in self.settings.external_types:
                 return Direction.OUT
             return Direction.INTERNAL
         destination_is_extension = destination.is_extension if destination.number else final.is_extension
         if source.is_extension:
             return Direction.INTERNAL if destination_is_extension else Direction.OUT
         if destination_is_extension or final.is_extension:
+            return Direction.IN
+        # No extension on either side: an outside number that reached one of the PBX's own named endpoints
+        # (`EndCall`, an IVR, a queue — 3CX names those with words, outside parties with digits) called in.
+        if _OUTSIDE_NUMBER.match(source.number) and (destination.is_system or final.is_system):
             return Direction.IN
         return Direction.UNKNOWN
 
@@ -217,6 +238,14 @@ class _Party:
     @property
     def is_extension(self) -> bool:
         return self.number.lower().startswith(EXTENSION_PREFIX) or type_key(self.type) == EXTENSION_TYPE
+
+    @property
+    def is_system(self) -> bool:
+        """One of the PBX's own named endpoints (`EndCall`, `Ivr…`, `Queue…`), not a person and not outside."""
+        if type_key(self.type) in SYSTEM_TYPES:
+            return True
+        name = self.number or self.dn
+        return bool(name) and name[0].isalpha() and not name.lower().startswith(EXTENSION_PREFIX)
 
     @property
     def extension(self) -> str | None:

@@ -311,10 +311,11 @@ async def test_spec_transfer_legs_through_the_real_parsers_are_one_call(tracker)
     panasonic = PanasonicParser("pbx-pana", tz=timezone.utc)
     legs = [
         record
-        for line in ("06/24/97 10:08AM 15 1 <I> 00:10'01 431211 TR", "06/24/97 10:09AM 18 1 10222P1-202-346-7890 00:09'18 001 FW")
+        # Both legs of a trunk-to-trunk call are printed under the extension that sent it out, on two CO lines.
+        for line in ("06/24/97 10:08AM 15 1 <I> 00:10'01 431211 TR", "06/24/97 10:09AM 15 2 10222P1-202-346-7890 00:09'18 001 FW")
         for record in panasonic.feed(line, received)
     ]
-    assert [leg.joins_leg for leg in legs] == [False, True]
+    assert [leg.joins_leg for leg in legs] == [True, True]
     calls = {tracker.apply(leg).call_id for leg in legs}
     assert len(calls) == 1
 

@@ -1,4 +1,4 @@
-"""Avaya IP Office SMDR parser: the spec's sample lines and the edge cases of smdr-formats.md §2."""
+"""Avaya IP Office SMDR parser: the vendor's sample lines and the documented edge cases (docs/smdr.md)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def only(line: str, tz=UTC):
     return records[0]
 
 
-# Every sample line of smdr-formats.md §2, byte for byte, with what it must map to (link zone UTC).
+# Every vendor sample line (IP Office SMDR examples), byte for byte, with what it must map to (link zone UTC).
 # (line, start, end, extension, other_number, direction, platform_call_id, answered, duration_s)
 SPEC_SAMPLES = [
     pytest.param(

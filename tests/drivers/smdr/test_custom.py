@@ -1,4 +1,4 @@
-"""Generic configurable parser: delimited, fixed and regex modes, skipping, continuation lines, option checks (§7)."""
+"""Generic configurable parser: delimited, fixed and regex modes, skipping, continuation lines, option checks."""
 
 from __future__ import annotations
 

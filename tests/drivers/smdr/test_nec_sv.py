@@ -1,4 +1,4 @@
-"""NEC SV/SL SMDR parser (smdr-formats.md §4): spec samples, exact columns, NEXT holding, years, edge cases."""
+"""NEC SV/SL SMDR parser: spec samples, exact columns, NEXT holding, years, edge cases."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Panasonic SMDR parser (smdr-formats.md §3): every spec sample, Pattern A columns, token mode, edge cases."""
+"""Panasonic SMDR parser: every spec sample, Pattern A columns, token mode, edge cases."""
 
 from __future__ import annotations
 
@@ -350,14 +350,16 @@ def test_good_options_are_accepted():
     PanasonicParser.validate_options({"time_is": "start", "date_order": "dmy", "layout": "c", "dept": True})
 
 
-def test_transfer_and_forward_records_are_legs_unless_turned_off():
-
+def test_trunk_to_trunk_legs_are_keyed_by_the_extension_that_sent_the_call_out_unless_turned_off():
+    """Incoming legs and TR/FW legs carry the extension's key (the tracker joins an incoming and an outgoing leg
+    of one extension that meet in time); a plain outgoing record is no leg."""
     received = datetime(1997, 6, 24, 10, 15, tzinfo=timezone.utc)
     lines = ("06/24/97 10:08AM 15 1 <I> 00:10'01 431211 TR", "06/24/97 10:09AM 18 1 10222P1-202-346-7890 00:09'18 001 FW",
-             "06/24/97 10:03AM 11 1 1234567890123456789012345 00:05'12 1234567890")
+             "06/24/97 10:03AM 11 1 1234567890123456789012345 00:05'12 1234567890",
+             "06/24/97 10:09AM 18 2 <I>0123456 00:09'20")
     parser = PanasonicParser("pbx", tz=timezone.utc)
     legs = [(record.leg_key, record.joins_leg) for line in lines for record in parser.feed(line, received)]
-    assert legs == [("co-transfer", False), ("co-transfer", True), (None, False)]
+    assert legs == [("co-transfer 15", True), ("co-transfer 18", True), (None, False), ("co-transfer 18", True)]
     parser = PanasonicParser("pbx", tz=timezone.utc, options={"merge_transfer_legs": False})
     assert all(record.leg_key is None for line in lines for record in parser.feed(line, received))
     with pytest.raises(ValueError, match="merge_transfer_legs"):

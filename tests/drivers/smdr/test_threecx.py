@@ -1,4 +1,4 @@
-"""3CX CDR parser: the common field order, configured orders, options and the edge cases of smdr-formats.md §6."""
+"""3CX CDR parser: the common field order, configured orders, options and the documented edge cases (docs/smdr.md)."""
 
 from __future__ import annotations
 
