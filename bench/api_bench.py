@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from benchlib import ROOT, free_port  # noqa: E402 — bench/ is the script folder
+from benchlib import ROOT, free_port, require_tool  # noqa: E402 — bench/ is the script folder
 sys.path.insert(0, str(ROOT))
 
 from gateway.model import Call, CallState, Direction, RecordingMode, new_id  # noqa: E402
@@ -194,8 +194,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--kinds", default="ongoing,last,platformCallID")
     args = parser.parse_args()
-    if not shutil.which("wrk"):
-        raise SystemExit("wrk is needed for the load: apt-get install wrk")
+    require_tool("wrk", "apt-get install wrk")
 
     with tempfile.TemporaryDirectory(prefix="api-bench-") as tmp:
         folder = Path(tmp)

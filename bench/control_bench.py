@@ -16,7 +16,6 @@ import asyncio
 import multiprocessing
 import os
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import aiohttp
 
-from benchlib import ROOT, free_port  # noqa: E402 — bench/ is the script folder
+from benchlib import ROOT, free_port, percentile  # noqa: E402 — bench/ is the script folder
 sys.path.insert(0, str(ROOT))
 
 from drivers.trunkrec import protocol as p  # noqa: E402
@@ -229,7 +228,7 @@ async def main(iterations: int, sync: str) -> None:
             sim.close()
 
     def ms(values: list[float], q: float) -> float:
-        return statistics.quantiles(values, n=100)[q - 1] * 1000 if q != 50 else statistics.median(values) * 1000
+        return percentile(values, q) * 1000
 
     print(f"{iterations} start+stop pairs each, interleaved; gateway (store sync: {sync}), simulator and client"
           " in three processes")

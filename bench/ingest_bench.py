@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import aiohttp
 
-from benchlib import ROOT, free_port  # noqa: E402 — bench/ is the script folder
+from benchlib import ROOT, free_port, summary_ms  # noqa: E402 — bench/ is the script folder
 API_KEY = "74c8eea0-50c6-40b2-9f3e-252ed501c3c8"
 CHUNK_RECORDS = 500  # records per write of the bulk sender, like a PBX flushing its buffer
 PROBE_INTERVAL_S = 0.02
@@ -131,9 +130,7 @@ async def run_phase(session, smdr_port: int, count: int, first_pcid: int, rate: 
 
 
 def delay_summary(delays: list[float]) -> str:
-    p99 = statistics.quantiles(delays, n=100)[98] if len(delays) >= 2 else delays[0]
-    return (f"{len(delays)} probes: p50 {statistics.median(delays) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
-            f"max {max(delays) * 1000:.1f} ms")
+    return summary_ms(delays, "probes")
 
 
 async def main(count: int, rate: float, sync: str) -> None:

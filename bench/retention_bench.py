@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from benchlib import ROOT  # noqa: E402 — bench/ is the script folder
+from benchlib import ROOT, percentile  # noqa: E402 — bench/ is the script folder
 
 sys.path.insert(0, str(ROOT))
 
@@ -77,9 +76,10 @@ async def probe(store: Store, until: asyncio.Future[object] | int) -> tuple[list
 
 
 def figures(values: list[float]) -> str:
-    ordered = sorted(values)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return f"p50 {statistics.median(ordered):6.2f} ms  p99 {p99:6.2f} ms  max {ordered[-1]:6.2f} ms"
+    return (
+        f"p50 {percentile(values, 50):6.2f} ms  p99 {percentile(values, 99):6.2f} ms  max {max(values):6.2f} ms"
+        f" ({len(values)} samples)"
+    )
 
 
 async def main() -> None:

@@ -148,6 +148,11 @@ class _Peer(asyncio.Protocol):
             abort = getattr(self.transport, "abort", None)
             (abort or self.transport.close)()
 
+    @property
+    def drained(self) -> asyncio.Event:
+        """Set while nothing is queued for this link or being written to it."""
+        return self._drained
+
     def unsent(self) -> bytes:
         """What was queued for this link but never handed to its transport."""
         return self._in_flight + b"".join(self._outbox)
@@ -293,8 +298,20 @@ class PbxSimulator:
         self._log.info("serving on pty", path=self.pty_path)
         return self.pty_path
 
+    async def wait_sent(self, timeout: float = WAIT_TIMEOUT_S) -> None:
+        """Until every line printed so far has been written to each link receiving now (lines printed while
+        none was stay buffered for the next one)."""
+        async with asyncio.timeout(timeout):
+            for peer in list(self._peers):
+                await peer.drained.wait()
+
     async def stop(self) -> None:
-        """Close listeners, ptys and every link, and cancel every task; calling it again does nothing."""
+        """Close listeners, ptys and every link (after what was printed has gone out to them, for at most
+        CLOSE_TIMEOUT_S), and cancel every task; calling it again does nothing."""
+        try:
+            await self.wait_sent(CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            pass  # a link that does not read: what it did not take is logged as kept for the next link
         servers, self._servers = self._servers, []
         for server in servers:
             server.close()
