@@ -13,8 +13,19 @@ Acknowledged = counted by `/healthz` (or shown by the API) before the kill; it m
 restart, once (lost and duplicates must be 0). Records sent but not counted may still have been in the
 kernel's socket buffer: they are reported as unacknowledged, not as lost.
 
+Then, with `--link-faults N`, N rounds of link faults against one more `gateway run` on the same store, whose
+configuration also has a tcp:// IP Office link to a PBX stand-in server the soak runs (idle_timeout 1 s), a
+serial link on a pty the soak creates (reached through a symlink) and a tcp:// trunk recorder (a
+TrunkRecorderSimulator in this process) carrying a controlled extension. Each round, in turn: the PBX resets
+its connection mid-line and is gone 2–5 s; the PBX goes silent without closing; the pty is closed and a new
+one appears at the same path after 2–5 s; the recorder restarts (gone 2–5 s) while a KeepCall manualRecord
+waits for its START; the recorder stops answering. Every recovery is timed from the peer's return, and must be
+within PEER_RETURN_BOUND_S + SCHEDULING_MARGIN_S; the API must answer 503/504 within the recorder's timeout
+(+ margin); the half record left at the reset must be quarantined alone, never glued to the next connection's
+data.
+
     python bench/soak.py [--cycles 100] [--seed 1] [--records-per-cycle 3000] [--time-limit-s 900] [--store PATH]
-                         [--kill-at mixed|counted|mid-stream] [--rate 5000]
+                         [--kill-at mixed|counted|mid-stream] [--rate 5000] [--link-faults 0] [--outage-s 2 5]
 """
 
 from __future__ import annotations
