@@ -36,10 +36,11 @@ bench: install
 		echo "== bench/$$name.py"; $(BIN)/python bench/$$name.py || failed="$$failed $$name"; \
 	done; if [ -n "$$failed" ]; then echo "failed:$$failed"; exit 1; fi
 
-# 100 kill -9 cycles on loopback while records stream in (docs/reliability.md); no new cycle after 15 minutes.
-# Non-zero exit when anything the gateway acknowledged was lost.
+# 100 kill -9 cycles on loopback while records stream in, then 10 rounds of link faults (docs/reliability.md); no
+# new cycle after 15 minutes.
+# Non-zero exit when anything the gateway acknowledged was lost, or a link was not up within its bound.
 soak: install
-	$(BIN)/python bench/soak.py --cycles 100 --time-limit-s 900
+	$(BIN)/python bench/soak.py --cycles 100 --time-limit-s 900 --link-faults 10
 
 clean:
 	rm -rf $(VENV) build *.egg-info

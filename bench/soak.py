@@ -13,8 +13,19 @@ Acknowledged = counted by `/healthz` (or shown by the API) before the kill; it m
 restart, once (lost and duplicates must be 0). Records sent but not counted may still have been in the
 kernel's socket buffer: they are reported as unacknowledged, not as lost.
 
+Then, with `--link-faults N`, N rounds of link faults against one more `gateway run` on the same store, whose
+configuration also has a tcp:// IP Office link to a PBX stand-in server the soak runs (idle_timeout 1 s), a
+serial link on a pty the soak creates (reached through a symlink) and a tcp:// trunk recorder (a
+TrunkRecorderSimulator in this process) carrying a controlled extension. Each round, in turn: the PBX resets
+its connection mid-line and is gone 2–5 s; the PBX goes silent without closing; the pty is closed and a new
+one appears at the same path after 2–5 s; the recorder restarts (gone 2–5 s) while a KeepCall manualRecord
+waits for its START; the recorder stops answering. Every recovery is timed from the peer's return, and must be
+within PEER_RETURN_BOUND_S + SCHEDULING_MARGIN_S; the API must answer 503/504 within the recorder's timeout
+(+ margin); the half record left at the reset must be quarantined alone, never glued to the next connection's
+data.
+
     python bench/soak.py [--cycles 100] [--seed 1] [--records-per-cycle 3000] [--time-limit-s 900] [--store PATH]
-                         [--kill-at mixed|counted|mid-stream] [--rate 5000]
+                         [--kill-at mixed|counted|mid-stream] [--rate 5000] [--link-faults 0] [--outage-s 2 5]
 """
 
 from __future__ import annotations
@@ -23,11 +34,17 @@ import argparse
 import asyncio
 import os
 import random
+import itertools
+import logging
 import signal
+import socket
+import sqlite3
 import statistics
+import struct
 import sys
 import tempfile
 import time
+import tty
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,9 +52,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
+import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchlib, also when imported from the tests
 from benchlib import ROOT, free_port  # noqa: E402
+
+sys.path.insert(0, str(ROOT))  # the simulators and the recorder client's constants, also from a checkout
+from drivers.trunkrec.client import MAX_MISSED_REPLIES, PING_INTERVAL_S  # noqa: E402
+from simulators.trunkrec import TrunkRecorderSimulator  # noqa: E402
 
 API_KEY = "74c8eea0-50c6-40b2-9f3e-252ed501c3c8"
 LINK = "pbx"
@@ -79,6 +101,25 @@ KILL_MOMENTS = (KILL_MIXED, KILL_COUNTED, KILL_MID_STREAM)
 
 CODE_SUCCESS = 0
 MORE_THAN_ONE = "more than one call"
+
+# The link faults (after the kill cycles, `--link-faults N` rounds; docs/reliability.md, "Link faults").
+LINK_TCP = "pbx-tcp"  # the gateway connects to the soak's PBX stand-in
+LINK_SERIAL = "pbx-serial"  # a pty the soak creates, behind a symlink
+RECORDER = "trunk1"  # a TrunkRecorderSimulator in the soak's process
+EXTENSION, CHANNEL = "8856", "1/5"  # controlled: KeepCall type=manualRecord sends START to the recorder
+IDLE_TIMEOUT_S = 1.0  # the tcp:// link's idle_timeout: how a half-open PBX is noticed
+HEARTBEAT_S = IDLE_TIMEOUT_S / 4  # while healthy the PBX stand-in sends CR LF this often (a blank line, no record)
+RECORDER_TIMEOUT_S = 1.0  # the recorder's `timeout` in the configuration: KeepCall's bound on the recorder
+# The product promise (issue 10 item 6; drivers/backoff.py CHEAP_RETRY_MAX_S): up within a second of the peer's return.
+PEER_RETURN_BOUND_S = 1.0
+# Added to every bound the soak checks: on the 2-vCPU VM the gateway, the soak (stand-ins, simulator, /healthz
+# polls every POLL_INTERVAL_S) and the kernel share two cores; an asyncio timer or a poll can be late by this
+# much without anything being wrong. A recovery later than bound + margin fails the run.
+SCHEDULING_MARGIN_S = 0.5
+DEFAULT_OUTAGE_S = (2.0, 5.0)  # a peer is gone this long (uniform): long enough for the doubling delays to pass 1 s
+FAULT_STEP_TIMEOUT_S = 30.0  # any condition one fault step waits for (a link down, up, a record counted)
+API_HANG_S = 10.0  # an API answer later than this is a hang (the client gives up)
+MAX_LINK_FAULT_FAILURES = 20  # failure lines kept in the report
 
 
 # ---- the records ----------------------------------------------------------------------------------------
@@ -162,14 +203,18 @@ class RecordPlan:
         self._open.sort(key=lambda g: g.due_at)
 
     def _line(self, pcid: str, part: int, *, final: bool) -> Line:
-        serial = int(pcid[-7:])
-        start = (self._start + timedelta(seconds=serial % 3600)).strftime("%Y/%m/%d %H:%M:%S")
-        extension = 2000 + (serial * 7 + part) % 5000
-        raw = (
-            f"{start},00:01:{part:02d},5,0170{serial:07d},I,{extension},{extension},,0,{pcid},{0 if final else 1},"
-            f"E{extension},Agent {extension},T9001,LINE 1.1,0,0\r\n"
-        ).encode()
-        return Line(pcid, part, final, raw)
+        return Line(pcid, part, final, ipo_line(pcid, part, final=final, start=self._start))
+
+
+def ipo_line(pcid: str, part: int = 1, *, final: bool = True, start: datetime) -> bytes:
+    """One IP Office record (CR LF included) for a platform call id ending in 7 digits."""
+    serial = int(pcid[-7:])
+    begun = (start + timedelta(seconds=serial % 3600)).strftime("%Y/%m/%d %H:%M:%S")
+    extension = 2000 + (serial * 7 + part) % 5000
+    return (
+        f"{begun},00:01:{part:02d},5,0170{serial:07d},I,{extension},{extension},,0,{pcid},{0 if final else 1},"
+        f"E{extension},Agent {extension},T9001,LINE 1.1,0,0\r\n"
+    ).encode()
 
 
 # ---- the report -----------------------------------------------------------------------------------------
@@ -205,13 +250,18 @@ class SoakReport:
     examples: dict[str, list[str]] = field(default_factory=dict)
     elapsed_s: float = 0.0
     time_limited: bool = False
+    link_faults: LinkFaultReport | None = None  # the link-fault rounds after the kill cycles, when asked for
 
     @property
-    def ok(self) -> bool:
+    def kills_ok(self) -> bool:
         return not (
             self.records_lost or self.duplicates or self.callids_changed or self.keeps_lost
             or self.final_sample_failed or self.count_mismatches
         )
+
+    @property
+    def ok(self) -> bool:
+        return self.kills_ok and (self.link_faults is None or self.link_faults.ok)
 
     def note(self, kind: str, pcid: str) -> None:
         examples = self.examples.setdefault(kind, [])
@@ -249,7 +299,9 @@ class SoakReport:
             lines.append(f"/healthz counted more than was sent in {self.count_mismatches} cycles")
         for kind, pcids in sorted(self.examples.items()):
             lines.append(f"  {kind}: {', '.join(pcids)}")
-        lines.append("result: " + ("OK — nothing acknowledged was lost" if self.ok else "FAILED"))
+        lines.append("result: " + ("OK — nothing acknowledged was lost" if self.kills_ok else "FAILED"))
+        if self.link_faults is not None:
+            lines.append(self.link_faults.render())
         return "\n".join(lines)
 
 
@@ -260,16 +312,33 @@ class SoakError(RuntimeError):
     """The soak itself could not go on (the gateway did not start, a condition never came)."""
 
 
-def write_config(folder: Path, store: Path, http_port: int, link_port: int) -> Path:
+@dataclass(frozen=True, slots=True)
+class FaultPeers:
+    """Where the link-fault phase's stand-ins are: the PBX server of the tcp:// link, the serial link's path (a
+    symlink re-pointed at each new pty) and the trunk recorder simulator."""
+
+    pbx_tcp_port: int
+    serial_path: Path
+    recorder_port: int
+
+
+def write_config(folder: Path, store: Path, http_port: int, link_port: int, peers: FaultPeers) -> Path:
     config = folder / "soak.yaml"
     config.write_text(
-        f"""# Written by bench/soak.py: one IP Office listen:// link on loopback, the soak's store.
+        f"""# Written by bench/soak.py: an IP Office listen:// link on loopback (the kill -9 cycles), a tcp:// link,
+# a serial link and a recorder (the link faults; unreachable, and retried, during the kill cycles), the soak's store.
 http: {{host: {LOOPBACK}, port: {http_port}}}
 store: {{path: "{store}"}}
 api:
   keys: [{{key: {API_KEY}, name: soak}}]
 links:
   - {{name: {LINK}, format: avaya-ipo, url: "listen://{LOOPBACK}:{link_port}", timezone: UTC}}
+  - {{name: {LINK_TCP}, format: avaya-ipo, url: "tcp://{LOOPBACK}:{peers.pbx_tcp_port}", timezone: UTC, idle_timeout: {IDLE_TIMEOUT_S}}}
+  - {{name: {LINK_SERIAL}, format: avaya-ipo, url: "{peers.serial_path}", timezone: UTC}}
+recorders:
+  - {{name: {RECORDER}, url: "tcp://{LOOPBACK}:{peers.recorder_port}", timeout: {RECORDER_TIMEOUT_S}}}
+extensions:
+  - {{number: "{EXTENSION}", mode: controlled, channel: "{CHANNEL}"}}
 log: {{level: warning}}
 """
     )
@@ -437,7 +506,9 @@ class Soak:
         self.plan_lines = self.plan.lines()
         self.carry: deque[Line] = deque()  # parts of calls begun before a kill, not sent yet
         http_port, link_port = free_port(), free_port()
-        config = write_config(folder, store, http_port, link_port)
+        self.peers = FaultPeers(free_port(), folder / "pbx-serial", free_port())
+        self.store = store
+        config = write_config(folder, store, http_port, link_port, self.peers)
         self.gateway = GatewayProcess(config, folder / "soak-gateway.log", http_port, link_port)
         self.handed_out: dict[str, str] = {}  # callID → platform call id, every one the API gave
         self.unchecked_call_ids: list[str] = []  # handed out since the last restart
@@ -674,6 +745,558 @@ class Soak:
         await self._check_call_ids(api, sorted(self.handed_out), answers)
 
 
+# ---- link faults ----------------------------------------------------------------------------------------
+
+
+def spread_ms(values: list[float], unit: str = "rounds") -> str:
+    if not values:
+        return "n/a"
+    return f"p50 {statistics.median(values) * 1000:.0f} ms, max {max(values) * 1000:.0f} ms ({len(values)} {unit})"
+
+
+@dataclass
+class LinkFaultReport:
+    """What the link-fault rounds measured; `ok` when every recovery and every API answer kept its bound and no
+    partial line was glued to the next connection's data."""
+
+    rounds: int = 0
+    outage_s: tuple[float, float] = DEFAULT_OUTAGE_S
+    tcp_accepted_s: list[float] = field(default_factory=list)  # PBX listening again → it accepted the gateway
+    tcp_up_s: list[float] = field(default_factory=list)  # PBX listening again → /healthz link up
+    partial_sent: int = 0  # half records left in the gateway when the PBX reset the connection
+    partial_quarantined: int = 0  # found alone in the quarantine as a partial line (after the run, sqlite3)
+    glued: int = 0  # a half record found glued to other data (quarantine), or its call found (GetCallID)
+    next_record_found: int = 0  # the first record on the next connection found by GetCallID, alone
+    idle_closed_s: list[float] = field(default_factory=list)  # PBX silent → the gateway closes the connection
+    idle_reconnected_s: list[float] = field(default_factory=list)  # PBX silent → the gateway's new connection
+    idle_close_to_connect_s: list[float] = field(default_factory=list)  # the close → the new connection
+    serial_up_s: list[float] = field(default_factory=list)  # pty re-created → /healthz link up
+    restart_answers: list[tuple[int | None, float]] = field(default_factory=list)  # KeepCall (HTTP status, s)
+    recorder_up_s: list[float] = field(default_factory=list)  # recorder listening again → /healthz up
+    keeps_after_restart: int = 0  # KeepCall manualRecord answered 0 after the recorder came back
+    stall_answers: list[tuple[int | None, float]] = field(default_factory=list)
+    stall_detected_s: list[float] = field(default_factory=list)  # recorder silent → the gateway drops the link
+    stall_up_s: list[float] = field(default_factory=list)  # the drop → /healthz up again (recorder answering)
+    failures: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def fail(self, text: str) -> None:
+        if len(self.failures) < MAX_LINK_FAULT_FAILURES:
+            self.failures.append(text)
+        elif len(self.failures) == MAX_LINK_FAULT_FAILURES:
+            self.failures.append("… more failures not listed")
+
+    def check(self, what: str, took_s: float, bound_s: float) -> None:
+        if took_s > bound_s:
+            self.fail(f"round {self.rounds + 1}: {what} took {took_s * 1000:.0f} ms (bound {bound_s * 1000:.0f} ms)")
+
+    def render(self) -> str:
+        n = self.rounds
+
+        def answers(values: list[tuple[int | None, float]]) -> str:
+            counts: dict[str, int] = {}
+            for status, _ in values:
+                key = "hang" if status is None else str(status)
+                counts[key] = counts.get(key, 0) + 1
+            statuses = ", ".join(f"{key} ×{count}" for key, count in sorted(counts.items())) or "none"
+            return f"{statuses}; latency {spread_ms([latency for _, latency in values], 'answers')}"
+
+        recovery = PEER_RETURN_BOUND_S + SCHEDULING_MARGIN_S
+        lines = [
+            f"link faults: {n} rounds in {self.elapsed_s:.0f} s, peers gone {self.outage_s[0]:g}–{self.outage_s[1]:g} s "
+            f"each; bound on every recovery {recovery * 1000:.0f} ms ({PEER_RETURN_BOUND_S:g} s promised + "
+            f"{SCHEDULING_MARGIN_S:g} s scheduling margin)",
+            f"link faults: PBX tcp peer back → gateway connected      {spread_ms(self.tcp_accepted_s)}",
+            f"link faults: PBX tcp peer back → /healthz link up       {spread_ms(self.tcp_up_s)}",
+            f"link faults: partial lines at the reset: {self.partial_sent} sent, {self.partial_quarantined} quarantined "
+            f"alone, {self.glued} glued; the next connection's first record found by GetCallID {self.next_record_found}"
+            f"/{self.partial_sent}",
+            f"link faults: half-open PBX (idle_timeout {IDLE_TIMEOUT_S:g} s): silence → gateway closes "
+            f"{spread_ms(self.idle_closed_s)}; silence → reconnected {spread_ms(self.idle_reconnected_s)}; "
+            f"close → reconnected {spread_ms(self.idle_close_to_connect_s)}",
+            f"link faults: serial pty re-created → /healthz link up   {spread_ms(self.serial_up_s)}",
+            f"link faults: recorder restart mid-KeepCall manualRecord: {answers(self.restart_answers)} "
+            f"(bound {(RECORDER_TIMEOUT_S + SCHEDULING_MARGIN_S) * 1000:.0f} ms)",
+            f"link faults: recorder back → /healthz recorder up       {spread_ms(self.recorder_up_s)}; "
+            f"KeepCall manualRecord answered 0 after it {self.keeps_after_restart}/{len(self.recorder_up_s)}",
+            f"link faults: recorder stall: KeepCall {answers(self.stall_answers)}",
+            f"link faults: recorder stall → link dropped (3 missed replies, pings every {PING_INTERVAL_S:g} s) "
+            f"{spread_ms(self.stall_detected_s)} (bound {stall_detect_bound_s() * 1000:.0f} ms); "
+            f"dropped → /healthz recorder up {spread_ms(self.stall_up_s)}",
+        ]
+        lines += [f"  {failure}" for failure in self.failures]
+        lines.append("link faults result: " + ("OK — every link up within its bound, no API answer hung, no partial "
+                                               "line glued" if self.ok else "FAILED"))
+        return "\n".join(lines)
+
+
+def stall_detect_bound_s() -> float:
+    """A silent recorder is dropped at its third missed reply: the KeepCall that times out, then two PINGs, each
+    sent at most PING_INTERVAL_S after the previous exchange ended and missed after the recorder's timeout."""
+    return RECORDER_TIMEOUT_S + (MAX_MISSED_REPLIES - 1) * (PING_INTERVAL_S + RECORDER_TIMEOUT_S) + SCHEDULING_MARGIN_S
+
+
+@dataclass(eq=False)
+class PbxConnection:
+    accepted_at: float
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    closed_at: float | None = None  # when the gateway closed it (EOF read)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class PbxStandIn:
+    """The PBX end of the gateway's tcp:// link: a loopback server the soak opens, resets and silences. While
+    healthy it sends a blank line (CR LF) every HEARTBEAT_S, as some PBXs do, so that idle_timeout only fires when
+    it goes silent."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.silent = False
+        self.last_write_at = 0.0
+        self._server: asyncio.Server | None = None
+        self._accepted: asyncio.Queue[PbxConnection] = asyncio.Queue()
+        self._connections: list[PbxConnection] = []
+        self._tasks: set[asyncio.Task] = set()
+        self._heartbeat: asyncio.Task | None = None
+
+    @property
+    def current(self) -> PbxConnection | None:
+        live = [c for c in self._connections if c.closed_at is None and not c.writer.is_closing()]
+        return live[-1] if live else None
+
+    async def listen(self) -> float:
+        self._server = await asyncio.start_server(self._accept, LOOPBACK, self.port, reuse_address=True)
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.create_task(self._beat())
+        return time.monotonic()
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = PbxConnection(time.monotonic(), reader, writer)
+        self._connections.append(connection)
+        self._accepted.put_nowait(connection)
+        task = asyncio.create_task(self._watch(connection))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch(self, connection: PbxConnection) -> None:
+        """Notes when the gateway closes the connection. The gateway sends nothing on an SMDR link: reading
+        only sees its FIN (or RST)."""
+        try:
+            while await connection.reader.read(4096):
+                pass
+        except OSError:
+            pass
+        connection.closed_at = time.monotonic()
+        connection.closed.set()
+        connection.writer.close()
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            if not self.silent and (connection := self.current) is not None:
+                self.write(connection, b"\r\n")
+
+    def write(self, connection: PbxConnection, data: bytes) -> None:
+        connection.writer.write(data)
+        self.last_write_at = time.monotonic()
+
+    async def next_connection(self) -> PbxConnection:
+        try:
+            return await asyncio.wait_for(self._accepted.get(), FAULT_STEP_TIMEOUT_S)
+        except TimeoutError:
+            raise SoakError(f"the gateway's tcp:// link did not connect within {FAULT_STEP_TIMEOUT_S:.0f} s") from None
+
+    def drain_accepted(self) -> None:
+        while not self._accepted.empty():
+            self._accepted.get_nowait()
+
+    async def reset(self) -> None:
+        """The PBX goes away: the server closes and every connection is reset (SO_LINGER 0: RST, no FIN)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for connection in self._connections:
+            if connection.closed_at is None:
+                sock = connection.writer.get_extra_info("socket")
+                if sock is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                connection.writer.transport.abort()
+        self._connections.clear()
+        self.drain_accepted()
+        if server is not None:
+            await asyncio.wait_for(server.wait_closed(), FAULT_STEP_TIMEOUT_S)
+
+    async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            self._heartbeat = None
+        await self.reset()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class SerialStandIn:
+    """The PBX end of the gateway's serial link: a pty whose slave the configuration reaches through a symlink
+    (a re-created pty gets whatever /dev/pts number is free), re-pointed atomically at each new pty."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._master: int | None = None
+
+    def create(self) -> float:
+        master, slave = os.openpty()
+        try:
+            tty.setraw(slave)  # no echo, no line discipline: bytes pass unchanged
+            slave_path = os.ttyname(slave)
+        finally:
+            os.close(slave)  # the gateway opens it by path; the pty lives while the master is open
+        self._master = master
+        staging = self.path.with_name(self.path.name + ".new")
+        staging.unlink(missing_ok=True)
+        os.symlink(slave_path, staging)
+        os.replace(staging, self.path)
+        return time.monotonic()
+
+    def write(self, data: bytes) -> None:
+        assert self._master is not None
+        view = memoryview(data)
+        while view:  # a few hundred bytes: the pty takes them at once
+            view = view[os.write(self._master, view) :]
+
+    def destroy(self) -> None:
+        """The port disappears: its path goes and the pty closes (the gateway's reads fail)."""
+        self.path.unlink(missing_ok=True)
+        if self._master is not None:
+            os.close(self._master)
+            self._master = None
+
+
+class WatchedRecorder(TrunkRecorderSimulator):
+    """The simulator, noting when a gateway link closes (the moment the gateway drops a silent recorder)."""
+
+    def __init__(self) -> None:
+        super().__init__(channels=30, name="soak-rec", seed=1)
+        self.session_closed_at: list[float] = []
+        self.session_opened_at: list[float] = []
+
+    def _session_opened(self, session) -> None:  # noqa: ANN001 — the simulator's hook
+        self.session_opened_at.append(time.monotonic())
+        super()._session_opened(session)
+
+    def _session_closed(self, session, exc) -> None:  # noqa: ANN001 — the simulator's hook
+        self.session_closed_at.append(time.monotonic())
+        super()._session_closed(session, exc)
+
+
+class LinkFaults:
+    """The link-fault rounds against one `gateway run` process (the soak's configuration and store)."""
+
+    def __init__(self, soak: Soak, *, seed: int, outage_s: tuple[float, float]) -> None:
+        self.soak = soak
+        self.gateway = soak.gateway
+        self.peers = soak.peers
+        self.rng = random.Random(seed + 2)
+        self.outage_s = outage_s
+        self.report = LinkFaultReport(outage_s=outage_s)
+        self.pbx = PbxStandIn(self.peers.pbx_tcp_port)
+        self.serial = SerialStandIn(self.peers.serial_path)
+        self.recorder = WatchedRecorder()
+        self._serials = itertools.count(1)
+        self._pcid_prefix = "9" + str(int(time.time()))[-8:]
+        self._start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+        self._partials: list[bytes] = []  # half records sent before a reset, checked in the quarantine at the end
+        self._lost_pcids: list[str] = []  # the halves' platform call ids: must find no call
+
+    def _record(self) -> tuple[str, bytes]:
+        pcid = f"{self._pcid_prefix}{next(self._serials):07d}"
+        return pcid, ipo_line(pcid, start=self._start)
+
+    async def run(self, rounds: int) -> LinkFaultReport:
+        started = time.monotonic()
+        await self.pbx.listen()
+        self.serial.create()
+        await self.recorder.start_tcp(LOOPBACK, self.peers.recorder_port)
+        try:
+            async with self._session(REQUEST_TIMEOUT_S) as session, self._session(API_HANG_S) as api_session:
+                self.http, self.api = session, api_session
+                await self.gateway.start()
+                await self._until_state(("links", LINK_TCP), "up", READY_TIMEOUT_S)
+                await self._until_state(("links", LINK_SERIAL), "up", READY_TIMEOUT_S)
+                await self._until_state(("recorders", RECORDER), "up", READY_TIMEOUT_S)
+                for _ in range(rounds):
+                    await self._pbx_tcp_reset()
+                    await self._pbx_half_open()
+                    await self._serial_recreated()
+                    await self._recorder_restart()
+                    await self._recorder_stall()
+                    self.report.rounds += 1
+                    if self.soak.progress is not None:
+                        self.soak.progress(f"link-fault round {self.report.rounds}: {time.monotonic() - started:.0f} s, "
+                                           f"{len(self.report.failures)} failures")
+                await self._check_halves_not_found()
+            await self.gateway.stop()
+            self._check_quarantine()
+        finally:
+            await self.pbx.close()
+            self.serial.destroy()
+            await self.recorder.stop()
+        self.report.elapsed_s = time.monotonic() - started
+        return self.report
+
+    def _session(self, timeout_s: float) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            base_url=f"http://{LOOPBACK}:{self.gateway.http_port}", timeout=aiohttp.ClientTimeout(total=timeout_s)
+        )
+
+    # -- observing the gateway
+
+    async def _healthz(self) -> dict:
+        self.gateway._check_alive()
+        async with self.http.get("/healthz") as response:
+            return await response.json()
+
+    async def _until_state(self, where: tuple[str, str], state: str, timeout_s: float = FAULT_STEP_TIMEOUT_S) -> float:
+        """Polls /healthz until `where` (("links", NAME) or ("recorders", NAME)) is `state`; the monotonic time."""
+
+        async def reached() -> float | None:
+            try:
+                health = await self._healthz()
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                return None
+            return time.monotonic() if health[where[0]][where[1]]["state"] == state else None
+
+        return await poll_until(reached, timeout_s, f"/healthz {where[0]}.{where[1]} {state}")
+
+    async def _records(self, link: str) -> int:
+        return (await self._healthz())["links"][link]["records"]
+
+    async def _until_counted(self, link: str, count: int) -> None:
+        async def counted() -> bool:
+            return await self._records(link) >= count
+
+        await poll_until(counted, FAULT_STEP_TIMEOUT_S, f"/healthz counting record {count} of {link}")
+
+    async def _verba(self, **params: str) -> tuple[int | None, dict | None, float]:
+        """(HTTP status or None for a hang, the JSON answer, seconds) of one API request."""
+        query = {"apiKey": API_KEY, "responseType": "JSON", **params}
+        began = time.monotonic()
+        try:
+            async with self.api.get("/verba/api", params=query) as response:
+                return response.status, await response.json(content_type=None), time.monotonic() - began
+        except TimeoutError:
+            return None, None, time.monotonic() - began
+
+    async def _outage(self) -> None:
+        await asyncio.sleep(self.rng.uniform(*self.outage_s))  # the fault itself: the peer is gone this long
+
+    # -- 1. the PBX's tcp:// peer goes away mid-line and comes back
+
+    async def _pbx_tcp_reset(self) -> None:
+        report = self.report
+        connection = self.pbx.current or await self.pbx.next_connection()
+        before = await self._records(LINK_TCP)
+        pcid, whole = self._record()
+        half_pcid, half_record = self._record()
+        half = half_record[: len(half_record) // 2]
+        self.pbx.write(connection, whole + half)  # one write: counted `whole` means the half is in the gateway
+        await self._until_counted(LINK_TCP, before + 1)
+        await self.pbx.reset()
+        self._partials.append(half)
+        self._lost_pcids.append(half_pcid)
+        report.partial_sent += 1
+        await self._until_state(("links", LINK_TCP), "down")
+        await self._outage()
+        back_at = await self.pbx.listen()
+        connection = await self.pbx.next_connection()
+        up_at = await self._until_state(("links", LINK_TCP), "up")
+        bound = PEER_RETURN_BOUND_S + SCHEDULING_MARGIN_S
+        report.tcp_accepted_s.append(connection.accepted_at - back_at)
+        report.tcp_up_s.append(up_at - back_at)
+        report.check("PBX tcp peer back → gateway connected", connection.accepted_at - back_at, bound)
+        report.check("PBX tcp peer back → /healthz link up", up_at - back_at, bound)
+        # The next connection's first record stands alone: were the half glued to it, its call would not be found.
+        before = await self._records(LINK_TCP)
+        next_pcid, next_record = self._record()
+        self.pbx.write(connection, next_record)
+        await self._until_counted(LINK_TCP, before + 1)
+        status, answer, _ = await self._verba(action="GetCallID", platformCallID=next_pcid)
+        if status == 200 and answer is not None and answer.get("code") == CODE_SUCCESS:
+            report.next_record_found += 1
+        else:
+            report.fail(f"round {report.rounds + 1}: the record after the reset ({next_pcid}) was not found: {answer}")
+
+    async def _check_halves_not_found(self) -> None:
+        for pcid in self._lost_pcids:
+            status, answer, _ = await self._verba(action="GetCallID", platformCallID=pcid)
+            if status == 200 and answer is not None and answer.get("code") == CODE_SUCCESS:
+                self.report.glued += 1
+                self.report.fail(f"a half record's call ({pcid}) was found: the partial line was completed")
+
+    def _check_quarantine(self) -> None:
+        """After the gateway stopped: each half record is in the quarantine alone, as a partial line."""
+        with sqlite3.connect(f"file:{self.soak.store}?mode=ro", uri=True) as db:
+            rows = db.execute("SELECT raw, reason FROM quarantine WHERE link = ?", (LINK_TCP,)).fetchall()
+        for half in self._partials:
+            stripped = half.rstrip(b"\r\n")
+            alone = [reason for raw, reason in rows if bytes(raw) == stripped]
+            glued = [raw for raw, _ in rows if bytes(raw) != stripped and stripped in bytes(raw)]
+            if alone and all("partial" in reason for reason in alone):
+                self.report.partial_quarantined += 1
+            else:
+                self.report.fail(f"half record not quarantined alone as a partial line: {stripped[:40]!r}… {alone}")
+            if glued:
+                self.report.glued += 1
+                self.report.fail(f"half record glued to other data in the quarantine: {bytes(glued[0])[:80]!r}")
+
+    # -- 2. the PBX goes silent without closing (half-open)
+
+    async def _pbx_half_open(self) -> None:
+        report = self.report
+        connection = self.pbx.current or await self.pbx.next_connection()
+        before = await self._records(LINK_TCP)
+        _, record = self._record()
+        self.pbx.write(connection, record)
+        await self._until_counted(LINK_TCP, before + 1)
+        self.pbx.drain_accepted()
+        self.pbx.silent = True
+        silent_from = self.pbx.last_write_at
+        try:
+            try:
+                await asyncio.wait_for(connection.closed.wait(), IDLE_TIMEOUT_S + FAULT_STEP_TIMEOUT_S)
+            except TimeoutError:
+                raise SoakError("the gateway never closed a silent tcp:// connection") from None
+            reconnection = await self.pbx.next_connection()
+        finally:
+            self.pbx.silent = False
+        assert connection.closed_at is not None
+        report.idle_closed_s.append(connection.closed_at - silent_from)
+        report.idle_reconnected_s.append(reconnection.accepted_at - silent_from)
+        report.idle_close_to_connect_s.append(reconnection.accepted_at - connection.closed_at)
+        report.check("half-open PBX: silence → gateway closes", connection.closed_at - silent_from,
+                     IDLE_TIMEOUT_S + SCHEDULING_MARGIN_S)
+        report.check("half-open PBX: close → reconnected", reconnection.accepted_at - connection.closed_at,
+                     PEER_RETURN_BOUND_S + SCHEDULING_MARGIN_S)
+
+    # -- 3. the serial port disappears and a new pty appears at the same path
+
+    async def _serial_recreated(self) -> None:
+        report = self.report
+        await self._serial_record()  # the connection carried data: a good one, as on a site
+        self.serial.destroy()
+        await self._until_state(("links", LINK_SERIAL), "down")
+        await self._outage()
+        back_at = self.serial.create()
+        up_at = await self._until_state(("links", LINK_SERIAL), "up")
+        report.serial_up_s.append(up_at - back_at)
+        report.check("serial pty re-created → /healthz link up", up_at - back_at, PEER_RETURN_BOUND_S + SCHEDULING_MARGIN_S)
+        await self._serial_record()  # and records flow on the new port
+
+    async def _serial_record(self) -> None:
+        before = await self._records(LINK_SERIAL)
+        _, record = self._record()
+        self.serial.write(record)
+        await self._until_counted(LINK_SERIAL, before + 1)
+
+    # -- 4. the recorder restarts while a KeepCall manualRecord waits for its START
+
+    async def _ongoing_call_id(self) -> str:
+        """A new call on the controlled extension's channel, answered; its callID from the API."""
+        self.recorder.place_call(CHANNEL, calling="01707392200", called=EXTENSION, direction="in")
+        self.recorder.answer(CHANNEL)
+        native_id = self.recorder.calls[CHANNEL].call_id
+
+        async def call_id() -> str | None:
+            status, answer, _ = await self._verba(action="GetCallID", nativeID=native_id)
+            if status == 200 and answer is not None and answer.get("code") == CODE_SUCCESS:
+                return answer["callID"]
+            return None
+
+        return await poll_until(call_id, FAULT_STEP_TIMEOUT_S, "the recorder's call in the API")
+
+    async def _recorder_restart(self) -> None:
+        report, recorder = self.report, self.recorder
+        call_id = await self._ongoing_call_id()
+        since = len(recorder.requests)
+        recorder.silent = True  # the START is taken and never answered: the recorder is about to restart
+        keep = asyncio.create_task(self._verba(action="KeepCall", callID=call_id, type="manualRecord"))
+        try:
+            await recorder.wait_for_request("START", FAULT_STEP_TIMEOUT_S, CHANNEL, since=since)
+        except TimeoutError:
+            keep.cancel()
+            raise SoakError("KeepCall manualRecord sent no START to the recorder") from None
+        await recorder.stop()
+        status, answer, latency = await keep
+        report.restart_answers.append((status, latency))
+        self._check_answer("recorder restart mid-KeepCall", status, answer, latency, (503, 504))
+        await self._outage()
+        recorder.silent = False
+        await recorder.start_tcp(LOOPBACK, self.peers.recorder_port)
+        back_at = time.monotonic()
+        up_at = await self._until_state(("recorders", RECORDER), "up")
+        report.recorder_up_s.append(up_at - back_at)
+        report.check("recorder back → /healthz recorder up", up_at - back_at, PEER_RETURN_BOUND_S + SCHEDULING_MARGIN_S)
+        # Nothing left locked: the same channel takes the command again, and stops.
+        status, answer, _ = await self._verba(action="KeepCall", callID=call_id, type="manualRecord")
+        if status == 200 and answer is not None and answer.get("code") == CODE_SUCCESS:
+            report.keeps_after_restart += 1
+            await self._verba(action="KeepCall", callID=call_id, type="manualRecord", unmark="1")
+        else:
+            report.fail(f"round {report.rounds + 1}: KeepCall manualRecord after the recorder's return: {status} {answer}")
+        recorder.release(CHANNEL)
+
+    def _check_answer(self, what: str, status: int | None, answer: dict | None, latency: float,
+                      expected: tuple[int, ...]) -> None:
+        round_ = self.report.rounds + 1
+        if status is None:
+            self.report.fail(f"round {round_}: {what}: no answer within {API_HANG_S:g} s (a hang)")
+        elif status not in expected:
+            self.report.fail(f"round {round_}: {what}: HTTP {status} {answer}, expected {expected}")
+        self.report.check(f"{what}: the API's answer", latency, RECORDER_TIMEOUT_S + SCHEDULING_MARGIN_S)
+
+    # -- 5. the recorder stops answering without closing
+
+    async def _recorder_stall(self) -> None:
+        report, recorder = self.report, self.recorder
+        call_id = await self._ongoing_call_id()
+        closed_before = len(recorder.session_closed_at)
+        recorder.silent = True
+        silent_from = time.monotonic()
+        try:
+            status, answer, latency = await self._verba(action="KeepCall", callID=call_id, type="manualRecord")
+            report.stall_answers.append((status, latency))
+            self._check_answer("recorder stall", status, answer, latency, (504,))
+
+            async def dropped() -> float | None:
+                closed = recorder.session_closed_at[closed_before:]
+                return closed[0] if closed else None
+
+            dropped_at = await poll_until(dropped, stall_detect_bound_s() + FAULT_STEP_TIMEOUT_S,
+                                          "the gateway dropping a silent recorder")
+        finally:
+            recorder.silent = False
+        report.stall_detected_s.append(dropped_at - silent_from)
+        report.check("recorder stall → link dropped", dropped_at - silent_from, stall_detect_bound_s())
+        # It reconnects at once (the recorder is listening) and is up when its state replay is read: /healthz is
+        # asked once the new link is open, so that an "up" from before the drop is not taken for it.
+
+        async def reconnected() -> bool:
+            return any(opened >= dropped_at for opened in recorder.session_opened_at)
+
+        await poll_until(reconnected, FAULT_STEP_TIMEOUT_S, "the gateway reconnecting to the recorder")
+        up_at = await self._until_state(("recorders", RECORDER), "up")
+        report.stall_up_s.append(max(0.0, up_at - dropped_at))
+        report.check("recorder stall: dropped → /healthz recorder up", up_at - dropped_at,
+                     PEER_RETURN_BOUND_S + SCHEDULING_MARGIN_S)
+        recorder.release(CHANNEL)
+
+
 async def run_soak(
     cycles: int = DEFAULT_CYCLES,
     *,
@@ -684,24 +1307,33 @@ async def run_soak(
     store: Path | None = None,
     kill_at: str = KILL_MIXED,
     progress: Callable[[str], object] | None = None,
+    link_faults: int = 0,
+    outage_s: tuple[float, float] = DEFAULT_OUTAGE_S,
 ) -> SoakReport:
-    """Run `cycles` kill -9 cycles (fewer if `time_limit_s` runs out) and report. `store`: the SQLite file to
-    use (its folder gets the configuration and the gateway's log); a temporary folder when None. `progress` gets
-    a line after every cycle."""
+    """Run `cycles` kill -9 cycles (fewer if `time_limit_s` runs out), then `link_faults` rounds of link faults
+    (peers gone for `outage_s` seconds, uniform), and report. `store`: the SQLite file to use (its folder gets the
+    configuration and the gateway's log); a temporary folder when None. `progress` gets a line after every cycle
+    and round."""
     deadline = time.monotonic() + time_limit_s
     options = dict(seed=seed, records_per_cycle=records_per_cycle, rate=rate, kill_at=kill_at, progress=progress)
+    faults = dict(rounds=link_faults, seed=seed, outage_s=outage_s)
     if store is not None:
         store = store.resolve()
         store.parent.mkdir(parents=True, exist_ok=True)
-        return await _run(Soak(store.parent, store, **options), cycles, deadline)
+        return await _run(Soak(store.parent, store, **options), cycles, deadline, **faults)
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         folder = Path(tmp)
-        return await _run(Soak(folder, folder / "soak.db", **options), cycles, deadline)
+        return await _run(Soak(folder, folder / "soak.db", **options), cycles, deadline, **faults)
 
 
-async def _run(soak: Soak, cycles: int, deadline: float) -> SoakReport:
+async def _run(
+    soak: Soak, cycles: int, deadline: float, *, rounds: int, seed: int, outage_s: tuple[float, float]
+) -> SoakReport:
     try:
-        return await soak.run(cycles, deadline)
+        report = await soak.run(cycles, deadline)
+        if rounds > 0:
+            report.link_faults = await LinkFaults(soak, seed=seed, outage_s=outage_s).run(rounds)
+        return report
     finally:  # a soak that failed half-way leaves no gateway running
         if soak.gateway.process is not None and soak.gateway.process.returncode is None:
             await soak.gateway.kill()
@@ -719,12 +1351,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-at", choices=KILL_MOMENTS, default=KILL_MIXED,
                         help="mixed (default): half mid-stream, half when /healthz counted a random number of records "
                         "sent; counted: every record of the cycle sent and counted; mid-stream: always mid-stream")
+    parser.add_argument("--link-faults", type=int, default=0, metavar="N",
+                        help="after the kill cycles, N rounds of link faults (default %(default)s)")
+    parser.add_argument("--outage-s", type=float, nargs=2, default=DEFAULT_OUTAGE_S, metavar=("MIN", "MAX"),
+                        help="how long a peer is gone in a link fault, uniform (default %(default)s)")
     arguments = parser.parse_args(argv)
+    # The in-process recorder simulator logs every line at DEBUG; the report is what this script prints.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    if arguments.outage_s[0] > arguments.outage_s[1] or arguments.outage_s[0] < 0:
+        parser.error("--outage-s MIN MAX: 0 <= MIN <= MAX")
     report = asyncio.run(
         run_soak(
             arguments.cycles, seed=arguments.seed, records_per_cycle=arguments.records_per_cycle,
             rate=arguments.rate, time_limit_s=arguments.time_limit_s, store=arguments.store,
             kill_at=arguments.kill_at, progress=lambda line: print(line, file=sys.stderr, flush=True),
+            link_faults=arguments.link_faults, outage_s=tuple(arguments.outage_s),
         )
     )
     print(report.render())
