@@ -1105,9 +1105,13 @@ class LinkFaults:
         pcid, whole = self._record()
         half_pcid, half_record = self._record()
         half = half_record[: len(half_record) // 2]
-        self.pbx.write(connection, whole + half)  # one write: counted `whole` means the half is in the gateway
-        await self._until_counted(LINK_TCP, before + 1)
-        await self.pbx.reset()
+        self.pbx.silent = True  # no heartbeat CR LF may end the half record before the reset
+        try:
+            self.pbx.write(connection, whole + half)  # one write: counted `whole` means the half is in the gateway
+            await self._until_counted(LINK_TCP, before + 1)
+            await self.pbx.reset()
+        finally:
+            self.pbx.silent = False
         self._partials.append(half)
         self._lost_pcids.append(half_pcid)
         report.partial_sent += 1
