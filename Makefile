@@ -25,7 +25,7 @@ gateway: install
 	$(BIN)/gateway run --config $(CONFIG)
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/pytest -q
 
 bench: install
 	$(BIN)/python bench/api_bench.py

@@ -9,7 +9,15 @@ from urllib.parse import quote
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hostile_http import HOSTILE_NEXT_WINDOW_S, HOSTILE_OPEN_KEY, HOSTILE_SECURE_KEY, RawResponse, raw_exchange, raw_request
+
+from tests.gateway.hostile_http import (
+    HOSTILE_NEXT_WINDOW_S,
+    HOSTILE_OPEN_KEY,
+    HOSTILE_SECURE_KEY,
+    RawResponse,
+    raw_exchange,
+    raw_request,
+)
 
 # Marks what the fuzz injects: it must never come back as markup.
 MARKER = "<inj x='1'>"

@@ -13,11 +13,17 @@ from urllib.parse import urlencode
 
 import pytest
 import pytest_asyncio
-from hostile_http import HOSTILE_PASSWORD, HOSTILE_USER, hostile_config, raw_exchange, raw_request
 
 from gateway.api import auth
 from gateway.config import ApiKeyConfig
 from gateway.service import Gateway
+from tests.gateway.hostile_http import (
+    HOSTILE_PASSWORD,
+    HOSTILE_USER,
+    hostile_config,
+    raw_exchange,
+    raw_request,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

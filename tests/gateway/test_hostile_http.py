@@ -9,7 +9,11 @@ import time
 import xml.etree.ElementTree as ET
 
 import pytest
-from hostile_http import (
+
+from gateway.api import connections
+from gateway.api.verba import MAX_CHARS_BY_PARAMETER
+from gateway.service import Gateway
+from tests.gateway.hostile_http import (
     HOSTILE_NEXT_WINDOW_S,
     HOSTILE_OPEN_KEY,
     RawResponse,
@@ -17,10 +21,6 @@ from hostile_http import (
     raw_exchange,
     raw_request,
 )
-
-from gateway.api import connections
-from gateway.api.verba import MAX_CHARS_BY_PARAMETER
-from gateway.service import Gateway
 
 FORM = "application/x-www-form-urlencoded"
 LOOKUP = f"action=GetCallID&apiKey={HOSTILE_OPEN_KEY}&extension=8856&status=last"

@@ -12,7 +12,16 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from test_gateway_process import OPEN_KEY, PASSWORD, ROOT, SECURE_KEY, STOP_TIMEOUT_S, wait_until_listening, write_config
+
+from tests.integration.test_gateway_process import (
+    OPEN_KEY,
+    PASSWORD,
+    ROOT,
+    SECURE_KEY,
+    STOP_TIMEOUT_S,
+    wait_until_listening,
+    write_config,
+)
 
 
 async def exchange(port: int, request: bytes) -> bytes:

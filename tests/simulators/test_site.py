@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -31,8 +31,15 @@ from gateway.model import RecordingMode
 from gateway.service import Gateway
 from simulators.pbx import PbxSimulator
 from simulators.site import RecorderLeg, Site
-from simulators.traffic import DIRECTION_INTERNAL, CompletedCall, PlannedCall, TrafficModel, load_scenario
+from simulators.traffic import (
+    DIRECTION_INTERNAL,
+    CompletedCall,
+    PlannedCall,
+    TrafficModel,
+    load_scenario,
+)
 from simulators.trunkrec import TrunkRecorderSimulator
+from tests.conftest import eventually
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 READ_TIMEOUT_S = 2.0  # a line the recorder owes us arrives well within this
@@ -220,7 +227,6 @@ KEY = "74c8eea0-50c6-40b2-9f3e-252ed501c3c8"
 LINK = "pbx-main"
 PBX_ZONE = "Europe/Budapest"  # not UTC: the PBX prints local wall-clock time, the recorder UTC
 GATEWAY_WAIT_S = 10.0  # the gateway applies a few hundred records and events well within this
-POLL_S = 0.01
 # Every recording mode on a channel of the recorder (do_not_record too: the call is tracked, never recorded).
 MAPPED = {
     "8856": (RecordingMode.CONTROLLED, "1/5"),
@@ -249,7 +255,7 @@ class Bench:
         await asyncio.wait_for(site.run(), PLAY_TIMEOUT_S)
         health = self.gateway.links[LINK]
         tracker = self.gateway.tracker
-        await until(lambda: health.records == self.pbx.records_sent and tracker.ongoing_count == 0)
+        await eventually(lambda: health.records == self.pbx.records_sent and tracker.ongoing_count == 0)
         await self.gateway.tracker.flush()
         return site
 
@@ -259,12 +265,6 @@ class Bench:
         now = datetime.now(timezone.utc)
         return [record for lines in self.lines_by_call.values() for line in lines for record in parser.feed(line, now)]
 
-
-async def until(condition: Callable[[], bool], timeout_s: float = GATEWAY_WAIT_S) -> None:
-    """Poll a condition on in-process state (nothing to await on) under a timeout."""
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(POLL_S)
 
 
 @pytest.fixture
