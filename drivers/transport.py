@@ -22,7 +22,7 @@ from drivers.backoff import BACKOFF_INITIAL_S, BACKOFF_MAX_S, Backoff
 from gateway.config import LinkConfig, SerialSettings
 from gateway.errors import LinkError
 from gateway.model import utc_now
-from gateway.ops import LinkState
+from gateway.events import LinkState
 
 log = structlog.get_logger(__name__)
 

@@ -30,7 +30,7 @@ from drivers.transport import (
     create_transport,
 )
 from gateway.config import LinkConfig, LoginStep
-from gateway.ops import LinkState
+from gateway.events import LinkState
 
 WAIT_S = 5.0  # generous upper bound for anything that should happen at once on loopback
 QUIET_S = 0.3  # how long "nothing happens" is watched for
