@@ -1,8 +1,10 @@
-"""TRUNKREC/1 client driver against the bundled recorder simulator, over real TCP and over a pty."""
+"""TRUNKREC/1 client driver against the bundled recorder simulator, over real TCP, over a pty, and over a pty
+behind an RFC 2217 serial device server."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 import structlog
@@ -272,3 +274,121 @@ async def test_a_recorder_restarting_mid_command_fails_the_command_and_is_ready_
     finally:
         await driver.close()
         await sim.stop()
+
+
+def _three_wire_serial(device_path: str):
+    """The device server's side of the pty as a pySerial port without modem lines (a pty has none, like a 3-wire
+    RS-232 cable): CTS and DSR read as asserted, RI and CD as not, DTR/RTS changes are accepted and ignored."""
+    import serial
+
+    class ThreeWireSerial(serial.Serial):
+        cts = dsr = property(lambda self: True)
+        ri = cd = property(lambda self: False)
+
+        def _update_dtr_state(self) -> None:
+            pass
+
+        def _update_rts_state(self) -> None:
+            pass
+
+    return ThreeWireSerial(device_path, timeout=0)
+
+
+class Rfc2217DeviceServer:
+    """A serial device server on loopback: pySerial's PortManager answers each client's RFC 2217 negotiation and
+    bridges it to the serial port at `device_path`, opened while that client is connected (as a real device server
+    holds its port)."""
+
+    def __init__(self, device_path: str) -> None:
+        self.device_path = device_path
+        self.clients = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from serial import rfc2217
+
+        loop = asyncio.get_running_loop()
+        self.clients += 1
+        self._writers.add(writer)
+        port = _three_wire_serial(self.device_path)
+        manager = rfc2217.PortManager(port, writer)
+
+        def forward_from_port() -> None:
+            try:
+                data = os.read(port.fileno(), 4096)
+            except OSError:
+                data = b""
+            if data:
+                writer.write(b"".join(manager.escape(data)))
+
+        loop.add_reader(port.fileno(), forward_from_port)
+        try:
+            while data := await reader.read(1024):
+                for chunk in manager.filter(data):
+                    port.write(chunk)
+        except ConnectionError:
+            pass
+        finally:
+            loop.remove_reader(port.fileno())
+            port.close()
+            self._writers.discard(writer)
+            writer.close()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pySerial's rfc2217 module uses Thread.setDaemon
+async def test_a_recorder_behind_an_rfc2217_device_server_connects_and_answers_a_manual_record_start(sink):
+    simulator = TrunkRecorderSimulator(channels=30, name="rfc2217-sim")
+    server = Rfc2217DeviceServer(await simulator.open_pty())
+    port = await server.start()
+    driver = make_client(f"rfc2217://127.0.0.1:{port}", sink)
+    try:
+        await driver.open()
+        await driver.wait_ready(WAIT_S)
+        assert driver.device_name == "rfc2217-sim" and server.clients == 1
+        call = simulator.place_call("1/5", calling="01707392200", called="8856")
+        simulator.answer("1/5")
+        assert (await sink.next(CallConnected)).native_id == call.call_id
+        recording_id = await driver.start("1/5")
+        assert recording_id and simulator.channel_state("1/5") == "recording"
+        assert (await sink.next(RecordingStarted)).recording_native_id == recording_id
+    finally:
+        await driver.close()
+        await server.stop()
+        await simulator.stop()
+    # The port's reader ran in an executor thread under a task of the driver's: close() has ended it.
+    assert not [task for task in asyncio.all_tasks() if task.get_name().startswith("read rfc2217://")]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+async def test_a_recorder_behind_an_rfc2217_device_server_comes_back_after_the_server_drops_it(sink):
+    simulator = TrunkRecorderSimulator(channels=30, name="rfc2217-sim")
+    server = Rfc2217DeviceServer(await simulator.open_pty())
+    port = await server.start()
+    driver = make_client(f"rfc2217://127.0.0.1:{port}", sink)
+    try:
+        await driver.open()
+        await driver.wait_ready(WAIT_S)
+        for writer in list(server._writers):  # the device server drops the client
+            writer.close()
+        mark = len(sink.events)
+        await sink.next(RecorderSynced, after=mark)  # a new session's replay
+        await driver.wait_ready(WAIT_S)
+        assert driver.connects == 2 and server.clients == 2
+        simulator.place_call("1/3", calling="0170", called="8856")
+        assert await driver.start("1/3")
+    finally:
+        await driver.close()
+        await server.stop()
+        await simulator.stop()
