@@ -258,7 +258,7 @@ def parse_request_line(line: str) -> Request:
 
 
 class LineFramer(StrictLineFramer):
-    """Bytes → lines (§2): CRLF or bare LF ends a line; lines over MAX_LINE_BYTES or with non-printable bytes are
+    """Bytes → lines (docs/trunkrec.md §2): CRLF or bare LF ends a line; lines over MAX_LINE_BYTES or with non-printable bytes are
     framing errors (a ProtocolError in the line's place, counted in `framing_errors`), then resync. The mechanics
     are the connection layer's (drivers/connection/framing.py); the limits are TRUNKREC's."""
 
