@@ -258,9 +258,9 @@ def parse_request_line(line: str) -> Request:
 
 
 class LineFramer(StrictLineFramer):
-    """Bytes → lines (docs/trunkrec.md §2): CRLF or bare LF ends a line; lines over MAX_LINE_BYTES or with non-printable bytes are
-    framing errors (a ProtocolError in the line's place, counted in `framing_errors`), then resync. The mechanics
-    are the connection layer's (drivers/connection/framing.py); the limits are TRUNKREC's."""
+    """Bytes → lines (docs/trunkrec.md §2): CRLF or bare LF ends a line; lines over MAX_LINE_BYTES or with
+    non-printable bytes are framing errors (a ProtocolError in the line's place, counted in `framing_errors`),
+    then resync. The mechanics are the connection layer's (drivers/connection/framing.py), the limits TRUNKREC's."""
 
     __slots__ = ()
 
