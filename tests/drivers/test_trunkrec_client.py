@@ -4,7 +4,6 @@ behind an RFC 2217 serial device server."""
 from __future__ import annotations
 
 import asyncio
-import os
 
 import pytest
 import structlog
@@ -14,6 +13,7 @@ from gateway.config import RecorderConfig
 from gateway.errors import RecorderError, RecorderNotConnected, RecorderTimeout
 from gateway.events import CallConnected, CallEnded, CallStarted, RecorderSynced, RecordingStarted, RecordingStopped
 from gateway.model import Direction
+from simulators.device_server import Rfc2217DeviceServer
 from simulators.trunkrec import TrunkRecorderSimulator
 
 WAIT_S = 5.0
@@ -276,77 +276,6 @@ async def test_a_recorder_restarting_mid_command_fails_the_command_and_is_ready_
         await sim.stop()
 
 
-def _three_wire_serial(device_path: str):
-    """The device server's side of the pty as a pySerial port without modem lines (a pty has none, like a 3-wire
-    RS-232 cable): CTS and DSR read as asserted, RI and CD as not, DTR/RTS changes are accepted and ignored."""
-    import serial
-
-    class ThreeWireSerial(serial.Serial):
-        cts = dsr = property(lambda self: True)
-        ri = cd = property(lambda self: False)
-
-        def _update_dtr_state(self) -> None:
-            pass
-
-        def _update_rts_state(self) -> None:
-            pass
-
-    return ThreeWireSerial(device_path, timeout=0)
-
-
-class Rfc2217DeviceServer:
-    """A serial device server on loopback: pySerial's PortManager answers each client's RFC 2217 negotiation and
-    bridges it to the serial port at `device_path`, opened while that client is connected (as a real device server
-    holds its port)."""
-
-    def __init__(self, device_path: str) -> None:
-        self.device_path = device_path
-        self.clients = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        from serial import rfc2217
-
-        loop = asyncio.get_running_loop()
-        self.clients += 1
-        self._writers.add(writer)
-        port = _three_wire_serial(self.device_path)
-        manager = rfc2217.PortManager(port, writer)
-
-        def forward_from_port() -> None:
-            try:
-                data = os.read(port.fileno(), 4096)
-            except OSError:
-                data = b""
-            if data:
-                writer.write(b"".join(manager.escape(data)))
-
-        loop.add_reader(port.fileno(), forward_from_port)
-        try:
-            while data := await reader.read(1024):
-                for chunk in manager.filter(data):
-                    port.write(chunk)
-        except ConnectionError:
-            pass
-        finally:
-            loop.remove_reader(port.fileno())
-            port.close()
-            self._writers.discard(writer)
-            writer.close()
-
-
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pySerial's rfc2217 module uses Thread.setDaemon
 async def test_a_recorder_behind_an_rfc2217_device_server_connects_and_answers_a_manual_record_start(sink):
     simulator = TrunkRecorderSimulator(channels=30, name="rfc2217-sim")
@@ -380,8 +309,7 @@ async def test_a_recorder_behind_an_rfc2217_device_server_comes_back_after_the_s
     try:
         await driver.open()
         await driver.wait_ready(WAIT_S)
-        for writer in list(server._writers):  # the device server drops the client
-            writer.close()
+        server.drop_clients()
         mark = len(sink.events)
         await sink.next(RecorderSynced, after=mark)  # a new session's replay
         await driver.wait_ready(WAIT_S)
