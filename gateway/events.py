@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from gateway.model import Direction
+
+
+class LinkState(enum.StrEnum):
+    """A PBX link's state as its transport reports it (`on_state`); `/healthz` shows it."""
+
+    UP = "up"
+    DOWN = "down"
 
 
 @dataclass(frozen=True, slots=True)

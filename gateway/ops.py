@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+# LinkState lives in gateway.events (drivers report it and may not import ops); re-exported here for old callers.
+from gateway.events import LinkState as LinkState
 from gateway.recording import RecorderControl
 
 if TYPE_CHECKING:
     from gateway.retention import RetentionHealth
-
-
-class LinkState(enum.StrEnum):
-    UP = "up"
-    DOWN = "down"
 
 
 @dataclass(slots=True)
