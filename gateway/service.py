@@ -18,7 +18,8 @@ from gateway.calls import CallTracker
 from gateway.config import GatewayConfig
 from gateway.events import DriverEvent
 from gateway.model import Call
-from gateway.ops import LinkHealth, health_report
+from gateway.events import LinkHealth
+from gateway.ops import health_report
 from gateway.recording import RecorderControl, RecordingPolicy, RecordingService
 from gateway.retention import RetentionPruner
 from gateway.store import PRUNE_CALLS, Store

@@ -21,6 +21,7 @@ import structlog
 
 from gateway.errors import StoreError
 from gateway.events import LinkProgress
+from gateway.journal import JournalEntry
 from gateway.model import Call, CallState, Direction, Recording, RecordingMode
 
 log = structlog.get_logger(__name__)
@@ -301,17 +302,6 @@ SELECT_SPACE = "SELECT * FROM pragma_page_count(), pragma_freelist_count(), prag
 SELECT_QUARANTINE_BY_LINK = (
     "SELECT seq, journal_seq, link, received_at, raw, reason FROM quarantine WHERE link = ? ORDER BY seq LIMIT ?"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class JournalEntry:
-    """One raw line exactly as a link delivered it."""
-
-    seq: int
-    link: str
-    received_at: datetime
-    raw: bytes
-    framing_error: str | None = None  # the transport could not frame it (cut at the length limit, partial)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from gateway.config import GatewayConfig, LinkConfig
 from gateway.events import CallRecord
 from gateway.lifecycle import stop_on_signals
 from gateway.model import utc_now
-from gateway.ops import LinkState
+from gateway.events import LinkState
 
 
 def printable(raw: bytes) -> str:

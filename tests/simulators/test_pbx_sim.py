@@ -16,7 +16,7 @@ from drivers.smdr import create_parser
 from drivers.transport import FramedLine, LineFramer, create_transport
 from gateway.config import LinkConfig
 from gateway.config import LoginStep as GatewayLoginStep
-from gateway.ops import LinkState
+from gateway.events import LinkState
 from simulators import pbx as pbx_module
 from simulators.pbx import PbxSimulator, PbxSimulatorError, call_end, parse_extensions
 from simulators.pbx_records import FORMATS, PROFILES, record_lines

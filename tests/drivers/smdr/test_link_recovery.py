@@ -9,7 +9,7 @@ from drivers.smdr.link import SmdrLink
 from drivers.transport import FramedLine
 from gateway.config import LinkConfig
 from gateway.events import CallRecord, LinkProgress
-from gateway.ops import LinkHealth
+from gateway.events import LinkHealth
 from gateway.store import Store
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
