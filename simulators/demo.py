@@ -1,4 +1,5 @@
 """`gateway demo`: the gateway on a configuration (the bundled default) with simulators in place of hardware.
+It runs the whole application (gateway.service), so it lives here with the simulators, not in the core.
 
 Every `tcp://` recorder of the file gets a trunk recorder simulator listening on its address; every
 `listen://` link gets a PBX simulator that connects to it, every `tcp://` link one that listens on its

@@ -20,10 +20,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
 
-from gateway.cli import positive_float
 from gateway.lifecycle import stop_on_signals
 from simulators.pbx_records import FORMATS, PROFILES, FormatProfile, LoginStep, garbage_line, record_lines
-from simulators.cli import run_cli
+from simulators.cli import positive_float, run_cli
 from simulators.pty import PtyPort
 from simulators.tasks import OwnedTasks
 from simulators.traffic import CompletedCall, PlannedCall

@@ -18,17 +18,20 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from enum import IntEnum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import structlog
 
 from simulators.traffic import DIRECTION_IN, DIRECTION_INTERNAL, DIRECTION_OUT, CompletedCall, PlannedCall
 from simulators.trunkrec import CAUSE_NO_ANSWER, CAUSE_NORMAL_CLEARING, SimCall, TrunkRecorderSimulator
 
-if TYPE_CHECKING:  # the PBX simulator imports this module for its --traffic player
-    from simulators.pbx import PbxSimulator
-
 log = structlog.get_logger(__name__)
+
+
+class RecordEmitter(Protocol):
+    """What the site needs of its PBX (simulators.pbx.PbxSimulator, which imports this module for --traffic)."""
+
+    def emit(self, call: CompletedCall) -> object: ...  # the lines printed (unused here)
 
 # IP Office style Call IDs: ten digits, +1 per call (docs/smdr.md, avaya-ipo).
 DEFAULT_FIRST_PBX_CALL_ID = 1_000_020_000
@@ -99,7 +102,7 @@ class Site:
         self,
         plan: Iterable[PlannedCall],
         *,
-        pbx: PbxSimulator | None = None,
+        pbx: RecordEmitter | None = None,
         recorder: TrunkRecorderSimulator | None = None,
         channels: Mapping[str, str] | None = None,
         speed: float = 1.0,

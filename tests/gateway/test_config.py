@@ -8,14 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import (
-    MAX_ON_DEMAND_RETENTION_S,
-    GatewayConfig,
-    SerialSettings,
-    check_config,
-    describe_config,
-    load_config,
-)
+from drivers.smdr import SMDR_FORMATS
+from gateway.config import MAX_ON_DEMAND_RETENTION_S, GatewayConfig, SerialSettings
+from gateway.config.describe import check_config, describe_config
+from gateway.config.load import load_config
 from gateway.errors import ConfigError
 from gateway.model import RecordingMode
 from gateway.passwords import hash_password
@@ -48,13 +44,13 @@ def write(tmp_path: Path, text: str, name: str = "gw.yaml") -> Path:
 
 
 def load(tmp_path: Path, text: str) -> GatewayConfig:
-    return load_config(write(tmp_path, text))
+    return load_config(write(tmp_path, text), SMDR_FORMATS)
 
 
 def refused(tmp_path: Path, text: str) -> ConfigError:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as caught:
-        load_config(path)
+        load_config(path, SMDR_FORMATS)
     return caught.value
 
 
@@ -75,9 +71,9 @@ def assert_names(error: ConfigError, line: int, key: str | None, fragment: str) 
 
 @pytest.mark.parametrize("path", [BUNDLED, *EXAMPLES], ids=lambda path: path.name)
 def test_shipped_files_load(path: Path) -> None:
-    config = load_config(path)
+    config = load_config(path, SMDR_FORMATS)
     assert config.source == path
-    assert describe_config(config)
+    assert describe_config(config, SMDR_FORMATS)
 
 
 def test_examples_exist() -> None:
@@ -86,7 +82,7 @@ def test_examples_exist() -> None:
 
 
 def test_bundled_default_content() -> None:
-    config = load_config(BUNDLED)
+    config = load_config(BUNDLED, SMDR_FORMATS)
     assert (config.http.host, config.http.port, config.http.tls) == ("127.0.0.1", 8010, None)
     assert config.store.path == Path.cwd() / "var" / "gateway.db"
     demo, secure = config.api.keys
@@ -217,7 +213,7 @@ def test_retention_keys_take_durations_and_forever(tmp_path: Path) -> None:
     )
     retention = config.store.retention
     assert (retention.calls_s, retention.journal_s, retention.quarantine_s) == (400 * 86400, 26 * 7 * 86400, None)
-    assert "  retention: calls 400d, journal 26w, quarantine forever" in describe_config(config)
+    assert "  retention: calls 400d, journal 26w, quarantine forever" in describe_config(config, SMDR_FORMATS)
 
 
 @pytest.mark.parametrize("key", ["calls", "journal", "quarantine"])
@@ -627,7 +623,7 @@ def test_all_problems_are_listed_first_one_first(tmp_path: Path) -> None:
 
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="no such file"):
-        load_config("/nonexistent/gateway.yaml")
+        load_config("/nonexistent/gateway.yaml", SMDR_FORMATS)
 
 
 def test_tls_paths_relative_to_the_config_folder(tmp_path: Path) -> None:
@@ -682,14 +678,14 @@ def test_describe_never_shows_secrets(tmp_path: Path) -> None:
               - {{expect: "Password:", send: "hunter2"}}
         """,
     )
-    text = describe_config(config)
+    text = describe_config(config, SMDR_FORMATS)
     assert "crm-key" in text and "bob" in text and "tcp://10.0.0.1:1752" in text
     for secret in (GUID, GUID.upper(), CHEAP_HASH, CHEAP_HASH.split("$")[-1], "hunter2"):
         assert secret not in text
 
 
 def test_describe_bundled_default() -> None:
-    text = describe_config(load_config(BUNDLED))
+    text = describe_config(load_config(BUNDLED, SMDR_FORMATS), SMDR_FORMATS)
     assert "127.0.0.1:8010" in text
     assert "8856: controlled, recorder trunk1 channel 1/5" in text
     assert "pbx-main: avaya-ipo at listen://127.0.0.1:5100" in text
@@ -709,7 +705,7 @@ def test_defaults_of_partly_given_sections_are_values(tmp_path, text, expected):
     """A section that gives some keys gets the documented defaults for the others (not dataclass internals)."""
     path = tmp_path / "partial.yaml"
     path.write_text(text)
-    config = load_config(path)
+    config = load_config(path, SMDR_FORMATS)
     assert (config.log.level, config.log.format, config.store.sync) == expected
 
 
@@ -717,7 +713,7 @@ def test_store_sync_refuses_unknown_modes(tmp_path):
     path = tmp_path / "sync.yaml"
     path.write_text("store:\n  sync: sometimes\n")
     with pytest.raises(ConfigError) as raised:
-        load_config(path)
+        load_config(path, SMDR_FORMATS)
     assert f"{path}:2" in str(raised.value) and "store.sync" in str(raised.value)
 
 
@@ -733,7 +729,7 @@ def test_format_options_are_checked_by_the_format_at_start_up(tmp_path, link_yam
     path = tmp_path / "formats.yaml"
     path.write_text("links:\n  - name: pbx\n" + link_yaml)
     with pytest.raises(ConfigError) as raised:
-        load_config(path)
+        load_config(path, SMDR_FORMATS)
     message = str(raised.value).splitlines()[0]
     assert message.startswith(f"{path}:{line}: {key}: "), message
 
@@ -746,14 +742,14 @@ def test_custom_skip_regex_accepts_a_list(tmp_path):
         "    fields: {date: 0, time: 1, trunk: 2, extension: 3, duration: 5, other_number: 6}\n"
         "    date_format: '%d.%m.%y'\n    time_format: '%H:%M:%S'\n"
     )
-    assert load_config(path).links[0].options["skip_regex"] == ["^Datum\\|", "^-+$"]
+    assert load_config(path, SMDR_FORMATS).links[0].options["skip_regex"] == ["^Datum\\|", "^-+$"]
 
 
 def test_link_correlation_window_is_a_positive_number(tmp_path):
     path = tmp_path / "corr.yaml"
     path.write_text("links:\n  - name: pbx\n    format: avaya-ipo\n    url: listen://0.0.0.0:5100\n    correlation_window: 300\n")
-    assert load_config(path).links[0].options["correlation_window"] == 300.0
+    assert load_config(path, SMDR_FORMATS).links[0].options["correlation_window"] == 300.0
     path.write_text("links:\n  - name: pbx\n    format: avaya-ipo\n    url: listen://0.0.0.0:5100\n    correlation_window: -1\n")
     with pytest.raises(ConfigError) as raised:
-        load_config(path)
+        load_config(path, SMDR_FORMATS)
     assert f"{path}:5" in str(raised.value) and "links[0].correlation_window" in str(raised.value)

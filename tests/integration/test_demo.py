@@ -152,13 +152,14 @@ POLL_S = 0.05  # how often the in-process test looks at the link counters while 
 
 
 async def test_demo_stands_in_for_every_network_link_and_recorder(tmp_path, unused_tcp_port_factory):
-    from gateway.config import load_config
-    from gateway.demo import Demo
+    from drivers.smdr import SMDR_FORMATS
+    from gateway.config.load import load_config
+    from simulators.demo import Demo
 
     ports = {name: unused_tcp_port_factory() for name in ("http", "recorder1", "recorder2", "ipo", "pana", "mitel")}
     path = tmp_path / "multi.yaml"
     path.write_text(MULTI_LINK_CONFIG.format(db=tmp_path / "demo.db", **ports))
-    demo = Demo(load_config(path), seed=11, calls_per_minute=240, speed=SPEED)
+    demo = Demo(load_config(path, SMDR_FORMATS), seed=11, calls_per_minute=240, speed=SPEED)
     await demo.start()
     try:
         assert set(demo.recorders) == {"trunk1", "trunk2"} and set(demo.pbxs) == {"ipo", "pana", "mitel"}

@@ -44,7 +44,9 @@ def test_the_time_is_option_is_named_as_the_reason():
 
 
 def test_check_names_each_links_reading(tmp_path):
-    from gateway.config import describe_config, load_config
+    from drivers.smdr import SMDR_FORMATS
+    from gateway.config.describe import describe_config
+    from gateway.config.load import load_config
 
     source = tmp_path / "gateway.yaml"
     source.write_text(
@@ -52,6 +54,6 @@ def test_check_names_each_links_reading(tmp_path):
         "  - {name: pana, format: panasonic, url: 'listen://127.0.0.1:9101', timezone: UTC, options: {time_is: start}}\n"
         "  - {name: ipo, format: avaya-ipo, url: 'listen://127.0.0.1:9102', timezone: UTC}\n"
     )
-    text = describe_config(load_config(source))
+    text = describe_config(load_config(source, SMDR_FORMATS), SMDR_FORMATS)
     assert "    reads lines as: Panasonic: start times (time_is option)" in text
     assert "    reads lines as: IP Office: CSV by field index" in text
