@@ -30,12 +30,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from benchlib import ROOT, free_port  # noqa: E402 — bench/ is the script folder
+from benchlib import ROOT, free_port
+
 sys.path.insert(0, str(ROOT))
 
-from gateway.model import Call, CallState, Direction, RecordingMode, new_id  # noqa: E402
-from gateway.store import Store  # noqa: E402
-from gateway.logs import configure_logging  # noqa: E402
+from gateway.logs import configure_logging
+from gateway.model import Call, CallState, Direction, RecordingMode, new_id
+from gateway.store import Store
 
 configure_logging("warning")  # the bench prints its own table; the components stay quiet
 

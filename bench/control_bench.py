@@ -23,13 +23,13 @@ import time
 from pathlib import Path
 
 import aiohttp
+from benchlib import ROOT, free_port
 
-from benchlib import ROOT, free_port  # noqa: E402 — bench/ is the script folder
 sys.path.insert(0, str(ROOT))
 
-from drivers.trunkrec import protocol as p  # noqa: E402
-from simulators.trunkrec import TrunkRecorderSimulator  # noqa: E402
-from gateway.logs import configure_logging  # noqa: E402
+from drivers.trunkrec import protocol as p
+from gateway.logs import configure_logging
+from simulators.trunkrec import TrunkRecorderSimulator
 
 configure_logging("warning")  # the bench prints its own table; the components stay quiet
 

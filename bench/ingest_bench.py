@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 import aiohttp
+from benchlib import ROOT, free_port
 
-from benchlib import ROOT, free_port  # noqa: E402 — bench/ is the script folder
 API_KEY = "74c8eea0-50c6-40b2-9f3e-252ed501c3c8"
 CHUNK_RECORDS = 500  # records per write of the bulk sender, like a PBX flushing its buffer
 PROBE_INTERVAL_S = 0.02

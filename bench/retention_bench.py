@@ -20,15 +20,15 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from benchlib import ROOT  # noqa: E402 — bench/ is the script folder
+from benchlib import ROOT
 
 sys.path.insert(0, str(ROOT))
 
-from gateway.config import RetentionConfig  # noqa: E402
-from gateway.logs import configure_logging  # noqa: E402
-from gateway.model import Call, CallState, Recording  # noqa: E402
-from gateway.retention import RetentionPruner  # noqa: E402
-from gateway.store import PRUNE_CALLS, PRUNE_JOURNAL, PRUNE_QUARANTINE, Store  # noqa: E402
+from gateway.config import RetentionConfig
+from gateway.logs import configure_logging
+from gateway.model import Call, CallState, Recording
+from gateway.retention import RetentionPruner
+from gateway.store import PRUNE_CALLS, PRUNE_JOURNAL, PRUNE_QUARANTINE, Store
 
 NOW = datetime.now(UTC)
 OLD = NOW - timedelta(days=400)

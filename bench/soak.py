@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import signal
 import statistics
@@ -37,7 +36,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchlib, also when imported from the tests
-from benchlib import ROOT, free_port  # noqa: E402
+from benchlib import ROOT, free_port
 
 API_KEY = "74c8eea0-50c6-40b2-9f3e-252ed501c3c8"
 LINK = "pbx"

@@ -344,6 +344,7 @@ class CallTracker:
 
     def apply(self, event: DriverEvent) -> Call | None:
         """Apply one driver event; returns the call it touched (None when it concerned no known call)."""
+        call: Call | None
         match event:
             case CallRecord():  # first: a busy SMDR link hands in thousands a second
                 call = self._call_record(event)
@@ -519,9 +520,9 @@ class CallTracker:
         for (recorder, native_id), recording in list(self._active_recordings.items()):
             if recorder == event.recorder and native_id not in event.live_recording_native_ids:
                 self._end_recording(recording, event.at)
-                call = self._call_in_memory(recording.call_id)
-                if call is not None:
-                    self.save_soon(call)
+                recorded_call = self._call_in_memory(recording.call_id)
+                if recorded_call is not None:
+                    self.save_soon(recorded_call)
 
     # ---- PBX call records
 

@@ -1017,7 +1017,9 @@ class Store:
         """Inserts the rows; the seq of the first. This thread is the only writer, inside one transaction:
         the seqs given are consecutive."""
         _execute_rows(cursor, _INSERT_JOURNAL, rows, self._max_variables)
-        return cursor.lastrowid - len(rows) + 1
+        last_seq = cursor.lastrowid
+        assert last_seq is not None  # rows were inserted just now
+        return last_seq - len(rows) + 1
 
     def _close_connections(self, writer_connection: sqlite3.Connection) -> None:
         # Readers first (their pool is idle: close() waited for every read), so the writer's close is the last

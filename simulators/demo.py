@@ -218,10 +218,11 @@ class Demo:
             for number, extension in recorded.items()
             if extension.mode in (RecordingMode.CONTROLLED, RecordingMode.CONTROLLED_AUTOSTART)
         ]
-        self.pinned_extension = (controlled or list(recorded) or [None])[0]
+        self.pinned_extension = controlled[0] if controlled else next(iter(recorded), None)
         configured = [extension.number for extension in self.config.extensions]
         extensions = configured + [number for number in DEMO_EXTRA_EXTENSIONS if number not in configured]
         pbx_links = [link.name for link in self.config.links if link.name in self.pbxs]  # in the file's order
+        pinned_extension = self.pinned_extension
         for index, link_name in enumerate(pbx_links or [None]):
             first = index == 0
             model = TrafficModel(
@@ -230,13 +231,13 @@ class Demo:
                 talk_median_s=DEMO_TALK_MEDIAN_S,
                 extensions=extensions,
                 transfer_extensions=[number for number in extensions if number not in recorded],
-                pinned={self.pinned_extension: PINNED_CALL_S} if first and self.pinned_extension else None,
+                pinned={pinned_extension: PINNED_CALL_S} if first and pinned_extension else None,
             )
             site = Site(
                 model.calls(),
                 pbx=self.pbxs[link_name] if link_name else None,
                 recorder=self.recorders[first_recorder] if first and first_recorder else None,
-                channels={number: extension.channel for number, extension in recorded.items()} if first else None,
+                channels={number: extension.channel for number, extension in recorded.items() if extension.channel} if first else None,
                 speed=self.speed,
                 first_pbx_call_id=first_call_id_from_clock(),
                 history=SITE_HISTORY,

@@ -15,19 +15,25 @@ import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from datetime import datetime, timedelta, tzinfo
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
 
 from gateway.lifecycle import stop_on_signals
-from simulators.pbx_records import FORMATS, PROFILES, FormatProfile, LoginStep, garbage_line, record_lines
 from simulators.cli import positive_float, run_cli
+from simulators.pbx_records import FORMATS, PROFILES, FormatProfile, LoginStep, garbage_line, record_lines
 from simulators.pty import PtyPort
 from simulators.tasks import OwnedTasks
 from simulators.traffic import CompletedCall, PlannedCall
 
 log = structlog.get_logger(__name__)
+
+
+def _same(protocol: asyncio.Protocol) -> asyncio.Protocol:
+    """A protocol factory answering the protocol made beforehand (the connect loop keeps it to log its end)."""
+    return protocol
 
 DEFAULT_NAME = "pbx"
 DEFAULT_TRAFFIC_PER_MINUTE = 20.0  # the CLI makes calls unless told otherwise (--traffic 0)
@@ -412,7 +418,7 @@ class PbxSimulator:
             started.set()
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                    await loop.create_connection(lambda: peer, host, port)
+                    await loop.create_connection(partial(_same, peer), host, port)
             except (OSError, TimeoutError) as error:
                 reason = str(error) or type(error).__name__
                 if in_outage:

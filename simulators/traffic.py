@@ -248,9 +248,9 @@ class _Planner:
                     self._push(ready, self._pinned_call(call.extension, round(call.at_s + call.length_s, AT_DECIMALS)))
                 yield call
             else:
-                call = self._arrival(next_arrival_s)
-                if call is not None:
-                    self._push(ready, call)
+                arrived = self._arrival(next_arrival_s)
+                if arrived is not None:
+                    self._push(ready, arrived)
                 next_arrival_s = next(arrivals)
 
     def _push(self, ready: list[tuple[float, int, PlannedCall]], call: PlannedCall) -> None:
@@ -315,13 +315,17 @@ class _Planner:
         else:
             ring_s, talk_s = give_up_s or float(round(rng.uniform(*GIVE_UP_BOUNDS_S))), 0.0
         transfer_to, transfer_talk_s = None, 0.0
-        if answered and direction != DIRECTION_INTERNAL and extension in model.transfer_extensions:
-            if rng.random() < model.transfer_share:
-                transfer_at_s = at_s + ring_s + talk_s
-                targets = sorted(self._free(transfer_at_s, model.transfer_extensions - {extension}))
-                if targets:
-                    transfer_to = rng.choice(targets)
-                    transfer_talk_s = _bounded_lognormal(rng, TRANSFER_TALK_MEDIAN_S, TALK_SIGMA, TALK_BOUNDS_S)
+        if (
+            answered
+            and direction != DIRECTION_INTERNAL
+            and extension in model.transfer_extensions
+            and rng.random() < model.transfer_share
+        ):
+            transfer_at_s = at_s + ring_s + talk_s
+            targets = sorted(self._free(transfer_at_s, model.transfer_extensions - {extension}))
+            if targets:
+                transfer_to = rng.choice(targets)
+                transfer_talk_s = _bounded_lognormal(rng, TRANSFER_TALK_MEDIAN_S, TALK_SIGMA, TALK_BOUNDS_S)
         account = caller_name = None
         if direction != DIRECTION_INTERNAL:
             if rng.random() < model.account_share:

@@ -78,7 +78,7 @@ class AvayaIpoParser(RecordParser):
             if _is_header(fields):
                 return []
             if len(fields) < MIN_FIELDS:
-                raise SmdrParseError(f"not an IP Office record: {len(fields)} fields, at least {MIN_FIELDS} needed")
+                raise SmdrParseError(f"not an IP Office record: {len(fields)} fields, at least {MIN_FIELDS} needed") from None
             raise SmdrParseError(f"call start {fields[F_CALL_START]!r} is not a YYYY/MM/DD HH:MM:SS date") from None
         if len(fields) < MIN_FIELDS:
             raise SmdrParseError(f"{len(fields)} fields, at least {MIN_FIELDS} needed")
@@ -102,6 +102,8 @@ class AvayaIpoParser(RecordParser):
 
         party1, party2 = fields[F_PARTY1_DEVICE], fields[F_PARTY2_DEVICE]
         extension_devices = [device for device in (party1, party2) if _is_extension(device)]
+        trunk: str | None
+        trunk_name: str | None
         if _is_trunk(party1):
             trunk, trunk_name = party1, fields[F_PARTY1_NAME]
         elif _is_trunk(party2):
@@ -169,7 +171,8 @@ def _call_start(text: str) -> datetime:
     match = _CALL_START.match(text)
     if not match:
         raise ValueError(f"bad call start {text!r}")
-    return datetime(*map(int, match.groups()))
+    year, month, day, hour, minute, second = map(int, match.groups())
+    return datetime(year, month, day, hour, minute, second)
 
 
 def _is_header(fields: list[str]) -> bool:

@@ -425,6 +425,8 @@ class CustomParser(RecordParser):
                 direction = Direction.OUT
             elif called_internal:
                 direction = Direction.IN
+        extension: str | None
+        other_number: str | None
         if direction is Direction.IN:
             extension, other_number = called, caller
         else:

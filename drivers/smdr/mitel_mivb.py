@@ -212,6 +212,7 @@ class MitelMivbParser(RecordParser):
 
     def variant(self) -> str:
         settings = self._settings
+        seconds: bool | None
         if self._last_layout is not None:
             layout, seconds = self._last_layout
         else:

@@ -371,7 +371,7 @@ class PanasonicParser(RecordParser):
         if not fields.duration:  # intercom: the call ended at the printed time; how long it lasted is not printed
             extra["duration_unknown"] = True
         start = end = None
-        if times_known:
+        if day is not None and clock is not None:  # times_known
             stamp = to_utc(datetime(day.year, day.month, day.day, *clock), self.tz, received_at)
             if duration_s is not None and not (fields.ring and ring_s is None):
                 span = timedelta(seconds=duration_s + (ring_s or 0))

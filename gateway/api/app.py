@@ -14,8 +14,8 @@ import structlog
 from aiohttp import web
 from multidict import MultiDict
 
-from gateway.api.auth import Authenticator
 from gateway.api import connections
+from gateway.api.auth import Authenticator
 from gateway.api.connections import ApiRunner
 from gateway.api.render import (
     NoPayload,

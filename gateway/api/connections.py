@@ -187,6 +187,7 @@ class ApiRequestHandler(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         server = self._manager
+        assert server is None or isinstance(server, ApiServer)
         if data and server is not None and self._waiter is not None and not self._waiter.done():
             self._arm_head_timer(server.header_timeout_s)  # the first bytes of the next request's head
         heads_before = self._request_count

@@ -8,9 +8,9 @@ gateway.config.describe. Drivers take their parts of it (LinkConfig, SerialSetti
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any, Protocol
 
 from gateway.model import RecordingMode

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import ssl
+
 from gateway.config import RETENTION_FOREVER, GatewayConfig, LinkConfig, LinkFormats, SerialSettings
 from gateway.config.yaml_nodes import _format_duration
+
 
 def describe_config(config: GatewayConfig, formats: LinkFormats) -> str:
     """What the configuration would run, for `gateway check`; never shows a key, a hash or a login text."""

@@ -20,8 +20,6 @@ from typing import Any
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 from gateway.config import (
-    ApiConfig,
-    ApiKeyConfig,
     DEFAULT_HTTP_HOST,
     DEFAULT_HTTP_PORT,
     DEFAULT_LOG_FORMAT,
@@ -31,6 +29,10 @@ from gateway.config import (
     DEFAULT_STORE_PATH,
     DEFAULT_STORE_SYNC,
     DEFAULT_TOKEN_TTL_S,
+    MAX_ON_DEMAND_RETENTION_S,
+    STORE_SYNC_MODES,
+    ApiConfig,
+    ApiKeyConfig,
     ExtensionConfig,
     GatewayConfig,
     HttpConfig,
@@ -38,11 +40,9 @@ from gateway.config import (
     LinkFormats,
     LogConfig,
     LoginStep,
-    MAX_ON_DEMAND_RETENTION_S,
     OnDemandConfig,
     RecorderConfig,
     RetentionConfig,
-    STORE_SYNC_MODES,
     SerialSettings,
     StoreConfig,
     TlsConfig,
@@ -50,11 +50,11 @@ from gateway.config import (
 )
 from gateway.config.yaml_nodes import (
     _AlreadyReported,
-    _line,
     _compose,
     _format_duration,
     _is_null,
     _kind,
+    _line,
     _Map,
     _NodeReader,
 )
@@ -680,7 +680,7 @@ class _Reader(_NodeReader):
                         f"(line {line})",
                     )
                 first_by_number[number] = (item_path, _line(number_node))
-                if recorder is not None and channel is not None:
+                if recorder is not None and channel is not None and channel_node is not None:
                     first_by_channel[(recorder, channel)] = (number, _line(channel_node))
                 extensions.append(ExtensionConfig(number=number, mode=mode, recorder=recorder, channel=channel))
         return tuple(extensions)
@@ -731,11 +731,11 @@ def _url_kind(url: str) -> str:
         if scheme and "://" in text:
             raise ValueError(f"'{scheme['scheme']}://' URLs are not supported")
         raise ValueError(f"{text!r} is neither a URL nor an absolute serial port path")
-    scheme = match["scheme"]
+    url_scheme: str = match["scheme"]
     kinds = {"listen": URL_LISTEN, "tcp": URL_TCP, "rfc2217": URL_RFC2217, "socket": URL_SOCKET}
-    if scheme not in kinds:
-        raise ValueError(f"'{scheme}://' URLs are not supported")
-    kind = kinds[scheme]
+    if url_scheme not in kinds:
+        raise ValueError(f"'{url_scheme}://' URLs are not supported")
+    kind = kinds[url_scheme]
     if match["ipv6"] is not None:
         try:
             ipaddress.IPv6Address(match["ipv6"])

@@ -15,8 +15,8 @@ import pytest
 
 from gateway import store as store_module
 from gateway.errors import StoreError
-from gateway.model import Call, CallState, Direction, Recording, RecordingMode
 from gateway.journal import JournalEntry
+from gateway.model import Call, CallState, Direction, Recording, RecordingMode
 from gateway.store import QuarantineEntry, Store
 
 T0 = datetime(2024, 3, 1, 9, 30, 15, 123456, tzinfo=UTC)

@@ -37,9 +37,11 @@ IPO_OUT_35 = (
 
 
 async def api(gateway: Gateway, **params) -> ET.Element:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{gateway.url}/verba/api", params={"apiKey": API_KEY, **params}) as response:
-            return ET.fromstring(await response.read())
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{gateway.url}/verba/api", params={"apiKey": API_KEY, **params}) as response,
+    ):
+        return ET.fromstring(await response.read())
 
 
 async def call_info(gateway: Gateway, **lookup) -> ET.Element:

@@ -17,9 +17,8 @@ STORE_RESUME_TIMEOUT_S = 10.0  # the tracker retries a refused batch every secon
 
 
 async def healthz(gateway: Gateway) -> dict:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{gateway.url}/healthz") as response:
-            return await response.json()
+    async with aiohttp.ClientSession() as session, session.get(f"{gateway.url}/healthz") as response:
+        return await response.json()
 
 
 async def keep(gateway: Gateway, call_id: str) -> int:

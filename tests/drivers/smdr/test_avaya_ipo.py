@@ -156,7 +156,7 @@ def test_is_internal_letter_with_a_trunk_uses_direction_field() -> None:
 
 @pytest.mark.parametrize("count", [17, 30, 35])
 def test_field_counts_by_release(count: int) -> None:
-    base = "2008/08/01 15:14:19,00:00:05,7,01707299900,I,23,390664,,0,1000013,0,E23,Extn23,T9001,Line 1.2,0,0".split(",")
+    base = ["2008/08/01 15:14:19", "00:00:05", "7", "01707299900", "I", "23", "390664", "", "0", "1000013", "0", "E23", "Extn23", "T9001", "Line 1.2", "0", "0"]
     r11 = ["192.0.2.10", "10523", "192.0.2.11", "10524", "2008/08/01 13:14:31"]
     fields = (base + [""] * 13 + r11)[:count]
     record = only(",".join(fields))

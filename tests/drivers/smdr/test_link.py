@@ -12,8 +12,7 @@ from structlog.testing import capture_logs
 from drivers.smdr.link import SmdrLink
 from drivers.transport import MAX_LINES_PER_DELIVERY
 from gateway.config import LinkConfig
-from gateway.events import CallRecord
-from gateway.events import LinkHealth
+from gateway.events import CallRecord, LinkHealth
 from gateway.store import Store
 from tests.conftest import eventually
 
