@@ -47,7 +47,7 @@ def write_config(folder: Path, http_port: int, smdr_port: int, sync: str) -> Pat
     config.write_text(
         f"""
 http: {{host: 127.0.0.1, port: {http_port}}}
-store: {{path: "{folder / 'ingest.db'}", sync: {sync}}}
+store: {{path: "{folder / "ingest.db"}", sync: {sync}}}
 api:
   keys: [{{key: {API_KEY}, name: bench}}]
 links:
@@ -112,7 +112,9 @@ async def prober(
     writer.close()
 
 
-async def run_phase(session, smdr_port: int, count: int, first_pcid: int, rate: float | None) -> tuple[float, list[float]]:
+async def run_phase(
+    session, smdr_port: int, count: int, first_pcid: int, rate: float | None
+) -> tuple[float, list[float]]:
     """Records/s achieved and the probes' arrival → API delays while `count` records go in."""
     already = await records_parsed(session)
     stop = asyncio.Event()
@@ -132,8 +134,10 @@ async def run_phase(session, smdr_port: int, count: int, first_pcid: int, rate: 
 
 def delay_summary(delays: list[float]) -> str:
     p99 = statistics.quantiles(delays, n=100)[98] if len(delays) >= 2 else delays[0]
-    return (f"{len(delays)} probes: p50 {statistics.median(delays) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
-            f"max {max(delays) * 1000:.1f} ms")
+    return (
+        f"{len(delays)} probes: p50 {statistics.median(delays) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
+        f"max {max(delays) * 1000:.1f} ms"
+    )
 
 
 async def main(count: int, rate: float, sync: str) -> None:
@@ -141,8 +145,15 @@ async def main(count: int, rate: float, sync: str) -> None:
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
         config = write_config(Path(tmp), http_port, smdr_port, sync)
         gateway = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "run", "--config", str(config), cwd=ROOT,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            sys.executable,
+            "-m",
+            "gateway",
+            "run",
+            "--config",
+            str(config),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         try:
             async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{http_port}") as session:
@@ -154,10 +165,14 @@ async def main(count: int, rate: float, sync: str) -> None:
             gateway.send_signal(signal.SIGTERM)
             await gateway.wait()
     print(f"IP Office records over listen:// into the store (sync: {sync}), API answering meanwhile")
-    print(f"as fast as taken: {count:,} records at {throughput:,.0f} records/s; "
-          f"line arrival → API finds the call, {delay_summary(saturated)}")
-    print(f"steady {rate:,.0f} records/s offered ({achieved:,.0f} achieved, {steady_count:,} records): "
-          f"line arrival → API finds the call, {delay_summary(steady)}")
+    print(
+        f"as fast as taken: {count:,} records at {throughput:,.0f} records/s; "
+        f"line arrival → API finds the call, {delay_summary(saturated)}"
+    )
+    print(
+        f"steady {rate:,.0f} records/s offered ({achieved:,.0f} achieved, {steady_count:,} records): "
+        f"line arrival → API finds the call, {delay_summary(steady)}"
+    )
 
 
 if __name__ == "__main__":

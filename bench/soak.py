@@ -208,8 +208,12 @@ class SoakReport:
     @property
     def ok(self) -> bool:
         return not (
-            self.records_lost or self.duplicates or self.callids_changed or self.keeps_lost
-            or self.final_sample_failed or self.count_mismatches
+            self.records_lost
+            or self.duplicates
+            or self.callids_changed
+            or self.keeps_lost
+            or self.final_sample_failed
+            or self.count_mismatches
         )
 
     def note(self, kind: str, pcid: str) -> None:
@@ -304,8 +308,16 @@ class GatewayProcess:
         with self._log_path.open("ab") as log:
             self.started_at = time.monotonic()
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway", "run", "--config", str(self._config),
-                cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                sys.executable,
+                "-m",
+                "gateway",
+                "run",
+                "--config",
+                str(self._config),
+                cwd=ROOT,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
             )
 
     def _check_alive(self) -> None:
@@ -423,8 +435,15 @@ class CycleOutcome:
 
 class Soak:
     def __init__(
-        self, folder: Path, store: Path, *, seed: int, records_per_cycle: int, rate: float,
-        kill_at: str = KILL_MIXED, progress: Callable[[str], object] | None = None,
+        self,
+        folder: Path,
+        store: Path,
+        *,
+        seed: int,
+        records_per_cycle: int,
+        rate: float,
+        kill_at: str = KILL_MIXED,
+        progress: Callable[[str], object] | None = None,
     ) -> None:
         self.kill_at = kill_at
         self.progress = progress
@@ -565,7 +584,8 @@ class Soak:
             else:
                 await asyncio.wait_for(tasks[0], STREAM_TIMEOUT_S)
                 await poll_until(
-                    lambda: self._all_counted(api, outcome, baseline), COUNT_TIMEOUT_S,
+                    lambda: self._all_counted(api, outcome, baseline),
+                    COUNT_TIMEOUT_S,
                     "/healthz counting every record sent",
                 )
                 self.report.kills_when_counted += 1
@@ -712,18 +732,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="seeds the kill moments and the records")
     parser.add_argument("--records-per-cycle", type=int, default=DEFAULT_RECORDS_PER_CYCLE)
     parser.add_argument("--rate", type=float, default=DEFAULT_RATE, help="records/s the PBX offers")
-    parser.add_argument("--time-limit-s", type=float, default=DEFAULT_TIME_LIMIT_S,
-                        help="no new cycle after this many seconds (default %(default)s)")
+    parser.add_argument(
+        "--time-limit-s",
+        type=float,
+        default=DEFAULT_TIME_LIMIT_S,
+        help="no new cycle after this many seconds (default %(default)s)",
+    )
     parser.add_argument("--store", type=Path, help="the SQLite file (default: a temporary folder)")
-    parser.add_argument("--kill-at", choices=KILL_MOMENTS, default=KILL_MIXED,
-                        help="mixed (default): half mid-stream, half when /healthz counted a random number of records "
-                        "sent; counted: every record of the cycle sent and counted; mid-stream: always mid-stream")
+    parser.add_argument(
+        "--kill-at",
+        choices=KILL_MOMENTS,
+        default=KILL_MIXED,
+        help="mixed (default): half mid-stream, half when /healthz counted a random number of records "
+        "sent; counted: every record of the cycle sent and counted; mid-stream: always mid-stream",
+    )
     arguments = parser.parse_args(argv)
     report = asyncio.run(
         run_soak(
-            arguments.cycles, seed=arguments.seed, records_per_cycle=arguments.records_per_cycle,
-            rate=arguments.rate, time_limit_s=arguments.time_limit_s, store=arguments.store,
-            kill_at=arguments.kill_at, progress=lambda line: print(line, file=sys.stderr, flush=True),
+            arguments.cycles,
+            seed=arguments.seed,
+            records_per_cycle=arguments.records_per_cycle,
+            rate=arguments.rate,
+            time_limit_s=arguments.time_limit_s,
+            store=arguments.store,
+            kill_at=arguments.kill_at,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
         )
     )
     print(report.render())

@@ -565,7 +565,8 @@ class CallTracker:
         matches = [
             leg
             for leg in self._legs.get((record.source, record.leg_key or ""), ())
-            if leg.start - LEG_TOLERANCE <= end and start <= leg.end + LEG_TOLERANCE
+            if leg.start - LEG_TOLERANCE <= end
+            and start <= leg.end + LEG_TOLERANCE
             and not _same_known_direction(leg.direction, record.direction)
         ]
         if record.leg_on_line and matches:
@@ -601,7 +602,9 @@ class CallTracker:
             joined and earlier is not None and {earlier.direction, record.direction} == {Direction.IN, Direction.OUT}
         )
         if not pair_complete:
-            legs.append(_Leg(call.call_id, min(start, call.start_time), max(end, call.end_time or end), record.direction))
+            legs.append(
+                _Leg(call.call_id, min(start, call.start_time), max(end, call.end_time or end), record.direction)
+            )
             call.open_leg_key, call.open_leg_direction = record.leg_key, record.direction
         else:
             call.open_leg_key, call.open_leg_direction = None, None
@@ -754,7 +757,10 @@ class CallTracker:
             self._memory_ids_by_native[call.native_id].add(call.call_id)
 
     def _unindex_external_ids(self, call: Call) -> None:
-        for index, value in ((self._memory_ids_by_platform, call.platform_call_id), (self._memory_ids_by_native, call.native_id)):
+        for index, value in (
+            (self._memory_ids_by_platform, call.platform_call_id),
+            (self._memory_ids_by_native, call.native_id),
+        ):
             if value and value in index:
                 index[value].discard(call.call_id)
                 if not index[value]:

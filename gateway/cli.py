@@ -179,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the gateway with the PBX and trunk recorder simulators making calls")
     demo.add_argument(
-        "--config", type=Path, default=None,
+        "--config",
+        type=Path,
+        default=None,
         help=f"configuration file (default: {DEFAULT_CONFIG_PATH} here, else the bundled one)",
     )
     demo.add_argument("--seed", type=int, default=None, help="seed of the traffic, to replay a run")
@@ -187,10 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--calls-per-minute", type=positive_float, default=12.0, help="random calls per minute per PBX (%(default)s)"
     )
     demo.add_argument(
-        "--speed", type=positive_float, default=1.0, help="site time per real second: 10 makes calls ten times shorter (%(default)s)"
+        "--speed",
+        type=positive_float,
+        default=1.0,
+        help="site time per real second: 10 makes calls ten times shorter (%(default)s)",
     )
     demo.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], default="warning",
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="warning",
         help="log level of the demo (%(default)s: the banner stays readable); the file's level is not used",
     )
     demo.set_defaults(handler=cmd_demo)

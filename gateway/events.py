@@ -148,4 +148,6 @@ class LinkHealth:
         }
 
 
-DriverEvent = CallStarted | CallConnected | CallEnded | RecordingStarted | RecordingStopped | RecorderSynced | CallRecord
+DriverEvent = (
+    CallStarted | CallConnected | CallEnded | RecordingStarted | RecordingStopped | RecorderSynced | CallRecord
+)

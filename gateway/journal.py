@@ -45,6 +45,8 @@ class Journal(Protocol):
         """The journal lines with these seqs (those still there), in seq order."""
         ...
 
-    async def journal_entries(self, link: str | None = None, after_seq: int = 0, limit: int = ...) -> list[JournalEntry]:
+    async def journal_entries(
+        self, link: str | None = None, after_seq: int = 0, limit: int = ...
+    ) -> list[JournalEntry]:
         """Journal lines with seq > after_seq in seq order, optionally of one link."""
         ...

@@ -74,7 +74,10 @@ class DemoExamples:
                 "KeepCall: start recording it" if self.manual_record else "KeepCall: protect it from deletion",
                 {"action": "KeepCall", **by_extension, **keep},
             ),
-            ("GetCallInformation: its record, as JSON", {"action": "GetCallInformation", **by_extension, "responseType": "JSON"}),
+            (
+                "GetCallInformation: its record, as JSON",
+                {"action": "GetCallInformation", **by_extension, "responseType": "JSON"},
+            ),
         ]
 
     def curl_lines(self) -> list[str]:
@@ -133,7 +136,9 @@ class Demo:
     async def start(self) -> None:
         key = _open_key(self.config.api.keys)
         if key is None:
-            raise DemoError("no API key works without a token from 127.0.0.1: the examples need one in the configuration")
+            raise DemoError(
+                "no API key works without a token from 127.0.0.1: the examples need one in the configuration"
+            )
         if not self.config.extensions:
             raise DemoError("the configuration has no extensions: the examples need one")
         try:
@@ -194,9 +199,13 @@ class Demo:
                     self.skipped.append(f"link {link.name}: {link.url} is a serial port, no simulator for it")
                 continue
             pbx = PbxSimulator(link.format, tz=link_timezone(link), name=f"pbx-{link.name}")
-            needed = {key: value for key, value in pbx.profile.gateway_options.items() if link.options.get(key) != value}
+            needed = {
+                key: value for key, value in pbx.profile.gateway_options.items() if link.options.get(key) != value
+            }
             if needed:
-                self.notes.append(f"link {link.name}: the {link.format} simulator's records need these link options: {needed}")
+                self.notes.append(
+                    f"link {link.name}: the {link.format} simulator's records need these link options: {needed}"
+                )
             if link.url.startswith("listen://"):
                 await pbx.connect(*address)
             else:
@@ -237,7 +246,9 @@ class Demo:
                 model.calls(),
                 pbx=self.pbxs[link_name] if link_name else None,
                 recorder=self.recorders[first_recorder] if first and first_recorder else None,
-                channels={number: extension.channel for number, extension in recorded.items() if extension.channel} if first else None,
+                channels={number: extension.channel for number, extension in recorded.items() if extension.channel}
+                if first
+                else None,
                 speed=self.speed,
                 first_pbx_call_id=first_call_id_from_clock(),
                 history=SITE_HISTORY,

@@ -33,6 +33,7 @@ class RecordEmitter(Protocol):
 
     def emit(self, call: CompletedCall) -> object: ...  # the lines printed (unused here)
 
+
 # IP Office style Call IDs: ten digits, +1 per call (docs/smdr.md, avaya-ipo).
 DEFAULT_FIRST_PBX_CALL_ID = 1_000_020_000
 # The PBX's trunk lines for external calls: one E1 (T9001 … T9030); a call takes the lowest free line.
@@ -242,7 +243,10 @@ class Site:
                 self.busy_channel_skips += 1
                 self._log.warning(
                     "channel busy, call left off the recorder",
-                    extension=plan.extension, channel=channel, busy_with=busy.call_id, pbx_call_id=pbx_call_id,
+                    extension=plan.extension,
+                    channel=channel,
+                    busy_with=busy.call_id,
+                    pbx_call_id=pbx_call_id,
                 )
             else:
                 if plan.direction == DIRECTION_IN:
@@ -251,7 +255,9 @@ class Site:
                     calling, called = plan.extension, plan.other
                 active.channel = channel
                 active.sim_call = self.recorder.place_call(channel, calling, called, plan.direction)
-                self.recorder_calls[pbx_call_id] = RecorderLeg(plan, pbx_call_id, channel, active.sim_call.call_id, start)
+                self.recorder_calls[pbx_call_id] = RecorderLeg(
+                    plan, pbx_call_id, channel, active.sim_call.call_id, start
+                )
         steps = [(_ms(plan.at_s + plan.length_s), _Step.END, pbx_call_id)]
         if active.sim_call is not None and plan.answered:
             steps.append((_ms(plan.at_s + plan.ring_s), _Step.ANSWER, pbx_call_id))

@@ -417,7 +417,10 @@ class LineTransport(abc.ABC):
                 # Its last lines are still delivered; a store stuck longer than this no longer holds up the reconnect.
                 await asyncio.wait([connection.done], timeout=CLOSE_DRAIN_TIMEOUT_S)
                 return
-            if self._keepalive is not None and now - max(connection.last_activity, connection.keepalive_sent_at) >= self._keepalive_interval_s:
+            if (
+                self._keepalive is not None
+                and now - max(connection.last_activity, connection.keepalive_sent_at) >= self._keepalive_interval_s
+            ):
                 connection.keepalive_sent_at = now
                 connection.write(self._keepalive)
 
@@ -468,7 +471,9 @@ class ListenLineTransport(LineTransport):
             # DEBUG: IP Office send mode connects for every burst of records; that is not news.
             self._log.debug("PBX connected", peer=connection.peer, connections=self.connections)
             if self._idle_timeout_s is not None or self._keepalive is not None:
-                watcher = asyncio.get_running_loop().create_task(self._watch(connection), name=f"watch {connection.peer}")
+                watcher = asyncio.get_running_loop().create_task(
+                    self._watch(connection), name=f"watch {connection.peer}"
+                )
                 self._watchers.add(watcher)
                 watcher.add_done_callback(self._watchers.discard)
 
@@ -558,7 +563,9 @@ class SerialLineTransport(LineTransport):
         url = self.config.url
         factory = partial(self._new_connection, peer=url)
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            transport, connection = await open_serial_connection(factory, url, self.config.serial, orphans=self._orphans)
+            transport, connection = await open_serial_connection(
+                factory, url, self.config.serial, orphans=self._orphans
+            )
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 await asyncio.shield(connection.made)  # scheduled with call_soon by the serial transport

@@ -51,7 +51,9 @@ async def open_serial_connection(
 
     loop = asyncio.get_running_loop()
     if urlsplit(url).scheme == URL_RFC2217_SCHEME:
-        opening: Coroutine[Any, Any, tuple[Any, Any]] = _open_in_executor(loop, protocol_factory, url, port_settings(settings))
+        opening: Coroutine[Any, Any, tuple[Any, Any]] = _open_in_executor(
+            loop, protocol_factory, url, port_settings(settings)
+        )
     else:
         opening = serial_asyncio_fast.create_serial_connection(loop, protocol_factory, url, **port_settings(settings))
     return await open_without_orphans(opening, orphans)
@@ -68,7 +70,9 @@ async def _open_in_executor(
     return ExecutorSerialTransport(loop, protocol, serial_instance), protocol
 
 
-async def open_without_orphans(opening: Coroutine[Any, Any, tuple[Any, Any]], orphans: set[asyncio.Task[Any]]) -> tuple[Any, Any]:
+async def open_without_orphans(
+    opening: Coroutine[Any, Any, tuple[Any, Any]], orphans: set[asyncio.Task[Any]]
+) -> tuple[Any, Any]:
     """Awaits an open that runs in an executor; if the wait is cancelled (timeout, close), the open still
     finishes in its thread, and what it opened is closed then instead of leaking."""
     task = asyncio.ensure_future(opening)

@@ -41,7 +41,11 @@ def enable_tcp_keepalive(sock: Any) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     except OSError:
         return
-    for name, value in (("TCP_KEEPIDLE", TCP_KEEPIDLE_S), ("TCP_KEEPINTVL", TCP_KEEPINTVL_S), ("TCP_KEEPCNT", TCP_KEEPCNT)):
+    for name, value in (
+        ("TCP_KEEPIDLE", TCP_KEEPIDLE_S),
+        ("TCP_KEEPINTVL", TCP_KEEPINTVL_S),
+        ("TCP_KEEPCNT", TCP_KEEPCNT),
+    ):
         option = getattr(socket, name, None)
         if option is not None:
             try:

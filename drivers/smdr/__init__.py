@@ -65,6 +65,13 @@ SMDR_FORMATS = SmdrFormats()
 
 
 __all__ = [
-    "PARSER_MODULES", "SMDR_FORMATS", "RecordParser", "SmdrFormats", "SmdrParseError", "create_parser", "link_timezone", "machine_timezone",
+    "PARSER_MODULES",
+    "SMDR_FORMATS",
+    "RecordParser",
+    "SmdrFormats",
+    "SmdrParseError",
+    "create_parser",
+    "link_timezone",
+    "machine_timezone",
     "parser_class",
 ]

@@ -274,7 +274,10 @@ class SmdrLink:
         """Write quarantine rows, again after a pause while the store refuses them (they are kept once)."""
         while rows:
             outcomes = await asyncio.gather(
-                *(self._journal.quarantine(self.config.name, line.received_at, line.raw, reason, seq) for line, reason, seq in rows),
+                *(
+                    self._journal.quarantine(self.config.name, line.received_at, line.raw, reason, seq)
+                    for line, reason, seq in rows
+                ),
                 return_exceptions=True,
             )
             failed = [row for row, outcome in zip(rows, outcomes) if isinstance(outcome, BaseException)]

@@ -248,7 +248,10 @@ class TrunkRecorderClient:
     async def _run(self) -> None:
         """The link manager: connect (banner, replay) and watch the link, again and again, with backoff."""
         reconnector: Reconnector[asyncio.Future[None]] = Reconnector(
-            self._log, RECORDER_OUTAGE_EVENTS, Backoff(self._backoff_initial_s, self._backoff_max_s), url=self._config.url
+            self._log,
+            RECORDER_OUTAGE_EVENTS,
+            Backoff(self._backoff_initial_s, self._backoff_max_s),
+            url=self._config.url,
         )
         await reconnector.run(self._connect_until_ready, self._serve)
 
@@ -395,8 +398,13 @@ class TrunkRecorderClient:
                 self._replayed_calls.add(call_id)
                 self._submit(
                     CallStarted(
-                        self.name, channel, call_id, fields.get("calling"), fields.get("called"),
-                        _parse_direction(fields.get("dir")), at,
+                        self.name,
+                        channel,
+                        call_id,
+                        fields.get("calling"),
+                        fields.get("called"),
+                        _parse_direction(fields.get("dir")),
+                        at,
                     )
                 )
             elif event.action == p.CALL_CONNECT:

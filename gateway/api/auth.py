@@ -233,9 +233,7 @@ class Authenticator:
             usable = [stored for stored in self._hashes_by_user.values() if stored is not None]
             n, r, p = (usable[0].n, usable[0].r, usable[0].p) if usable else (DEFAULT_N, 8, 1)
             loop = asyncio.get_running_loop()
-            encoded = await loop.run_in_executor(
-                None, lambda: hash_password(secrets.token_urlsafe(16), n=n, r=r, p=p)
-            )
+            encoded = await loop.run_in_executor(None, lambda: hash_password(secrets.token_urlsafe(16), n=n, r=r, p=p))
             if self._dummy_hash is None:
                 self._dummy_hash = parse_password_hash(encoded)
         return self._dummy_hash

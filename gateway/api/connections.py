@@ -107,7 +107,9 @@ def connection_cap(wanted: int) -> int:
     cap = max(1, soft - FD_RESERVE)
     log.warning(
         "api connection cap lowered to fit the open-file limit; raise `ulimit -n` to allow more",
-        wanted=wanted, cap=cap, open_file_limit=soft,
+        wanted=wanted,
+        cap=cap,
+        open_file_limit=soft,
     )
     return cap
 
@@ -227,7 +229,9 @@ class ApiRequestHandler(RequestHandler):
             log.error("api request failed", status=status, error=type(exc).__name__ if exc else None, exc_info=exc)
         else:
             # The exception's own text holds the raw request line: only its kind is logged.
-            log.debug("api request refused by the HTTP parser", status=status, error=type(exc).__name__, remote=self._peer())
+            log.debug(
+                "api request refused by the HTTP parser", status=status, error=type(exc).__name__, remote=self._peer()
+            )
         if request.writer.output_size > 0:
             raise ConnectionError("the response was already started; the connection is dropped")
         if status == 504:

@@ -23,7 +23,9 @@ def describe_config(config: GatewayConfig, formats: LinkFormats) -> str:
     kept = [
         f"{name} {RETENTION_FOREVER if seconds is None else _format_duration(seconds)}"
         for name, seconds in (
-            ("calls", retention.calls_s), ("journal", retention.journal_s), ("quarantine", retention.quarantine_s)
+            ("calls", retention.calls_s),
+            ("journal", retention.journal_s),
+            ("quarantine", retention.quarantine_s),
         )
     ]
     lines.append(f"  retention: {', '.join(kept)}")

@@ -71,15 +71,46 @@ SERIAL_STOPBITS = (1, 1.5, 2)
 SERIAL_KEYS = ("baudrate", "bytesize", "parity", "stopbits", "xonxoff", "rtscts")
 # Keys a `format: custom` link takes directly; the custom parser documents their meaning.
 CUSTOM_FORMAT_KEYS = (
-    "mode", "encoding", "terminator", "strip", "skip_first", "skip_regex", "record_regex", "min_length",
-    "attach_regex", "attach_to", "delimiter", "quotechar", "min_fields", "fields", "columns", "pattern",
-    "date_format", "time_format", "datetime_format", "year", "time_is", "duration_format", "direction_map",
-    "internal_if", "platform_call_id_field", "more_follows_field", "more_follows_value",
+    "mode",
+    "encoding",
+    "terminator",
+    "strip",
+    "skip_first",
+    "skip_regex",
+    "record_regex",
+    "min_length",
+    "attach_regex",
+    "attach_to",
+    "delimiter",
+    "quotechar",
+    "min_fields",
+    "fields",
+    "columns",
+    "pattern",
+    "date_format",
+    "time_format",
+    "datetime_format",
+    "year",
+    "time_is",
+    "duration_format",
+    "direction_map",
+    "internal_if",
+    "platform_call_id_field",
+    "more_follows_field",
+    "more_follows_value",
 )
 _CUSTOM_REGEX_KEYS = ("skip_regex", "record_regex", "attach_regex", "pattern")
 _CUSTOM_COUNT_KEYS = ("skip_first", "min_length", "min_fields")
 LINK_KEYS = (
-    "name", "format", "url", "timezone", *SERIAL_KEYS, "login", "options", "idle_timeout", "keepalive",
+    "name",
+    "format",
+    "url",
+    "timezone",
+    *SERIAL_KEYS,
+    "login",
+    "options",
+    "idle_timeout",
+    "keepalive",
     "correlation_window",
 )
 RECORDER_KEYS = ("name", "url", "timeout", *SERIAL_KEYS)
@@ -143,7 +174,6 @@ def load_config(path: str | Path, formats: LinkFormats) -> GatewayConfig:
     reader.raise_problems()
     assert config is not None
     return config
-
 
 
 class _Reader(_NodeReader):
@@ -427,7 +457,8 @@ class _Reader(_NodeReader):
         if kind not in (URL_SERIAL, URL_RFC2217):
             if given:
                 raise self.error(
-                    entry.key_line(given[0]), entry.key(given[0]),
+                    entry.key_line(given[0]),
+                    entry.key(given[0]),
                     "serial settings are only for a local serial port path or an rfc2217:// url",
                 )
             return None
@@ -548,8 +579,14 @@ class _Reader(_NodeReader):
             raise _AlreadyReported("format")
         self.format_options(link_format, options, entry, options_map)
         link = LinkConfig(
-            name=name, format=link_format, url=url, timezone=timezone, serial=serial,
-            login=tuple(login), options=options, line=entry.line,
+            name=name,
+            format=link_format,
+            url=url,
+            timezone=timezone,
+            serial=serial,
+            login=tuple(login),
+            options=options,
+            line=entry.line,
         )
         return link, name_node
 
@@ -691,7 +728,6 @@ class _Reader(_NodeReader):
         if match is None or int(match[1]) < 1 or int(match[2]) < 1:
             raise self.error(node, path, f'must be SPAN/TIMESLOT with both positive integers, e.g. "1/5", not {text!r}')
         return f"{int(match[1])}/{int(match[2])}"
-
 
 
 def _absolute(path: Path) -> Path:

@@ -80,7 +80,11 @@ async def test_call_events_become_gateway_events(client, sim, sink):
     call = sim.place_call("1/5", calling="01707392200", called="8856", direction="in")
     started = await sink.next(CallStarted)
     assert (started.channel, started.native_id, started.calling, started.called, started.direction) == (
-        "1/5", call.call_id, "01707392200", "8856", Direction.IN,
+        "1/5",
+        call.call_id,
+        "01707392200",
+        "8856",
+        Direction.IN,
     )
     assert started.at.tzinfo is not None
     sim.answer("1/5")

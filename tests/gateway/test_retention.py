@@ -196,9 +196,7 @@ async def test_journal_pruning_stops_at_the_first_young_line(store: Store) -> No
     assert [entry.seq for entry in await store.journal_entries("a")] == seqs[1:]
 
 
-async def test_journal_of_several_links_is_pruned_across_batches(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_journal_of_several_links_is_pruned_across_batches(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("gateway.retention.JOURNAL_LINES_PER_BATCH", 3)
     a_seqs = await journal(store, "a", *[OLD] * 5)
     b_seqs = await journal(store, "b", *[OLD] * 4, YOUNG)

@@ -32,7 +32,9 @@ def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
     mount_point.mkdir()
     result = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={FILESYSTEM_BYTES}", "tmpfs", str(mount_point)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         if os.environ.get("CI"):
@@ -44,7 +46,9 @@ def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
-async def test_a_full_disk_holds_the_lines_and_resumes_when_there_is_room(tiny_filesystem, started, unused_tcp_port, gateway_config):
+async def test_a_full_disk_holds_the_lines_and_resumes_when_there_is_room(
+    tiny_filesystem, started, unused_tcp_port, gateway_config
+):
     filler = tiny_filesystem / "filler"
     filler.write_bytes(b"\0" * FILLER_BYTES)
     link = LinkConfig("pbx", "avaya-ipo", f"listen://127.0.0.1:{unused_tcp_port}", timezone="UTC")

@@ -8,7 +8,15 @@ import xml.etree.ElementTree as ET
 import aiohttp
 import pytest
 
-from gateway.config import ApiConfig, ApiKeyConfig, ExtensionConfig, GatewayConfig, HttpConfig, RecorderConfig, StoreConfig
+from gateway.config import (
+    ApiConfig,
+    ApiKeyConfig,
+    ExtensionConfig,
+    GatewayConfig,
+    HttpConfig,
+    RecorderConfig,
+    StoreConfig,
+)
 from gateway.model import RecordingMode
 from gateway.service import Gateway
 from simulators.device_server import Rfc2217DeviceServer

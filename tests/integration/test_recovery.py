@@ -79,7 +79,9 @@ async def journal_directly(path: Path, link: str, *lines: bytes) -> tuple[list[i
         await store.close()
 
 
-async def test_lines_journalled_but_never_applied_become_calls_with_ids_of_their_lines(tmp_path, link_config, gateway_config):
+async def test_lines_journalled_but_never_applied_become_calls_with_ids_of_their_lines(
+    tmp_path, link_config, gateway_config
+):
     config = gateway_config(links=(link_config,))
     seqs, instance = await journal_directly(config.store.path, "pbx", ipo_line(1), ipo_line(2))
 
@@ -113,7 +115,9 @@ async def test_a_restart_applies_nothing_twice(tmp_path, link_config, unused_tcp
     await run_gateway(config, second)
 
 
-async def test_a_multi_record_call_open_at_the_crash_is_completed_by_its_last_part(tmp_path, link_config, unused_tcp_port, gateway_config):
+async def test_a_multi_record_call_open_at_the_crash_is_completed_by_its_last_part(
+    tmp_path, link_config, unused_tcp_port, gateway_config
+):
     config = gateway_config(links=(link_config,))
     ids: list[str] = []
 

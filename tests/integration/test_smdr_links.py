@@ -20,8 +20,12 @@ from tests.conftest import API_KEY, eventually
 
 WAIT_S = 10.0
 
-IPO_TRANSFER_1 = b"2008/06/28 09:30:57,00:00:13,7,01707392200,I,299999,299999,,0,1000014160,1,E4750,John Smith,T9002,LINE 1.2,11,0"
-IPO_TRANSFER_2 = b"2008/06/28 09:30:57,00:00:21,0,01707392200,I,299999,299999,,0,1000014160,0,E4751,Jane Doe,T9002,LINE 1.2,0,0"
+IPO_TRANSFER_1 = (
+    b"2008/06/28 09:30:57,00:00:13,7,01707392200,I,299999,299999,,0,1000014160,1,E4750,John Smith,T9002,LINE 1.2,11,0"
+)
+IPO_TRANSFER_2 = (
+    b"2008/06/28 09:30:57,00:00:21,0,01707392200,I,299999,299999,,0,1000014160,0,E4751,Jane Doe,T9002,LINE 1.2,0,0"
+)
 IPO_LOST = b"2008/06/28 09:28:41,00:00:00,9,8004206,I,4324,4324,,0,1000014155,0,E4324,Joe Bloggs,T9161,LINE 5.1,0,0"
 IPO_SIP_30 = (
     b"2026/11/23 10:15:00,00:02:05,3,12345@192.0.2.123,I,4400,4400,,0,1000020001,0,E4400,<b>Mallory</b>,T9010,"
@@ -31,9 +35,6 @@ IPO_OUT_35 = (
     b"2026/11/23 10:20:00,00:00:42,0,4401,O,0044207946000,0044207946000,77,0,1000020002,0,E4401,Agent,T9011,"
     b"LINE 9.2,0,0,n,,,0.00,,0.00,0,0,0.00,0.00,,,192.0.2.1,1,192.0.2.2,2,2026/11/23 10:21:00"
 )
-
-
-
 
 
 async def api(gateway: Gateway, **params) -> ET.Element:
@@ -57,7 +58,16 @@ async def test_ip_office_pushed_to_listen(tmp_path, started, unused_tcp_port, ga
 
     # First connection: NULs, a garbage line and a 6,000-byte line before real records, which are split across writes.
     _, pbx = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
-    stream = b"\x00\x00\x00" + b"this is not SMDR\r\n" + b"Z" * 6000 + b"\r\n" + IPO_LOST + b"\r\n" + IPO_TRANSFER_1 + b"\r\n"
+    stream = (
+        b"\x00\x00\x00"
+        + b"this is not SMDR\r\n"
+        + b"Z" * 6000
+        + b"\r\n"
+        + IPO_LOST
+        + b"\r\n"
+        + IPO_TRANSFER_1
+        + b"\r\n"
+    )
     for cut in range(0, len(stream), 777):
         pbx.write(stream[cut : cut + 777])
         await pbx.drain()
@@ -90,7 +100,12 @@ async def test_ip_office_pushed_to_listen(tmp_path, started, unused_tcp_port, ga
 
     async with aiohttp.ClientSession() as session:
         for response_type in ("XML", "JSON", "HTML", "TEXT"):
-            params = {"apiKey": API_KEY, "action": "GetCallInformation", "platformCallID": "1000020001", "responseType": response_type}
+            params = {
+                "apiKey": API_KEY,
+                "action": "GetCallInformation",
+                "platformCallID": "1000020001",
+                "responseType": response_type,
+            }
             async with session.get(f"{gateway.url}/verba/api", params=params) as response:
                 assert "<b>" not in await response.text()
         async with session.get(f"{gateway.url}/healthz") as response:

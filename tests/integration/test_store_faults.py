@@ -28,7 +28,9 @@ async def keep(gateway: Gateway, call_id: str) -> int:
             return response.status
 
 
-async def test_a_store_refusing_writes_holds_everything_until_it_takes_writes_again(tmp_path, started, unused_tcp_port, gateway_config):
+async def test_a_store_refusing_writes_holds_everything_until_it_takes_writes_again(
+    tmp_path, started, unused_tcp_port, gateway_config
+):
     link = LinkConfig("pbx", "avaya-ipo", f"listen://127.0.0.1:{unused_tcp_port}", timezone="UTC")
     gateway = await started(gateway_config(links=(link,)))
     await send(unused_tcp_port, ipo_line(1))

@@ -134,8 +134,13 @@ async def test_scenario_plays_exactly_through_recorder_and_pbx(recorder):
 
 
 async def test_site_clock_runs_at_speed_and_is_the_recorders(recorder):
-    site = Site([PlannedCall(30.0, "in", "8857", "0123456", 2.0, 10.0)], recorder=recorder, channels=DEMO_CHANNELS,
-                speed=120, start=START)
+    site = Site(
+        [PlannedCall(30.0, "in", "8857", "0123456", 2.0, 10.0)],
+        recorder=recorder,
+        channels=DEMO_CHANNELS,
+        speed=120,
+        start=START,
+    )
     assert recorder.clock == site.clock and site.clock() == START  # not playing yet: the start
     loop = asyncio.get_running_loop()
     began = loop.time()
@@ -154,8 +159,9 @@ async def test_no_recorder_no_pbx_still_plays():
 
 
 async def test_cancelling_an_endless_plan_releases_recorder_calls(recorder):
-    model = TrafficModel(seed=8, calls_per_minute=120, extensions=["8856", "8857", "8858", "2001", "2002"],
-                         pinned={"8856": 1800.0})
+    model = TrafficModel(
+        seed=8, calls_per_minute=120, extensions=["8856", "8857", "8858", "2001", "2002"], pinned={"8856": 1800.0}
+    )
     site = Site(model.calls(), pbx=RecordingPbx(), recorder=recorder, channels=DEMO_CHANNELS, speed=200, start=START)
     events = await EventReader.connect(recorder)
     playing = asyncio.create_task(site.run())
@@ -266,7 +272,6 @@ class Bench:
         return [record for lines in self.lines_by_call.values() for line in lines for record in parser.feed(line, now)]
 
 
-
 @pytest.fixture
 async def bench(tmp_path, unused_tcp_port) -> AsyncIterator[Bench]:
     recorder = TrunkRecorderSimulator(channels=30, name="trunk1", seed=3)
@@ -276,7 +281,9 @@ async def bench(tmp_path, unused_tcp_port) -> AsyncIterator[Bench]:
         http=HttpConfig("127.0.0.1", 0),
         store=StoreConfig(tmp_path / "gateway.db"),
         api=ApiConfig(keys=(ApiKeyConfig(KEY, "crm"),)),
-        extensions=tuple(ExtensionConfig(number, mode, "trunk1", channel) for number, (mode, channel) in MAPPED.items()),
+        extensions=tuple(
+            ExtensionConfig(number, mode, "trunk1", channel) for number, (mode, channel) in MAPPED.items()
+        ),
         recorders=(RecorderConfig("trunk1", f"tcp://127.0.0.1:{recorder.port}", 2.0),),
         links=(LinkConfig(LINK, "avaya-ipo", f"listen://127.0.0.1:{unused_tcp_port}", timezone=PBX_ZONE),),
     )
@@ -359,8 +366,14 @@ async def assert_one_call_per_planned_call(bench: Bench, site: Site, plan: list[
 
 async def test_seeded_site_through_the_gateway_one_call_per_call(bench):
     model = TrafficModel(
-        seed=2026, calls_per_minute=40, extensions=(*MAPPED, *UNMAPPED), transfer_extensions=UNMAPPED,
-        inbound_share=0.45, outbound_share=0.35, no_answer_share=0.2, transfer_share=0.3,
+        seed=2026,
+        calls_per_minute=40,
+        extensions=(*MAPPED, *UNMAPPED),
+        transfer_extensions=UNMAPPED,
+        inbound_share=0.45,
+        outbound_share=0.35,
+        no_answer_share=0.2,
+        transfer_share=0.3,
     )
     plan = model.plan(150)  # 2.5 site minutes of a busy office
     assert 80 <= len(plan) <= 120
@@ -370,7 +383,9 @@ async def test_seeded_site_through_the_gateway_one_call_per_call(bench):
     numbers = await assert_one_call_per_planned_call(bench, site, plan)
     transfers = sum(1 for call in plan if call.transfer_to)
     assert numbers["records"] == len(plan) + transfers  # IP Office: one line per segment
-    assert numbers["recorder_calls"] >= 30 and {leg.plan.extension for leg in site.recorder_calls.values()} == set(MAPPED)
+    assert numbers["recorder_calls"] >= 30 and {leg.plan.extension for leg in site.recorder_calls.values()} == set(
+        MAPPED
+    )
     print("seeded site through the gateway:", numbers, "transfers:", transfers)
 
 
@@ -380,7 +395,9 @@ async def test_scenario_through_the_gateway(bench):
     numbers = await assert_one_call_per_planned_call(bench, site, plan)
     assert numbers == {"planned": 8, "recorder_calls": 5, "records": 9, "stored": 8, "busy_channel_skips": 1}
     tracker = bench.gateway.tracker
-    by_index = {plan.index(call.plan): await tracker.find_by_platform_call_id(str(call.pbx_call_id)) for call in site.completed}
+    by_index = {
+        plan.index(call.plan): await tracker.find_by_platform_call_id(str(call.pbx_call_id)) for call in site.completed
+    }
     legs = {plan.index(leg.plan): leg for leg in site.recorder_calls.values()}
     for index, call in by_index.items():
         assert (call.native_id is not None) == (index in legs)
@@ -400,7 +417,6 @@ async def test_scenario_through_the_gateway(bench):
 
 
 # ---- the PBX's local wall-clock times, read back by the gateway's parser, are the site's times (DST too)
-
 
 
 @pytest.mark.parametrize(
@@ -432,8 +448,9 @@ async def test_nec_transfers_are_one_stored_call_each(tmp_path):
     from gateway.store import Store
     from simulators.pbx_records import record_lines
 
-    plan = TrafficModel(seed=7, calls_per_minute=30, extensions=[str(2000 + n) for n in range(12)],
-                        transfer_share=0.3).plan(1200)
+    plan = TrafficModel(
+        seed=7, calls_per_minute=30, extensions=[str(2000 + n) for n in range(12)], transfer_share=0.3
+    ).plan(1200)
     site = Site(plan, speed=20_000, start=START)
     await asyncio.wait_for(site.run(), PLAY_TIMEOUT_S)
     assert sum(1 for call in plan if call.transfer_to) >= 5

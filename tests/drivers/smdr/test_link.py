@@ -28,9 +28,10 @@ def ipo_line(index: int, platform_call_id: int) -> bytes:
     ).encode()
 
 
-
 @pytest.fixture
-async def link_for(store: Store, unused_tcp_port: int) -> AsyncIterator[Callable[[Callable[[CallRecord], object]], object]]:
+async def link_for(
+    store: Store, unused_tcp_port: int
+) -> AsyncIterator[Callable[[Callable[[CallRecord], object]], object]]:
     links: list[SmdrLink] = []
 
     async def start(submit: Callable[[CallRecord], object]) -> SmdrLink:

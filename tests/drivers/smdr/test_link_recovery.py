@@ -43,7 +43,9 @@ def make_link(store: Store, fmt: str, collected: Collected, name: str = "pbx") -
 
 
 async def journal(store: Store, link: str, *lines: bytes) -> list[int]:
-    return await store.append_journal_many_soon(link, [(T0 + timedelta(seconds=n), line) for n, line in enumerate(lines)])
+    return await store.append_journal_many_soon(
+        link, [(T0 + timedelta(seconds=n), line) for n, line in enumerate(lines)]
+    )
 
 
 async def commit_progress(store: Store, progress: LinkProgress) -> None:

@@ -26,10 +26,13 @@ def layouts(output: list[str]) -> list[str]:
 
 
 def test_tap_shows_the_panasonic_reading_and_each_change_a_line_makes():
-    output = tap_output("panasonic", [
-        "Date     Time    Ext. CO Dial number                      Duration  Code",
-        "31/12/98 12:52PM 103  05 0612345678                       00:00'16  ....",
-    ])
+    output = tap_output(
+        "panasonic",
+        [
+            "Date     Time    Ext. CO Dial number                      Duration  Code",
+            "31/12/98 12:52PM 103  05 0612345678                       00:00'16  ....",
+        ],
+    )
     assert layouts(output) == [
         "Panasonic: end times (default; no header seen yet), m/d/y (from the separator, not yet confirmed), layout A",
         "Panasonic: start times (KX-TA/TEA header: `Code`, no `Acc code`/`CD`), m/d/y (from the separator, not yet "
