@@ -25,7 +25,7 @@ gateway: install
 	$(BIN)/gateway run --config $(CONFIG)
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/pytest -q
 
 # Each benchmark runs on its own: one that fails does not stop the others (the target fails at the end), and
 # one whose tool is missing (wrk for the API) says so and is skipped.

@@ -31,11 +31,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from benchlib import ROOT, free_port, require_tool  # noqa: E402 — bench/ is the script folder
+
 sys.path.insert(0, str(ROOT))
 
+from gateway.logs import configure_logging  # noqa: E402
 from gateway.model import Call, CallState, Direction, RecordingMode, new_id  # noqa: E402
 from gateway.store import Store  # noqa: E402
-from gateway.logs import configure_logging  # noqa: E402
 
 configure_logging("warning")  # the bench prints its own table; the components stay quiet
 
@@ -201,18 +202,28 @@ def main() -> None:
         db_path = folder / "bench.db"
         started = time.perf_counter()
         asyncio.run(populate(db_path, args.calls))
-        print(f"stored {args.calls:,} finished + {ONGOING_CALLS} ongoing calls in {time.perf_counter() - started:.1f} s")
+        print(
+            f"stored {args.calls:,} finished + {ONGOING_CALLS} ongoing calls in {time.perf_counter() - started:.1f} s"
+        )
         script = folder / "paths.lua"
         script.write_text(WRK_SCRIPT)
 
         gateway_port, bare_port = free_port(), free_port()
         config = write_config(folder, gateway_port, db_path)
-        gateway = start_server([sys.executable, "-m", "gateway", "run", "--config", str(config)], gateway_port, folder / "gateway.log")
-        bare = start_server([sys.executable, "bench/bare_server.py", "--port", str(bare_port)], bare_port, folder / "bare.log")
+        gateway = start_server(
+            [sys.executable, "-m", "gateway", "run", "--config", str(config)], gateway_port, folder / "gateway.log"
+        )
+        bare = start_server(
+            [sys.executable, "bench/bare_server.py", "--port", str(bare_port)], bare_port, folder / "bare.log"
+        )
         try:
-            print(f"load: wrk 1 thread, {args.connections} connections, {args.seconds:g} s x {args.rounds} rounds; "
-                  f"servers on CPU {SERVER_CPU}, client on CPU {CLIENT_CPU}")
-            print(f"{'lookup':<16}{'bare req/s':>12}{'gateway req/s':>15}{'ratio':>8}{'gw p50 ms':>11}{'gw p99 ms':>11}{'errors':>8}")
+            print(
+                f"load: wrk 1 thread, {args.connections} connections, {args.seconds:g} s x {args.rounds} rounds; "
+                f"servers on CPU {SERVER_CPU}, client on CPU {CLIENT_CPU}"
+            )
+            print(
+                f"{'lookup':<16}{'bare req/s':>12}{'gateway req/s':>15}{'ratio':>8}{'gw p50 ms':>11}{'gw p99 ms':>11}{'errors':>8}"
+            )
             for kind in args.kinds.split(","):
                 paths = make_paths(kind, args.calls)
                 paths_file = folder / f"{kind}.txt"
@@ -223,8 +234,12 @@ def main() -> None:
                 run_wrk(f"http://127.0.0.1:{gateway_port}", paths_file, script, 2, args.connections)
                 bare_runs, gateway_runs = [], []
                 for _ in range(args.rounds):
-                    bare_runs.append(run_wrk(f"http://127.0.0.1:{bare_port}", paths_file, script, args.seconds, args.connections))
-                    gateway_runs.append(run_wrk(f"http://127.0.0.1:{gateway_port}", paths_file, script, args.seconds, args.connections))
+                    bare_runs.append(
+                        run_wrk(f"http://127.0.0.1:{bare_port}", paths_file, script, args.seconds, args.connections)
+                    )
+                    gateway_runs.append(
+                        run_wrk(f"http://127.0.0.1:{gateway_port}", paths_file, script, args.seconds, args.connections)
+                    )
                 bare_rate = statistics.median(m.requests_per_s for m in bare_runs)
                 gateway_rate = statistics.median(m.requests_per_s for m in gateway_runs)
                 # Each round pairs two back-to-back runs; the median of those ratios resists the machine's drift.

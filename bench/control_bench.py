@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 
 import aiohttp
-
 from benchlib import ROOT, free_port, percentile  # noqa: E402 — bench/ is the script folder
+
 sys.path.insert(0, str(ROOT))
 
 from drivers.trunkrec import protocol as p  # noqa: E402
-from simulators.trunkrec import TrunkRecorderSimulator  # noqa: E402
 from gateway.logs import configure_logging  # noqa: E402
+from simulators.trunkrec import TrunkRecorderSimulator  # noqa: E402
 
 configure_logging("warning")  # the bench prints its own table; the components stay quiet
 
@@ -87,7 +87,7 @@ def write_config(folder: Path, http_port: int, recorder_port: int, sync: str) ->
     config.write_text(
         f"""
 http: {{host: 127.0.0.1, port: {http_port}}}
-store: {{path: "{folder / 'control.db'}", sync: {sync}}}
+store: {{path: "{folder / "control.db"}", sync: {sync}}}
 api:
   keys: [{{key: {API_KEY}, name: bench}}]
 extensions:
@@ -161,9 +161,7 @@ class RawHttp:
 async def api_pair(http: RawHttp, call_id: str) -> float:
     started = time.perf_counter()
     for unmark in ("0", "1"):
-        body = await http.get(
-            f"action=KeepCall&apiKey={API_KEY}&callID={call_id}&type=manualRecord&unmark={unmark}"
-        )
+        body = await http.get(f"action=KeepCall&apiKey={API_KEY}&callID={call_id}&type=manualRecord&unmark={unmark}")
         if b'code="0"' not in body:
             raise SystemExit(f"API refused: {body.decode()}")
     return time.perf_counter() - started
@@ -199,8 +197,15 @@ async def main(iterations: int, sync: str) -> None:
         config = write_config(Path(tmp), http_port, recorder_port, sync)
         gateway_log = open(LOG_FILE or Path(tmp) / "gateway.log", "w")  # noqa: SIM115 — closed below
         gateway = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "run", "--config", str(config), cwd=ROOT,
-            stdout=asyncio.subprocess.DEVNULL, stderr=gateway_log,
+            sys.executable,
+            "-m",
+            "gateway",
+            "run",
+            "--config",
+            str(config),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=gateway_log,
         )
         try:
             async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{http_port}") as session:
@@ -230,8 +235,10 @@ async def main(iterations: int, sync: str) -> None:
     def ms(values: list[float], q: float) -> float:
         return percentile(values, q) * 1000
 
-    print(f"{iterations} start+stop pairs each, interleaved; gateway (store sync: {sync}), simulator and client"
-          " in three processes")
+    print(
+        f"{iterations} start+stop pairs each, interleaved; gateway (store sync: {sync}), simulator and client"
+        " in three processes"
+    )
     print(f"{'path':<22}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}")
     for name, values in (
         ("raw START/STOP", raw_times),

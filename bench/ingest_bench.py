@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import aiohttp
-
 from benchlib import ROOT, free_port, summary_ms  # noqa: E402 — bench/ is the script folder
+
 API_KEY = "74c8eea0-50c6-40b2-9f3e-252ed501c3c8"
 CHUNK_RECORDS = 500  # records per write of the bulk sender, like a PBX flushing its buffer
 PROBE_INTERVAL_S = 0.02
@@ -46,7 +46,7 @@ def write_config(folder: Path, http_port: int, smdr_port: int, sync: str) -> Pat
     config.write_text(
         f"""
 http: {{host: 127.0.0.1, port: {http_port}}}
-store: {{path: "{folder / 'ingest.db'}", sync: {sync}}}
+store: {{path: "{folder / "ingest.db"}", sync: {sync}}}
 api:
   keys: [{{key: {API_KEY}, name: bench}}]
 links:
@@ -111,7 +111,9 @@ async def prober(
     writer.close()
 
 
-async def run_phase(session, smdr_port: int, count: int, first_pcid: int, rate: float | None) -> tuple[float, list[float]]:
+async def run_phase(
+    session, smdr_port: int, count: int, first_pcid: int, rate: float | None
+) -> tuple[float, list[float]]:
     """Records/s achieved and the probes' arrival → API delays while `count` records go in."""
     already = await records_parsed(session)
     stop = asyncio.Event()
@@ -138,8 +140,15 @@ async def main(count: int, rate: float, sync: str) -> None:
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
         config = write_config(Path(tmp), http_port, smdr_port, sync)
         gateway = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "run", "--config", str(config), cwd=ROOT,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            sys.executable,
+            "-m",
+            "gateway",
+            "run",
+            "--config",
+            str(config),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         try:
             async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{http_port}") as session:
@@ -151,10 +160,14 @@ async def main(count: int, rate: float, sync: str) -> None:
             gateway.send_signal(signal.SIGTERM)
             await gateway.wait()
     print(f"IP Office records over listen:// into the store (sync: {sync}), API answering meanwhile")
-    print(f"as fast as taken: {count:,} records at {throughput:,.0f} records/s; "
-          f"line arrival → API finds the call, {delay_summary(saturated)}")
-    print(f"steady {rate:,.0f} records/s offered ({achieved:,.0f} achieved, {steady_count:,} records): "
-          f"line arrival → API finds the call, {delay_summary(steady)}")
+    print(
+        f"as fast as taken: {count:,} records at {throughput:,.0f} records/s; "
+        f"line arrival → API finds the call, {delay_summary(saturated)}"
+    )
+    print(
+        f"steady {rate:,.0f} records/s offered ({achieved:,.0f} achieved, {steady_count:,} records): "
+        f"line arrival → API finds the call, {delay_summary(steady)}"
+    )
 
 
 if __name__ == "__main__":

@@ -47,7 +47,9 @@ def call(index: int, ended: datetime) -> Call:
 
 async def fill(store: Store, rows: int) -> None:
     for first in range(0, rows, 5000):
-        await store.save_calls_soon([call(i, OLD + timedelta(seconds=i)) for i in range(first, min(rows, first + 5000))])
+        await store.save_calls_soon(
+            [call(i, OLD + timedelta(seconds=i)) for i in range(first, min(rows, first + 5000))]
+        )
         await store.append_journal_many_soon("pbx", [(OLD, b"x" * 120)] * min(5000, rows - first))
     # No batch API for quarantine: one op each, all queued at once (the writer group-commits them).
     await asyncio.gather(*(store.quarantine("pbx", OLD, b"y" * 120, "bench") for _ in range(rows)))
@@ -120,12 +122,16 @@ async def main() -> None:
         finally:
             await store.close()
     seconds = pruner.health.last_run_s or float("nan")
-    print(f"retention pass over {args.rows:,} rows per table (sync={args.sync}): {seconds:.2f} s, "
-          f"{sum(pruned.values()) / seconds:,.0f} rows/s; file {before.file_bytes / 2**20:.1f} MiB → "
-          f"{after.file_bytes / 2**20:.1f} MiB")
+    print(
+        f"retention pass over {args.rows:,} rows per table (sync={args.sync}): {seconds:.2f} s, "
+        f"{sum(pruned.values()) / seconds:,.0f} rows/s; file {before.file_bytes / 2**20:.1f} MiB → "
+        f"{after.file_bytes / 2**20:.1f} MiB"
+    )
     for table, times in batch_ms.items():
         print(f"  {table:<10} {pruned[table]:>7,} rows in {len(times):>4} batches; batch {figures(times)}")
-    print(f"  vacuum     {pruner.health.pages_released:>7,} pages in {len(vacuum_ms):>4} steps;   step  {figures(vacuum_ms)}")
+    print(
+        f"  vacuum     {pruner.health.pages_released:>7,} pages in {len(vacuum_ms):>4} steps;   step  {figures(vacuum_ms)}"
+    )
     print(f"  get_call   idle {figures(idle_reads)}   during the pass {figures(busy_reads)}")
     print(f"  save_call  idle {figures(idle_saves)}   during the pass {figures(busy_saves)}")
 

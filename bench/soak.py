@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import random
 import itertools
 import logging
+import os
+import random
 import signal
 import socket
 import sqlite3
@@ -255,8 +255,12 @@ class SoakReport:
     @property
     def kills_ok(self) -> bool:
         return not (
-            self.records_lost or self.duplicates or self.callids_changed or self.keeps_lost
-            or self.final_sample_failed or self.count_mismatches
+            self.records_lost
+            or self.duplicates
+            or self.callids_changed
+            or self.keeps_lost
+            or self.final_sample_failed
+            or self.count_mismatches
         )
 
     @property
@@ -374,8 +378,16 @@ class GatewayProcess:
         with self._log_path.open("ab") as log:
             self.started_at = time.monotonic()
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway", "run", "--config", str(self._config),
-                cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                sys.executable,
+                "-m",
+                "gateway",
+                "run",
+                "--config",
+                str(self._config),
+                cwd=ROOT,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
             )
 
     def _check_alive(self) -> None:
@@ -493,8 +505,15 @@ class CycleOutcome:
 
 class Soak:
     def __init__(
-        self, folder: Path, store: Path, *, seed: int, records_per_cycle: int, rate: float,
-        kill_at: str = KILL_MIXED, progress: Callable[[str], object] | None = None,
+        self,
+        folder: Path,
+        store: Path,
+        *,
+        seed: int,
+        records_per_cycle: int,
+        rate: float,
+        kill_at: str = KILL_MIXED,
+        progress: Callable[[str], object] | None = None,
     ) -> None:
         self.kill_at = kill_at
         self.progress = progress
@@ -637,7 +656,8 @@ class Soak:
             else:
                 await asyncio.wait_for(tasks[0], STREAM_TIMEOUT_S)
                 await poll_until(
-                    lambda: self._all_counted(api, outcome, baseline), COUNT_TIMEOUT_S,
+                    lambda: self._all_counted(api, outcome, baseline),
+                    COUNT_TIMEOUT_S,
                     "/healthz counting every record sent",
                 )
                 self.report.kills_when_counted += 1
@@ -829,8 +849,14 @@ class LinkFaultReport:
             f"dropped → /healthz recorder up {spread_ms(self.stall_up_s)}",
         ]
         lines += [f"  {failure}" for failure in self.failures]
-        lines.append("link faults result: " + ("OK — every link up within its bound, no API answer hung, no partial "
-                                               "line glued" if self.ok else "FAILED"))
+        lines.append(
+            "link faults result: "
+            + (
+                "OK — every link up within its bound, no API answer hung, no partial line glued"
+                if self.ok
+                else "FAILED"
+            )
+        )
         return "\n".join(lines)
 
 
@@ -1038,8 +1064,10 @@ class LinkFaults:
                     await self._recorder_stall()
                     self.report.rounds += 1
                     if self.soak.progress is not None:
-                        self.soak.progress(f"link-fault round {self.report.rounds}: {time.monotonic() - started:.0f} s, "
-                                           f"{len(self.report.failures)} failures")
+                        self.soak.progress(
+                            f"link-fault round {self.report.rounds}: {time.monotonic() - started:.0f} s, "
+                            f"{len(self.report.failures)} failures"
+                        )
                 await self._check_halves_not_found()
             await self.gateway.stop()
             self._check_quarantine()
@@ -1183,10 +1211,16 @@ class LinkFaults:
         report.idle_closed_s.append(connection.closed_at - silent_from)
         report.idle_reconnected_s.append(reconnection.accepted_at - silent_from)
         report.idle_close_to_connect_s.append(reconnection.accepted_at - connection.closed_at)
-        report.check("half-open PBX: silence → gateway closes", connection.closed_at - silent_from,
-                     IDLE_TIMEOUT_S + SCHEDULING_MARGIN_S)
-        report.check("half-open PBX: close → reconnected", reconnection.accepted_at - connection.closed_at,
-                     PEER_RETURN_BOUND_S + SCHEDULING_MARGIN_S)
+        report.check(
+            "half-open PBX: silence → gateway closes",
+            connection.closed_at - silent_from,
+            IDLE_TIMEOUT_S + SCHEDULING_MARGIN_S,
+        )
+        report.check(
+            "half-open PBX: close → reconnected",
+            reconnection.accepted_at - connection.closed_at,
+            PEER_RETURN_BOUND_S + SCHEDULING_MARGIN_S,
+        )
 
     # -- 3. the serial port disappears and a new pty appears at the same path
 
@@ -1199,7 +1233,9 @@ class LinkFaults:
         back_at = self.serial.create()
         up_at = await self._until_state(("links", LINK_SERIAL), "up")
         report.serial_up_s.append(up_at - back_at)
-        report.check("serial pty re-created → /healthz link up", up_at - back_at, PEER_RETURN_BOUND_S + SCHEDULING_MARGIN_S)
+        report.check(
+            "serial pty re-created → /healthz link up", up_at - back_at, PEER_RETURN_BOUND_S + SCHEDULING_MARGIN_S
+        )
         await self._serial_record()  # and records flow on the new port
 
     async def _serial_record(self) -> None:
@@ -1252,11 +1288,14 @@ class LinkFaults:
             report.keeps_after_restart += 1
             await self._verba(action="KeepCall", callID=call_id, type="manualRecord", unmark="1")
         else:
-            report.fail(f"round {report.rounds + 1}: KeepCall manualRecord after the recorder's return: {status} {answer}")
+            report.fail(
+                f"round {report.rounds + 1}: KeepCall manualRecord after the recorder's return: {status} {answer}"
+            )
         recorder.release(CHANNEL)
 
-    def _check_answer(self, what: str, status: int | None, answer: dict | None, latency: float,
-                      expected: tuple[int, ...]) -> None:
+    def _check_answer(
+        self, what: str, status: int | None, answer: dict | None, latency: float, expected: tuple[int, ...]
+    ) -> None:
         round_ = self.report.rounds + 1
         if status is None:
             self.report.fail(f"round {round_}: {what}: no answer within {API_HANG_S:g} s (a hang)")
@@ -1281,8 +1320,9 @@ class LinkFaults:
                 closed = recorder.session_closed_at[closed_before:]
                 return closed[0] if closed else None
 
-            dropped_at = await poll_until(dropped, stall_detect_bound_s() + FAULT_STEP_TIMEOUT_S,
-                                          "the gateway dropping a silent recorder")
+            dropped_at = await poll_until(
+                dropped, stall_detect_bound_s() + FAULT_STEP_TIMEOUT_S, "the gateway dropping a silent recorder"
+            )
         finally:
             recorder.silent = False
         report.stall_detected_s.append(dropped_at - silent_from)
@@ -1296,8 +1336,11 @@ class LinkFaults:
         await poll_until(reconnected, FAULT_STEP_TIMEOUT_S, "the gateway reconnecting to the recorder")
         up_at = await self._until_state(("recorders", RECORDER), "up")
         report.stall_up_s.append(max(0.0, up_at - dropped_at))
-        report.check("recorder stall: dropped → /healthz recorder up", up_at - dropped_at,
-                     PEER_RETURN_BOUND_S + SCHEDULING_MARGIN_S)
+        report.check(
+            "recorder stall: dropped → /healthz recorder up",
+            up_at - dropped_at,
+            PEER_RETURN_BOUND_S + SCHEDULING_MARGIN_S,
+        )
         recorder.release(CHANNEL)
 
 
@@ -1349,16 +1392,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="seeds the kill moments and the records")
     parser.add_argument("--records-per-cycle", type=int, default=DEFAULT_RECORDS_PER_CYCLE)
     parser.add_argument("--rate", type=float, default=DEFAULT_RATE, help="records/s the PBX offers")
-    parser.add_argument("--time-limit-s", type=float, default=DEFAULT_TIME_LIMIT_S,
-                        help="no new cycle after this many seconds (default %(default)s)")
+    parser.add_argument(
+        "--time-limit-s",
+        type=float,
+        default=DEFAULT_TIME_LIMIT_S,
+        help="no new cycle after this many seconds (default %(default)s)",
+    )
     parser.add_argument("--store", type=Path, help="the SQLite file (default: a temporary folder)")
-    parser.add_argument("--kill-at", choices=KILL_MOMENTS, default=KILL_MIXED,
-                        help="mixed (default): half mid-stream, half when /healthz counted a random number of records "
-                        "sent; counted: every record of the cycle sent and counted; mid-stream: always mid-stream")
-    parser.add_argument("--link-faults", type=int, default=0, metavar="N",
-                        help="after the kill cycles, N rounds of link faults (default %(default)s)")
-    parser.add_argument("--outage-s", type=float, nargs=2, default=DEFAULT_OUTAGE_S, metavar=("MIN", "MAX"),
-                        help="how long a peer is gone in a link fault, uniform (default %(default)s)")
+    parser.add_argument(
+        "--kill-at",
+        choices=KILL_MOMENTS,
+        default=KILL_MIXED,
+        help="mixed (default): half mid-stream, half when /healthz counted a random number of records "
+        "sent; counted: every record of the cycle sent and counted; mid-stream: always mid-stream",
+    )
+    parser.add_argument(
+        "--link-faults",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the kill cycles, N rounds of link faults (default %(default)s)",
+    )
+    parser.add_argument(
+        "--outage-s",
+        type=float,
+        nargs=2,
+        default=DEFAULT_OUTAGE_S,
+        metavar=("MIN", "MAX"),
+        help="how long a peer is gone in a link fault, uniform (default %(default)s)",
+    )
     arguments = parser.parse_args(argv)
     # The in-process recorder simulator logs every line at DEBUG; the report is what this script prints.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -1366,10 +1428,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--outage-s MIN MAX: 0 <= MIN <= MAX")
     report = asyncio.run(
         run_soak(
-            arguments.cycles, seed=arguments.seed, records_per_cycle=arguments.records_per_cycle,
-            rate=arguments.rate, time_limit_s=arguments.time_limit_s, store=arguments.store,
-            kill_at=arguments.kill_at, progress=lambda line: print(line, file=sys.stderr, flush=True),
-            link_faults=arguments.link_faults, outage_s=tuple(arguments.outage_s),
+            arguments.cycles,
+            seed=arguments.seed,
+            records_per_cycle=arguments.records_per_cycle,
+            rate=arguments.rate,
+            time_limit_s=arguments.time_limit_s,
+            store=arguments.store,
+            kill_at=arguments.kill_at,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
+            link_faults=arguments.link_faults,
+            outage_s=tuple(arguments.outage_s),
         )
     )
     print(report.render())

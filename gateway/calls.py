@@ -344,6 +344,7 @@ class CallTracker:
 
     def apply(self, event: DriverEvent) -> Call | None:
         """Apply one driver event; returns the call it touched (None when it concerned no known call)."""
+        call: Call | None
         match event:
             case CallRecord():  # first: a busy SMDR link hands in thousands a second
                 call = self._call_record(event)
@@ -519,9 +520,9 @@ class CallTracker:
         for (recorder, native_id), recording in list(self._active_recordings.items()):
             if recorder == event.recorder and native_id not in event.live_recording_native_ids:
                 self._end_recording(recording, event.at)
-                call = self._call_in_memory(recording.call_id)
-                if call is not None:
-                    self.save_soon(call)
+                recorded_call = self._call_in_memory(recording.call_id)
+                if recorded_call is not None:
+                    self.save_soon(recorded_call)
 
     # ---- PBX call records
 
@@ -564,7 +565,8 @@ class CallTracker:
         matches = [
             leg
             for leg in self._legs.get((record.source, record.leg_key or ""), ())
-            if leg.start - LEG_TOLERANCE <= end and start <= leg.end + LEG_TOLERANCE
+            if leg.start - LEG_TOLERANCE <= end
+            and start <= leg.end + LEG_TOLERANCE
             and not _same_known_direction(leg.direction, record.direction)
         ]
         if record.leg_on_line and matches:
@@ -600,7 +602,9 @@ class CallTracker:
             joined and earlier is not None and {earlier.direction, record.direction} == {Direction.IN, Direction.OUT}
         )
         if not pair_complete:
-            legs.append(_Leg(call.call_id, min(start, call.start_time), max(end, call.end_time or end), record.direction))
+            legs.append(
+                _Leg(call.call_id, min(start, call.start_time), max(end, call.end_time or end), record.direction)
+            )
             call.open_leg_key, call.open_leg_direction = record.leg_key, record.direction
         else:
             call.open_leg_key, call.open_leg_direction = None, None
@@ -753,7 +757,10 @@ class CallTracker:
             self._memory_ids_by_native[call.native_id].add(call.call_id)
 
     def _unindex_external_ids(self, call: Call) -> None:
-        for index, value in ((self._memory_ids_by_platform, call.platform_call_id), (self._memory_ids_by_native, call.native_id)):
+        for index, value in (
+            (self._memory_ids_by_platform, call.platform_call_id),
+            (self._memory_ids_by_native, call.native_id),
+        ):
             if value and value in index:
                 index[value].discard(call.call_id)
                 if not index[value]:

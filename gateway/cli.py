@@ -11,11 +11,15 @@ from pathlib import Path
 
 import structlog
 
-from gateway.config import DEFAULT_CONFIG_PATH, GatewayConfig, check_config, describe_config, load_config
+from drivers.smdr import SMDR_FORMATS
+from gateway.config import DEFAULT_CONFIG_PATH, GatewayConfig
+from gateway.config.describe import check_config, describe_config
+from gateway.config.load import load_config
 from gateway.errors import ConfigError
 from gateway.lifecycle import stop_on_signals
 from gateway.logs import configure_logging
 from gateway.passwords import hash_password
+from simulators.cli import positive_float
 
 # The default configuration as shipped with the code, for `gateway demo` started outside the project folder.
 BUNDLED_CONFIG_PATH = Path(__file__).resolve().parent.parent / DEFAULT_CONFIG_PATH
@@ -41,7 +45,7 @@ def api_key_secrets(config: GatewayConfig) -> list[str]:
 def _load_config(path: Path) -> GatewayConfig | None:
     """The configuration, or None after printing why it was refused (FILE:LINE: KEY: message)."""
     try:
-        return load_config(path)
+        return load_config(path, SMDR_FORMATS)
     except ConfigError as error:
         print(f"gateway: configuration error: {error}", file=sys.stderr)
         return None
@@ -50,7 +54,7 @@ def _load_config(path: Path) -> GatewayConfig | None:
 async def _run_until_signalled(config_path: Path) -> int:
     from gateway.service import Gateway, tune_interpreter  # late: `check` and `hash-password` need none of it
 
-    config = load_config(config_path)
+    config = load_config(config_path, SMDR_FORMATS)
     configure_logging(config.log.level, config.log.format, secrets=api_key_secrets(config))
     gateway = Gateway(config)
     async with stop_on_signals() as stopping:
@@ -76,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.demo import DemoError, run_demo  # imported late: only the demo needs the simulators
+    from simulators.demo import DemoError, run_demo  # imported late: only the demo needs the simulators
 
     config_path = args.config
     if config_path is None:  # the bundled default: the folder's own config/, else the one shipped beside the code
@@ -102,7 +106,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     if config is None:
         return EXIT_CONFIG
-    print(describe_config(config))
+    print(describe_config(config, SMDR_FORMATS))
     problems = check_config(config)
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
@@ -161,17 +165,6 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def positive_float(text: str) -> float:
-    """An argparse type: a number more than 0 (rates, speeds, intervals)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Recorder-side telephony gateway")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -186,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the gateway with the PBX and trunk recorder simulators making calls")
     demo.add_argument(
-        "--config", type=Path, default=None,
+        "--config",
+        type=Path,
+        default=None,
         help=f"configuration file (default: {DEFAULT_CONFIG_PATH} here, else the bundled one)",
     )
     demo.add_argument("--seed", type=int, default=None, help="seed of the traffic, to replay a run")
@@ -194,10 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--calls-per-minute", type=positive_float, default=12.0, help="random calls per minute per PBX (%(default)s)"
     )
     demo.add_argument(
-        "--speed", type=positive_float, default=1.0, help="site time per real second: 10 makes calls ten times shorter (%(default)s)"
+        "--speed",
+        type=positive_float,
+        default=1.0,
+        help="site time per real second: 10 makes calls ten times shorter (%(default)s)",
     )
     demo.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], default="warning",
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="warning",
         help="log level of the demo (%(default)s: the banner stays readable); the file's level is not used",
     )
     demo.set_defaults(handler=cmd_demo)

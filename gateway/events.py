@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from gateway.model import Direction
+
+
+class LinkState(enum.StrEnum):
+    """A PBX link's state as its transport reports it (`on_state`); `/healthz` shows it."""
+
+    UP = "up"
+    DOWN = "down"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,4 +125,29 @@ class LinkProgress:
     context_seqs: tuple[int, ...] = ()  # older lines whose content the parser still reads with (page headers)
 
 
-DriverEvent = CallStarted | CallConnected | CallEnded | RecordingStarted | RecordingStopped | RecorderSynced | CallRecord
+@dataclass(slots=True)
+class LinkHealth:
+    """What a link driver reports about itself; the driver updates it, `/healthz` reads it."""
+
+    name: str
+    state: LinkState = LinkState.DOWN
+    records: int = 0  # records parsed from lines this link read since start-up
+    errors: int = 0  # lines quarantined
+    # Records of lines journalled before a restart but not applied then, read again from the journal at
+    # start-up (not in `records`, which counts what the link itself read).
+    replayed: int = 0
+    last_record_at: datetime | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "records": self.records,
+            "errors": self.errors,
+            "replayed": self.replayed,
+            "last_record_at": self.last_record_at.isoformat() if self.last_record_at else None,
+        }
+
+
+DriverEvent = (
+    CallStarted | CallConnected | CallEnded | RecordingStarted | RecordingStopped | RecorderSynced | CallRecord
+)

@@ -31,7 +31,7 @@ class _RedactingRenderer:
         return self._redactor(str(rendered))
 
 
-class _GatewayHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _GatewayHandler(logging.StreamHandler):
     """The one root handler this module installs (and replaces when it is configured again)."""
 
 

@@ -56,7 +56,7 @@ def new_id() -> str:
     # Identifiers, not secrets (the API key guards access): the fast generator, no syscall per call.
     value = ((time.time_ns() // 1_000_000) << 80 | random.getrandbits(80)) & _ID_KEEP_BITS | _ID_VERSION_VARIANT
     # Formatted by hand: uuid.UUID(int=…) and str() of it cost twice as much, once per call and record.
-    digits = "%032x" % value
+    digits = f"{value:032x}"
     return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
@@ -76,13 +76,8 @@ def record_call_id(store_instance: int, journal_seq: int, index: int = 0) -> str
     """
     if not 0 <= journal_seq <= _RECORD_ID_MAX_SEQ or not 0 <= index <= _RECORD_ID_MAX_INDEX:
         raise ValueError(f"no record call id for line {journal_seq} record {index}")
-    value = (
-        journal_seq << 80
-        | index << 64
-        | (store_instance & _RECORD_ID_INSTANCE_BITS)
-        | _RECORD_ID_VERSION_VARIANT
-    )
-    digits = "%032x" % value
+    value = journal_seq << 80 | index << 64 | (store_instance & _RECORD_ID_INSTANCE_BITS) | _RECORD_ID_VERSION_VARIANT
+    digits = f"{value:032x}"
     return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 

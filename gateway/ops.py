@@ -2,44 +2,14 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from gateway.events import LinkHealth, LinkState
 from gateway.recording import RecorderControl
 
 if TYPE_CHECKING:
     from gateway.retention import RetentionHealth
-
-
-class LinkState(enum.StrEnum):
-    UP = "up"
-    DOWN = "down"
-
-
-@dataclass(slots=True)
-class LinkHealth:
-    """What a link driver reports about itself; the driver updates it, `/healthz` reads it."""
-
-    name: str
-    state: LinkState = LinkState.DOWN
-    records: int = 0  # records parsed from lines this link read since start-up
-    errors: int = 0  # lines quarantined
-    # Records of lines journalled before a restart but not applied then, read again from the journal at
-    # start-up (not in `records`, which counts what the link itself read).
-    replayed: int = 0
-    last_record_at: datetime | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "state": self.state.value,
-            "records": self.records,
-            "errors": self.errors,
-            "replayed": self.replayed,
-            "last_record_at": self.last_record_at.isoformat() if self.last_record_at else None,
-        }
 
 
 def health_report(

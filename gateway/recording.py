@@ -195,7 +195,12 @@ class RecordingPolicy:
         discarded = 0
         for call_id in await self._tracker.expired_on_demand_call_ids(cutoff, RETENTION_BATCH):
             call = await self._tracker.get_call(call_id)
-            if call is None or call.kept or call.do_not_delete or recording_mode_of(call, self._tracker) is not RecordingMode.ON_DEMAND:
+            if (
+                call is None
+                or call.kept
+                or call.do_not_delete
+                or recording_mode_of(call, self._tracker) is not RecordingMode.ON_DEMAND
+            ):
                 continue
             changed = False
             for recording in call.recordings:

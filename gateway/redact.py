@@ -30,7 +30,9 @@ class SecretRedactor:
 
     def __init__(self, known_secrets: Iterable[str] = ()) -> None:
         literals = sorted({secret for secret in known_secrets if secret}, key=len, reverse=True)
-        self._known = re.compile("|".join(re.escape(secret) for secret in literals), re.IGNORECASE) if literals else None
+        self._known = (
+            re.compile("|".join(re.escape(secret) for secret in literals), re.IGNORECASE) if literals else None
+        )
 
     def __call__(self, text: str) -> str:
         text = _NAMED_SECRET.sub(lambda match: match.group(1) + REDACTED, text)

@@ -16,9 +16,9 @@ from gateway.api.auth import Authenticator
 from gateway.api.verba import ActionContext
 from gateway.calls import CallTracker
 from gateway.config import GatewayConfig
-from gateway.events import DriverEvent
+from gateway.events import DriverEvent, LinkHealth
 from gateway.model import Call
-from gateway.ops import LinkHealth, health_report
+from gateway.ops import health_report
 from gateway.recording import RecorderControl, RecordingPolicy, RecordingService
 from gateway.retention import RetentionPruner
 from gateway.store import PRUNE_CALLS, Store

@@ -21,6 +21,7 @@ import structlog
 
 from gateway.errors import StoreError
 from gateway.events import LinkProgress
+from gateway.journal import JournalEntry
 from gateway.model import Call, CallState, Direction, Recording, RecordingMode
 
 log = structlog.get_logger(__name__)
@@ -222,9 +223,7 @@ _INSERT_JOURNAL = _RowsStatement("INSERT INTO journal (link, received_at, raw, f
 ROWS_PER_STATEMENT = (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
 SQLITE_MIN_VARIABLE_LIMIT = 999  # SQLite before 3.32 (newer ones allow 32,766)
 _DELETE_CALLS = _RowsStatement("DELETE FROM calls WHERE call_id IN (", 1, ")", row_open="", row_close="")
-_DELETE_CALL_RECORDINGS = _RowsStatement(
-    "DELETE FROM recordings WHERE call_id IN (", 1, ")", row_open="", row_close=""
-)
+_DELETE_CALL_RECORDINGS = _RowsStatement("DELETE FROM recordings WHERE call_id IN (", 1, ")", row_open="", row_close="")
 
 
 def _execute_rows(
@@ -240,7 +239,9 @@ def _execute_rows(
 
 _UPSERT_PROGRESS = _upsert("link_progress", "link, applied_seq, replay_from_seq, context_seqs", "link")
 # OR IGNORE: a line quarantined before a crash and replayed after it is kept once (unique journal_seq).
-_INSERT_QUARANTINE = "INSERT OR IGNORE INTO quarantine (journal_seq, link, received_at, raw, reason) VALUES (?, ?, ?, ?, ?)"
+_INSERT_QUARANTINE = (
+    "INSERT OR IGNORE INTO quarantine (journal_seq, link, received_at, raw, reason) VALUES (?, ?, ?, ?, ?)"
+)
 
 # Read queries are module constants so the tests can EXPLAIN exactly what runs.
 SELECT_CALL = f"SELECT {_CALL_COLUMNS} FROM calls WHERE call_id = ?"
@@ -250,8 +251,7 @@ SELECT_CALL_RECORDINGS = (
 )
 SELECT_ONGOING_CALLS = f"SELECT {_CALL_COLUMNS} FROM calls WHERE state = 0"
 SELECT_ONGOING_PARTIES = (
-    "SELECT p.call_id, p.number FROM calls AS c CROSS JOIN call_parties AS p ON p.call_id = c.call_id"
-    " WHERE c.state = 0"
+    "SELECT p.call_id, p.number FROM calls AS c CROSS JOIN call_parties AS p ON p.call_id = c.call_id WHERE c.state = 0"
 )
 SELECT_ONGOING_RECORDINGS = (
     f"SELECT {', '.join('r.' + name.strip() for name in _RECORDING_COLUMNS.split(','))}"
@@ -289,9 +289,7 @@ SELECT_PRUNABLE_CALLS = (
     " ORDER BY end_time LIMIT ?"
 )
 SELECT_REPLAY_MARKS = "SELECT link, replay_from_seq, context_seqs FROM link_progress ORDER BY link"
-SELECT_OLDEST_JOURNAL_OF_LINK = (
-    "SELECT seq, received_at FROM journal WHERE link = ? AND seq < ? ORDER BY seq LIMIT ?"
-)
+SELECT_OLDEST_JOURNAL_OF_LINK = "SELECT seq, received_at FROM journal WHERE link = ? AND seq < ? ORDER BY seq LIMIT ?"
 DELETE_JOURNAL_OF_LINK_UP_TO = "DELETE FROM journal WHERE link = ? AND seq <= ?"
 # The same, sparing the lines the link's parser still reads before a replay (page headers): given as a list.
 DELETE_JOURNAL_OF_LINK_UP_TO_BUT = "DELETE FROM journal WHERE link = ? AND seq <= ? AND seq NOT IN ({})"
@@ -301,17 +299,6 @@ SELECT_SPACE = "SELECT * FROM pragma_page_count(), pragma_freelist_count(), prag
 SELECT_QUARANTINE_BY_LINK = (
     "SELECT seq, journal_seq, link, received_at, raw, reason FROM quarantine WHERE link = ? ORDER BY seq LIMIT ?"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class JournalEntry:
-    """One raw line exactly as a link delivered it."""
-
-    seq: int
-    link: str
-    received_at: datetime
-    raw: bytes
-    framing_error: str | None = None  # the transport could not frame it (cut at the length limit, partial)
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,22 +395,24 @@ def _snapshot(call: Call) -> _CallSnapshot:
     party_rows = tuple([(call.call_id, number, end_time) for number in call.parties])
     discardable_call = call.recording_mode is RecordingMode.ON_DEMAND and not call.kept and not call.do_not_delete
     # Stored under the owning call's id: the list a recording sits in is what get_call reads it back by.
-    recording_rows = tuple([
-        (
-            recording.recording_id,
-            call.call_id,
-            recording.recorder,
-            recording.channel,
-            recording.native_id,
-            _epoch(recording.start_time),
-            _epoch(recording.end_time),
-            int(recording.manual),
-            int(recording.deleted),
-            position,
-            int(discardable_call and not recording.deleted),
-        )
-        for position, recording in enumerate(call.recordings)
-    ])
+    recording_rows = tuple(
+        [
+            (
+                recording.recording_id,
+                call.call_id,
+                recording.recorder,
+                recording.channel,
+                recording.native_id,
+                _epoch(recording.start_time),
+                _epoch(recording.end_time),
+                int(recording.manual),
+                int(recording.deleted),
+                position,
+                int(discardable_call and not recording.deleted),
+            )
+            for position, recording in enumerate(call.recordings)
+        ]
+    )
     return _CallSnapshot(call.call_id, call_row, party_rows, recording_rows)
 
 
@@ -685,10 +674,12 @@ class Store:
         `progress` is committed in the same transaction: how far each link's journal had been applied when
         the snapshots were taken, so that after a crash exactly the lines after it are replayed.
         """
-        progress_rows = tuple([
-            (item.link, item.applied_seq, item.replay_from_seq, ",".join(map(str, item.context_seqs)))
-            for item in progress
-        ])
+        progress_rows = tuple(
+            [
+                (item.link, item.applied_seq, item.replay_from_seq, ",".join(map(str, item.context_seqs)))
+                for item in progress
+            ]
+        )
         return self._submit(_SAVE_CALLS, ([_snapshot(call) for call in calls], progress_rows))
 
     def append_journal_many_soon(
@@ -712,7 +703,9 @@ class Store:
         """Queue a raw line for the journal; the future resolves to its seq once committed."""
         return self._submit(_APPEND_JOURNAL, (link, _epoch(received_at), _raw_bytes(raw), framing_error))
 
-    async def append_journal(self, link: str, received_at: datetime, raw: bytes, framing_error: str | None = None) -> int:
+    async def append_journal(
+        self, link: str, received_at: datetime, raw: bytes, framing_error: str | None = None
+    ) -> int:
         return await self.append_journal_soon(link, received_at, raw, framing_error)
 
     async def quarantine(
@@ -996,7 +989,9 @@ class Store:
                 if deleted >= limit:
                     break
                 context = [int(seq) for seq in context_text.split(",") if seq]
-                rows = cursor.execute(SELECT_OLDEST_JOURNAL_OF_LINK, (link, replay_from_seq, limit - deleted + len(context)))
+                rows = cursor.execute(
+                    SELECT_OLDEST_JOURNAL_OF_LINK, (link, replay_from_seq, limit - deleted + len(context))
+                )
                 last = _last_of_old_prefix(rows, cutoff, spared=frozenset(context))
                 if last is not None:
                     if context:
@@ -1027,7 +1022,9 @@ class Store:
         """Inserts the rows; the seq of the first. This thread is the only writer, inside one transaction:
         the seqs given are consecutive."""
         _execute_rows(cursor, _INSERT_JOURNAL, rows, self._max_variables)
-        return cursor.lastrowid - len(rows) + 1
+        last_seq = cursor.lastrowid
+        assert last_seq is not None  # rows were inserted just now
+        return last_seq - len(rows) + 1
 
     def _close_connections(self, writer_connection: sqlite3.Connection) -> None:
         # Readers first (their pool is idle: close() waited for every read), so the writer's close is the last
@@ -1266,8 +1263,7 @@ class Store:
         for recording_row in recording_rows:
             recordings_by_call.setdefault(recording_row[1], []).append(_recording_from_row(recording_row))
         return [
-            _call_from_row(row, parties_by_call.get(row[0], ()), recordings_by_call.get(row[0], []))
-            for row in rows
+            _call_from_row(row, parties_by_call.get(row[0], ()), recordings_by_call.get(row[0], [])) for row in rows
         ]
 
 

@@ -15,10 +15,9 @@ from drivers.smdr.base import RecordParser
 from drivers.smdr.link import HOLD_CHECK_INTERVAL_S, RELEASE_ALL, LineReader
 from drivers.transport import FramedLine, create_transport
 from gateway.config import GatewayConfig, LinkConfig
-from gateway.events import CallRecord
+from gateway.events import CallRecord, LinkState
 from gateway.lifecycle import stop_on_signals
 from gateway.model import utc_now
-from gateway.ops import LinkState
 
 
 def printable(raw: bytes) -> str:

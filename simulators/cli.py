@@ -20,3 +20,14 @@ def run_cli(
     configure_logging(args.log_level)
     asyncio.run(run(args))
     return 0
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number more than 0 (rates, speeds, intervals)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value

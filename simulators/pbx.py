@@ -15,20 +15,26 @@ import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from datetime import datetime, timedelta, tzinfo
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
 
-from gateway.cli import positive_float
 from gateway.lifecycle import stop_on_signals
+from simulators.cli import positive_float, run_cli
 from simulators.pbx_records import FORMATS, PROFILES, FormatProfile, LoginStep, garbage_line, record_lines
-from simulators.cli import run_cli
 from simulators.pty import PtyPort
 from simulators.tasks import OwnedTasks
 from simulators.traffic import CompletedCall, PlannedCall
 
 log = structlog.get_logger(__name__)
+
+
+def _same(protocol: asyncio.Protocol) -> asyncio.Protocol:
+    """A protocol factory answering the protocol made beforehand (the connect loop keeps it to log its end)."""
+    return protocol
+
 
 DEFAULT_NAME = "pbx"
 DEFAULT_TRAFFIC_PER_MINUTE = 20.0  # the CLI makes calls unless told otherwise (--traffic 0)
@@ -416,7 +422,8 @@ class PbxSimulator:
                 self.lines_dropped += 1
                 if not self._backlog_overflowed:
                     self._log.warning(
-                        "no gateway connected and the buffer is full: dropping the oldest lines", max_lines=BUFFER_MAX_LINES
+                        "no gateway connected and the buffer is full: dropping the oldest lines",
+                        max_lines=BUFFER_MAX_LINES,
                     )
                     self._backlog_overflowed = True
             self._backlog.append(chunk)
@@ -430,7 +437,7 @@ class PbxSimulator:
             started.set()
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                    await loop.create_connection(lambda: peer, host, port)
+                    await loop.create_connection(partial(_same, peer), host, port)
             except (OSError, TimeoutError) as error:
                 reason = str(error) or type(error).__name__
                 if in_outage:
@@ -556,13 +563,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--connect", type=_parse_address, metavar="HOST:PORT", help="send mode: connect to a gateway listen:// link"
     )
     where.add_argument(
-        "--listen", type=_parse_address, metavar="HOST:PORT", help="serve a gateway tcp:// link (with the format's login)"
+        "--listen",
+        type=_parse_address,
+        metavar="HOST:PORT",
+        help="serve a gateway tcp:// link (with the format's login)",
     )
     where.add_argument("--pty", action="store_true", help="serve on a new pty and print its slave path")
     traffic = parser.add_mutually_exclusive_group()
     traffic.add_argument(
-        "--traffic", type=float, default=DEFAULT_TRAFFIC_PER_MINUTE, metavar="RATE",
-        help="random calls per minute (default %(default)s; 0: none)"
+        "--traffic",
+        type=float,
+        default=DEFAULT_TRAFFIC_PER_MINUTE,
+        metavar="RATE",
+        help="random calls per minute (default %(default)s; 0: none)",
     )
     traffic.add_argument("--scenario", metavar="FILE.yaml", help="play the calls of a scenario file")
     parser.add_argument("--seed", type=int, default=None, help="seed for the traffic and the garbage")
@@ -571,7 +584,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--timezone", type=_timezone_argument, default=None, help="the PBX clock's zone (default: the machine's)"
     )
     parser.add_argument(
-        "--extensions", type=_extensions_argument, default=None, metavar="LIST", help="for --traffic, e.g. 2001-2010,3001"
+        "--extensions",
+        type=_extensions_argument,
+        default=None,
+        metavar="LIST",
+        help="for --traffic, e.g. 2001-2010,3001",
     )
     faults = parser.add_argument_group("faults", "what a gateway link must survive, on demand")
     faults.add_argument("--split-writes", action="store_true", help="send records in pieces of 1, 7, 3 … bytes")
@@ -580,7 +597,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--garbage-every", type=positive_float, default=None, metavar="SECONDS", help="a line of garbage this often"
     )
     faults.add_argument(
-        "--drop-every", type=positive_float, default=None, metavar="SECONDS",
+        "--drop-every",
+        type=positive_float,
+        default=None,
+        metavar="SECONDS",
         help="disconnect every link this often (a rebooting PBX; --connect reconnects, records are buffered)",
     )
     parser.add_argument("--name", default=DEFAULT_NAME)
@@ -633,7 +653,11 @@ async def _run(args: argparse.Namespace) -> None:
             else:
                 await sim.connect(*args.connect)
             if sim.profile.gateway_options:
-                log.info("the gateway link needs these options", format=args.format, options=dict(sim.profile.gateway_options))
+                log.info(
+                    "the gateway link needs these options",
+                    format=args.format,
+                    options=dict(sim.profile.gateway_options),
+                )
             plan = _plan(args)
             if plan is not None:
                 from simulators.site import Site, first_call_id_from_clock  # only traffic needs the site player

@@ -211,7 +211,7 @@ def _avaya_ipo(call: _Call, tz: tzinfo, *, fields: int = IPO_DEFAULT_FIELDS) -> 
     if fields not in IPO_FIELD_COUNTS:
         raise ValueError(f"ipo_fields must be one of {IPO_FIELD_COUNTS}, not {fields}")
     plan = call.source.plan
-    clean = lambda value: _text(value, drop=IPO_DELIMITER)  # noqa: E731 — fields never contain `,`
+    clean = lambda value: _text(value, drop=IPO_DELIMITER)  # fields never contain `,`
     other = clean(plan.other)
     account = clean(plan.account)
     inbound = call.direction == DIRECTION_IN
@@ -509,11 +509,11 @@ def _threecx_line_dn(trunk: str) -> str:
 
 def _threecx(call: _Call, tz: tzinfo) -> list[str]:
     plan = call.source.plan
-    clean = lambda value: _text(value, drop=THREECX_DELIMITER + THREECX_CHAIN_SEPARATOR)  # noqa: E731
-    stamp = lambda moment: _local(moment, tz).strftime(THREECX_TIME)  # noqa: E731
+    clean = lambda value: _text(value, drop=THREECX_DELIMITER + THREECX_CHAIN_SEPARATOR)
+    stamp = lambda moment: _local(moment, tz).strftime(THREECX_TIME)
     extension, other = clean(plan.extension), clean(plan.other)
     line_dn = _threecx_line_dn(call.source.trunk)
-    party = lambda dn: (THREECX_EXTENSION + dn, dn)  # noqa: E731 — (number, DN) of an extension
+    party = lambda dn: (THREECX_EXTENSION + dn, dn)  # (number, DN) of an extension
     if call.direction == DIRECTION_IN:
         source, destination, dialled = (other, line_dn), party(extension), extension
     elif call.direction == DIRECTION_OUT:
@@ -595,7 +595,7 @@ CUSTOM_OPTIONS: dict[str, Any] = {
 
 def _custom(call: _Call, tz: tzinfo) -> list[str]:
     plan = call.source.plan
-    clean = lambda value: _text(value, drop=CUSTOM_DELIMITER)  # noqa: E731
+    clean = lambda value: _text(value, drop=CUSTOM_DELIMITER)
     lines = []
     for segment in call.segments:
         local = _local(segment.start, tz)  # each segment's own start: the transfer target's is the transfer

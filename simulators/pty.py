@@ -109,6 +109,7 @@ class PtyPort:
         early = bytearray()  # what the gateway wrote before the session started
         while (chunk := self._read_once()) is False:
             await asyncio.sleep(PTY_OPEN_POLL_S)
+        assert chunk is not True  # _read_once answers bytes, None or False
         self._keep_data(chunk, early)
         await asyncio.sleep(PTY_SETTLE_S)
         while isinstance(chunk := self._read_once(), bytes):

@@ -18,17 +18,21 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from enum import IntEnum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import structlog
 
 from simulators.traffic import DIRECTION_IN, DIRECTION_INTERNAL, DIRECTION_OUT, CompletedCall, PlannedCall
 from simulators.trunkrec import CAUSE_NO_ANSWER, CAUSE_NORMAL_CLEARING, SimCall, TrunkRecorderSimulator
 
-if TYPE_CHECKING:  # the PBX simulator imports this module for its --traffic player
-    from simulators.pbx import PbxSimulator
-
 log = structlog.get_logger(__name__)
+
+
+class RecordEmitter(Protocol):
+    """What the site needs of its PBX (simulators.pbx.PbxSimulator, which imports this module for --traffic)."""
+
+    def emit(self, call: CompletedCall) -> object: ...  # the lines printed (unused here)
+
 
 # IP Office style Call IDs: ten digits, +1 per call (docs/smdr.md, avaya-ipo).
 DEFAULT_FIRST_PBX_CALL_ID = 1_000_020_000
@@ -99,7 +103,7 @@ class Site:
         self,
         plan: Iterable[PlannedCall],
         *,
-        pbx: PbxSimulator | None = None,
+        pbx: RecordEmitter | None = None,
         recorder: TrunkRecorderSimulator | None = None,
         channels: Mapping[str, str] | None = None,
         speed: float = 1.0,
@@ -239,7 +243,10 @@ class Site:
                 self.busy_channel_skips += 1
                 self._log.warning(
                     "channel busy, call left off the recorder",
-                    extension=plan.extension, channel=channel, busy_with=busy.call_id, pbx_call_id=pbx_call_id,
+                    extension=plan.extension,
+                    channel=channel,
+                    busy_with=busy.call_id,
+                    pbx_call_id=pbx_call_id,
                 )
             else:
                 if plan.direction == DIRECTION_IN:
@@ -248,7 +255,9 @@ class Site:
                     calling, called = plan.extension, plan.other
                 active.channel = channel
                 active.sim_call = self.recorder.place_call(channel, calling, called, plan.direction)
-                self.recorder_calls[pbx_call_id] = RecorderLeg(plan, pbx_call_id, channel, active.sim_call.call_id, start)
+                self.recorder_calls[pbx_call_id] = RecorderLeg(
+                    plan, pbx_call_id, channel, active.sim_call.call_id, start
+                )
         steps = [(_ms(plan.at_s + plan.length_s), _Step.END, pbx_call_id)]
         if active.sim_call is not None and plan.answered:
             steps.append((_ms(plan.at_s + plan.ring_s), _Step.ANSWER, pbx_call_id))

@@ -77,9 +77,30 @@ DEFAULT_START_HOUR = 9.0
 # Rate multiplier per hour of day (0–23) when busy_hours is on: calls_per_minute is the rate of the busy
 # hours 9–12 and 14–17; lunch is quieter, the evening and night nearly silent.
 DEFAULT_HOUR_PROFILE: tuple[float, ...] = (
-    0.02, 0.02, 0.02, 0.02, 0.02, 0.02, 0.05, 0.15,  # 00–07
-    0.5, 1.0, 1.0, 1.0, 0.6, 0.6, 1.0, 1.0,  # 08–15
-    1.0, 0.5, 0.2, 0.1, 0.05, 0.05, 0.02, 0.02,  # 16–23
+    0.02,
+    0.02,
+    0.02,
+    0.02,
+    0.02,
+    0.02,
+    0.05,
+    0.15,  # 00–07
+    0.5,
+    1.0,
+    1.0,
+    1.0,
+    0.6,
+    0.6,
+    1.0,
+    1.0,  # 08–15
+    1.0,
+    0.5,
+    0.2,
+    0.1,
+    0.05,
+    0.05,
+    0.02,
+    0.02,  # 16–23
 )
 HOURS_PER_DAY = 24
 # Talk time: log-normal around a median (most calls short, a few long), cut to sane bounds. Whole seconds,
@@ -102,8 +123,16 @@ ACCOUNT_CODE_RANGE = (100, 1000)
 # Names the PBX shows for external parties. No commas (IP Office CSV has no quoting) and some markup and
 # accents, so that every output of the gateway is seen to escape what came from outside.
 CALLER_NAMES = (
-    "ACME <b>Ltd</b>", "Joe Bloggs", "John Smith", "Kovács Éva", "O'Brien & Sons", "Müller GmbH",
-    "<script>x</script>", "Jane Doe", "Nagy Péter", "Contoso Support",
+    "ACME <b>Ltd</b>",
+    "Joe Bloggs",
+    "John Smith",
+    "Kovács Éva",
+    "O'Brien & Sons",
+    "Müller GmbH",
+    "<script>x</script>",
+    "Jane Doe",
+    "Nagy Péter",
+    "Contoso Support",
 )
 
 
@@ -170,7 +199,9 @@ class TrafficModel:
         self.pinned = {str(extension): float(length_s) for extension, length_s in (pinned or {}).items()}
         for extension, length_s in self.pinned.items():
             if not length_s > PINNED_RING_S:
-                raise ValueError(f"pinned extension {extension}: a call length of more than {PINNED_RING_S} s is needed")
+                raise ValueError(
+                    f"pinned extension {extension}: a call length of more than {PINNED_RING_S} s is needed"
+                )
         self.inbound_share = _check_share("inbound_share", inbound_share)
         self.outbound_share = _check_share("outbound_share", outbound_share)
         if self.inbound_share + self.outbound_share > 1.0 + 1e-9:
@@ -248,9 +279,9 @@ class _Planner:
                     self._push(ready, self._pinned_call(call.extension, round(call.at_s + call.length_s, AT_DECIMALS)))
                 yield call
             else:
-                call = self._arrival(next_arrival_s)
-                if call is not None:
-                    self._push(ready, call)
+                arrived = self._arrival(next_arrival_s)
+                if arrived is not None:
+                    self._push(ready, arrived)
                 next_arrival_s = next(arrivals)
 
     def _push(self, ready: list[tuple[float, int, PlannedCall]], call: PlannedCall) -> None:
@@ -273,7 +304,9 @@ class _Planner:
     def _pinned_call(self, extension: str, at_s: float) -> PlannedCall:
         rng = self.pinned_rng
         length_s = self.model.pinned[extension]
-        talk_s = float(max(1, round(length_s * rng.uniform(1 - PINNED_TALK_SPREAD, 1 + PINNED_TALK_SPREAD) - PINNED_RING_S)))
+        talk_s = float(
+            max(1, round(length_s * rng.uniform(1 - PINNED_TALK_SPREAD, 1 + PINNED_TALK_SPREAD) - PINNED_RING_S))
+        )
         direction = DIRECTION_IN if rng.random() < 0.5 else DIRECTION_OUT
         return PlannedCall(at_s, direction, extension, _external_number(rng, direction), PINNED_RING_S, talk_s)
 
@@ -284,8 +317,10 @@ class _Planner:
         model, rng = self.model, self.call_rng
         draw = rng.random()
         direction = (
-            DIRECTION_IN if draw < model.inbound_share
-            else DIRECTION_OUT if draw < model.inbound_share + model.outbound_share
+            DIRECTION_IN
+            if draw < model.inbound_share
+            else DIRECTION_OUT
+            if draw < model.inbound_share + model.outbound_share
             else DIRECTION_INTERNAL
         )
         answered = rng.random() >= model.no_answer_share
@@ -315,20 +350,26 @@ class _Planner:
         else:
             ring_s, talk_s = give_up_s or float(round(rng.uniform(*GIVE_UP_BOUNDS_S))), 0.0
         transfer_to, transfer_talk_s = None, 0.0
-        if answered and direction != DIRECTION_INTERNAL and extension in model.transfer_extensions:
-            if rng.random() < model.transfer_share:
-                transfer_at_s = at_s + ring_s + talk_s
-                targets = sorted(self._free(transfer_at_s, model.transfer_extensions - {extension}))
-                if targets:
-                    transfer_to = rng.choice(targets)
-                    transfer_talk_s = _bounded_lognormal(rng, TRANSFER_TALK_MEDIAN_S, TALK_SIGMA, TALK_BOUNDS_S)
+        if (
+            answered
+            and direction != DIRECTION_INTERNAL
+            and extension in model.transfer_extensions
+            and rng.random() < model.transfer_share
+        ):
+            transfer_at_s = at_s + ring_s + talk_s
+            targets = sorted(self._free(transfer_at_s, model.transfer_extensions - {extension}))
+            if targets:
+                transfer_to = rng.choice(targets)
+                transfer_talk_s = _bounded_lognormal(rng, TRANSFER_TALK_MEDIAN_S, TALK_SIGMA, TALK_BOUNDS_S)
         account = caller_name = None
         if direction != DIRECTION_INTERNAL:
             if rng.random() < model.account_share:
                 account = str(rng.randrange(*ACCOUNT_CODE_RANGE))
             if rng.random() < model.caller_name_share:
                 caller_name = rng.choice(CALLER_NAMES)
-        call = PlannedCall(at_s, direction, extension, other, ring_s, talk_s, transfer_to, transfer_talk_s, account, caller_name)
+        call = PlannedCall(
+            at_s, direction, extension, other, ring_s, talk_s, transfer_to, transfer_talk_s, account, caller_name
+        )
         end_s = round(at_s + call.length_s, AT_DECIMALS)  # kept to the ms like at_s, so they compare exactly
         self.busy_until_s[extension] = end_s
         if direction == DIRECTION_INTERNAL:
@@ -428,7 +469,7 @@ def _scenario_call(path: Path, index: int, entry: Any, node: yaml.Node | None) -
         return ScenarioError(f"{where}: {key}: {problem}" if key else f"{where}: {problem}")
 
     if not isinstance(entry, dict):
-        raise fail("a call is a mapping like {at: 0, direction: in, extension: \"8857\", other: \"0170…\", ring: 3}")
+        raise fail('a call is a mapping like {at: 0, direction: in, extension: "8857", other: "0170…", ring: 3}')
     for key in entry:
         if key not in SCENARIO_KEYS:
             raise fail(f"unknown key (known: {', '.join(SCENARIO_KEYS)})", str(key))
@@ -445,7 +486,7 @@ def _scenario_call(path: Path, index: int, entry: Any, node: yaml.Node | None) -
             value = float(value)
         elif key in SCENARIO_TEXT_KEYS:
             if not isinstance(value, str) or not value:
-                raise fail(f"must be a non-empty string (quote numbers: \"{value}\"), not {value!r}", key)
+                raise fail(f'must be a non-empty string (quote numbers: "{value}"), not {value!r}', key)
         elif key == "direction" and value not in DIRECTIONS:
             raise fail(f"must be one of {', '.join(DIRECTIONS)}, not {value!r}", key)
         values[SCENARIO_KEYS[key]] = value
@@ -483,6 +524,7 @@ _ScenarioDumper.add_representer(
 
 def scenario_entry(call: PlannedCall) -> dict[str, Any]:
     """A planned call as a scenario mapping: required keys always, the others only when set."""
+
     def number(value: float) -> float | int:
         return int(value) if float(value).is_integer() else value
 

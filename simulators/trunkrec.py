@@ -106,7 +106,9 @@ class _Outcome:
     ok_fields: dict[str, object] = field(default_factory=dict)
     error: tuple[str, str] | None = None
     events: list[bytes] = field(default_factory=list)
-    events_first: bool = False  # this verb's usual order (docs/trunkrec.md §5), unless events_before_replies says otherwise
+    events_first: bool = (
+        False  # this verb's usual order (docs/trunkrec.md §5), unless events_before_replies says otherwise
+    )
 
 
 def _error(code: str, text: str = "") -> _Outcome:
@@ -203,7 +205,9 @@ class TrunkRecorderSimulator:
         self._span_by_channel = {channel: p.parse_channel(channel)[0] for channel in self.channel_names}
         self._log = log.bind(sim=name)
         self._rng = random.Random(seed)
-        self._call_numbers = itertools.count(self._rng.randrange(10 ** (CALL_ID_DIGITS - 1), 5 * 10 ** (CALL_ID_DIGITS - 1)))
+        self._call_numbers = itertools.count(
+            self._rng.randrange(10 ** (CALL_ID_DIGITS - 1), 5 * 10 ** (CALL_ID_DIGITS - 1))
+        )
         self._rec_numbers = itertools.count(1)
         self.clock: Callable[[], datetime] = utc_now  # tests may replace it to move time
         # Behaviour and fault knobs
@@ -298,7 +302,9 @@ class TrunkRecorderSimulator:
             self.clock(),
         )
         self.calls[channel] = call
-        self._log.info("call setup", channel=channel, call_id=call_id, calling=call.calling, called=call.called, dir=direction)
+        self._log.info(
+            "call setup", channel=channel, call_id=call_id, calling=call.calling, called=call.called, dir=direction
+        )
         self._broadcast(self._setup_event(call))
         return call
 
@@ -319,7 +325,9 @@ class TrunkRecorderSimulator:
         del self.calls[channel]
         self._log.info("call released", channel=channel, call_id=call.call_id, cause=cause)
         self._broadcast(
-            self._event(p.EVT_CALL, channel, p.CALL_RELEASE, self.clock(), **{p.FIELD_ID: call.call_id, p.FIELD_CAUSE: cause})
+            self._event(
+                p.EVT_CALL, channel, p.CALL_RELEASE, self.clock(), **{p.FIELD_ID: call.call_id, p.FIELD_CAUSE: cause}
+            )
         )
         return call
 
@@ -466,7 +474,9 @@ class TrunkRecorderSimulator:
                 lines.append(self._started_event(self.recordings[call.rec_id]))
         lines.append(self._event(p.EVT_SYNC, None, None, self.clock()))
         # Not part of the replay, but news for a gateway that just came: spans still in alarm.
-        lines += [self._event(p.EVT_ALARM, str(span), state, self.clock()) for span, state in sorted(self.alarms.items())]
+        lines += [
+            self._event(p.EVT_ALARM, str(span), state, self.clock()) for span, state in sorted(self.alarms.items())
+        ]
         return lines
 
     # ---- requests
@@ -496,7 +506,10 @@ class TrunkRecorderSimulator:
         else:
             execute, busy_channel = self._plan(request)
             if busy_channel is not None and busy_channel in self._busy_channels:
-                execute, busy_channel = partial(_error, p.BUSY, f"channel {busy_channel} is executing another command"), None
+                execute, busy_channel = (
+                    partial(_error, p.BUSY, f"channel {busy_channel} is executing another command"),
+                    None,
+                )
         if delay_s <= 0:
             self._deliver(session, request, execute())
             return
@@ -505,7 +518,12 @@ class TrunkRecorderSimulator:
         self._spawn(self._execute_later(session, request, execute, busy_channel, delay_s), f"request:{request.tag}")
 
     async def _execute_later(
-        self, session: _Session, request: p.Request, execute: Callable[[], _Outcome], busy_channel: str | None, delay_s: float
+        self,
+        session: _Session,
+        request: p.Request,
+        execute: Callable[[], _Outcome],
+        busy_channel: str | None,
+        delay_s: float,
     ) -> None:
         try:
             await asyncio.sleep(delay_s)
@@ -575,7 +593,9 @@ class TrunkRecorderSimulator:
             return _error(p.NOTREC, f"not recording on {channel}")
         recording = self.recordings[call.rec_id]
         event = self._stop_recording(call)
-        return _Outcome({p.FIELD_REC: recording.rec_id, p.FIELD_DUR: recording.duration_s}, events=[event], events_first=True)
+        return _Outcome(
+            {p.FIELD_REC: recording.rec_id, p.FIELD_DUR: recording.duration_s}, events=[event], events_first=True
+        )
 
     def _do_status(self, channel: str, request: p.Request) -> _Outcome:
         call = self.calls.get(channel)
@@ -611,10 +631,17 @@ class TrunkRecorderSimulator:
         recording.duration_s = max(0, round((recording.stopped_at - recording.started_at).total_seconds()))
         call.rec_id = None
         self._log.info(
-            "recording stopped", channel=call.channel, call_id=call.call_id, rec_id=recording.rec_id, dur=recording.duration_s
+            "recording stopped",
+            channel=call.channel,
+            call_id=call.call_id,
+            rec_id=recording.rec_id,
+            dur=recording.duration_s,
         )
         return self._event(
-            p.EVT_REC, call.channel, p.REC_STOPPED, recording.stopped_at,
+            p.EVT_REC,
+            call.channel,
+            p.REC_STOPPED,
+            recording.stopped_at,
             **{p.FIELD_REC: recording.rec_id, p.FIELD_DUR: recording.duration_s},
         )
 
@@ -625,7 +652,10 @@ class TrunkRecorderSimulator:
 
     def _setup_event(self, call: SimCall) -> bytes:
         fields = {
-            p.FIELD_ID: call.call_id, p.FIELD_CALLING: call.calling, p.FIELD_CALLED: call.called, p.FIELD_DIR: call.direction
+            p.FIELD_ID: call.call_id,
+            p.FIELD_CALLING: call.calling,
+            p.FIELD_CALLED: call.called,
+            p.FIELD_DIR: call.direction,
         }
         return self._event(p.EVT_CALL, call.channel, p.CALL_SETUP, call.started_at, **fields)
 
@@ -666,7 +696,9 @@ class TrunkRecorderSimulator:
     async def _traffic(self, calls_per_minute: float, rng: random.Random) -> None:
         while True:
             await asyncio.sleep(rng.expovariate(calls_per_minute / 60.0))
-            idle = [ch for ch in self.channel_names if ch not in self.calls and self._span_by_channel[ch] not in self.alarms]
+            idle = [
+                ch for ch in self.channel_names if ch not in self.calls and self._span_by_channel[ch] not in self.alarms
+            ]
             if not idle:
                 continue
             call = self.place_call(
@@ -709,7 +741,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--pty", action="store_true", help="serve on a new pty and print its slave path")
     parser.add_argument("--channels", type=int, default=DEFAULT_CHANNELS)
     parser.add_argument("--name", default=DEFAULT_NAME)
-    parser.add_argument("--traffic", type=float, default=0.0, metavar="RATE", help="random calls per minute (default 0)")
+    parser.add_argument(
+        "--traffic", type=float, default=0.0, metavar="RATE", help="random calls per minute (default 0)"
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed for the random traffic")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser

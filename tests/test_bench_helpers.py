@@ -40,7 +40,11 @@ def test_the_api_benchmark_without_wrk_skips_itself_with_a_clear_line(tmp_path: 
     # An empty PATH: no wrk on it (the interpreter is named by its full path).
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "api_bench.py")],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": str(tmp_path)}, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PATH": str(tmp_path)},
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
     assert "skipped: wrk is not installed" in result.stdout

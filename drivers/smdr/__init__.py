@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from datetime import tzinfo
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from drivers.smdr.base import RecordParser, SmdrParseError
@@ -44,7 +46,32 @@ def create_parser(link: LinkConfig) -> RecordParser:
     return parser_class(link.format)(link.name, tz=link_timezone(link), options=link.options)
 
 
+class SmdrFormats:
+    """The format registry as configuration validation sees it (gateway.config.LinkFormats): the names a link's
+    `format` may take, each format's checks of its `options`, and how its parser will read lines."""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(PARSER_MODULES)
+
+    def validate_options(self, format_name: str, options: Mapping[str, Any]) -> None:
+        parser_class(format_name).validate_options(options)
+
+    def describe(self, link: LinkConfig) -> str:
+        return create_parser(link).variant()
+
+
+SMDR_FORMATS = SmdrFormats()
+
+
 __all__ = [
-    "PARSER_MODULES", "RecordParser", "SmdrParseError", "create_parser", "link_timezone", "machine_timezone",
+    "PARSER_MODULES",
+    "SMDR_FORMATS",
+    "RecordParser",
+    "SmdrFormats",
+    "SmdrParseError",
+    "create_parser",
+    "link_timezone",
+    "machine_timezone",
     "parser_class",
 ]

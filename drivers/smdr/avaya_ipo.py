@@ -32,13 +32,42 @@ MIN_FIELDS = F_CONTINUATION + 1
 # Every vendor field by index → its key in CallRecord.extra (snake_case of the vendor name). Hold and park
 # time are stored as whole seconds under `hold_time_s` / `park_time_s` instead.
 FIELD_NAMES = (
-    "call_start", "connected_time", "ring_time", "caller", "direction", "called_number", "dialled_number",
-    "account", "is_internal", "call_id", "continuation", "party1_device", "party1_name", "party2_device",
-    "party2_name", "hold_time", "park_time", "auth_valid", "auth_code", "user_charged", "call_charge", "currency",
-    "amount_at_last_user_change", "call_units", "units_at_last_user_change", "cost_per_unit", "mark_up",
-    "external_targeting_cause", "external_targeter_id", "external_targeted_number",
+    "call_start",
+    "connected_time",
+    "ring_time",
+    "caller",
+    "direction",
+    "called_number",
+    "dialled_number",
+    "account",
+    "is_internal",
+    "call_id",
+    "continuation",
+    "party1_device",
+    "party1_name",
+    "party2_device",
+    "party2_name",
+    "hold_time",
+    "park_time",
+    "auth_valid",
+    "auth_code",
+    "user_charged",
+    "call_charge",
+    "currency",
+    "amount_at_last_user_change",
+    "call_units",
+    "units_at_last_user_change",
+    "cost_per_unit",
+    "mark_up",
+    "external_targeting_cause",
+    "external_targeter_id",
+    "external_targeted_number",
     # R11+ (names unverified)
-    "caller_server_ip", "caller_unique_call_id", "called_server_ip", "called_unique_call_id", "record_time",
+    "caller_server_ip",
+    "caller_unique_call_id",
+    "called_server_ip",
+    "called_unique_call_id",
+    "record_time",
 )
 EXTRA_HOLD_S = "hold_time_s"
 EXTRA_PARK_S = "park_time_s"
@@ -78,7 +107,9 @@ class AvayaIpoParser(RecordParser):
             if _is_header(fields):
                 return []
             if len(fields) < MIN_FIELDS:
-                raise SmdrParseError(f"not an IP Office record: {len(fields)} fields, at least {MIN_FIELDS} needed")
+                raise SmdrParseError(
+                    f"not an IP Office record: {len(fields)} fields, at least {MIN_FIELDS} needed"
+                ) from None
             raise SmdrParseError(f"call start {fields[F_CALL_START]!r} is not a YYYY/MM/DD HH:MM:SS date") from None
         if len(fields) < MIN_FIELDS:
             raise SmdrParseError(f"{len(fields)} fields, at least {MIN_FIELDS} needed")
@@ -102,6 +133,8 @@ class AvayaIpoParser(RecordParser):
 
         party1, party2 = fields[F_PARTY1_DEVICE], fields[F_PARTY2_DEVICE]
         extension_devices = [device for device in (party1, party2) if _is_extension(device)]
+        trunk: str | None
+        trunk_name: str | None
         if _is_trunk(party1):
             trunk, trunk_name = party1, fields[F_PARTY1_NAME]
         elif _is_trunk(party2):
@@ -169,7 +202,8 @@ def _call_start(text: str) -> datetime:
     match = _CALL_START.match(text)
     if not match:
         raise ValueError(f"bad call start {text!r}")
-    return datetime(*map(int, match.groups()))
+    year, month, day, hour, minute, second = map(int, match.groups())
+    return datetime(year, month, day, hour, minute, second)
 
 
 def _is_header(fields: list[str]) -> bool:

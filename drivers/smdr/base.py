@@ -120,7 +120,7 @@ class RecordParser(abc.ABC):
         """The journal line the oldest record this parser still holds began on (None: holds nothing)."""
         return self._held.seq if self._held is not None else None
 
-    def resume(self) -> None:
+    def resume(self) -> None:  # noqa: B027 — a hook: only formats with per-connection state override it
         """Reading resumes mid-stream from the journal after a restart: no connection has just opened, so
         nothing per-connection (such as lines to skip after connecting) applies."""
 
@@ -155,7 +155,7 @@ class RecordParser(abc.ABC):
             return self.release_held()
         return []
 
-    def reset(self) -> None:
+    def reset(self) -> None:  # noqa: B027 — a hook: only formats with per-connection state override it
         """The link reconnected: forget per-connection state (e.g. lines to skip after connecting)."""
 
     # ---- held records (one helper for every format that waits for continuation lines)

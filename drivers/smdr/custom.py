@@ -93,10 +93,22 @@ TIME_TARGETS = frozenset({T_DATE, T_TIME, T_DATETIME, T_START, T_END})
 PARTY_TARGETS = frozenset({T_EXTENSION, T_OTHER_NUMBER, T_CALLER, T_CALLED})
 # Text fields of CallRecord a value (or a continuation line) can go to as it is.
 TEXT_FIELDS = (T_EXTENSION, T_OTHER_NUMBER, T_TRUNK, T_ACCOUNT, T_PLATFORM_CALL_ID)
-KNOWN_TARGETS = TIME_TARGETS | PARTY_TARGETS | {
-    T_DURATION, T_DURATION_S, T_RING, T_RING_S, T_DIRECTION, T_TRUNK, T_ACCOUNT, T_PLATFORM_CALL_ID,
-    T_MORE_FOLLOWS, T_ANSWERED,
-}
+KNOWN_TARGETS = (
+    TIME_TARGETS
+    | PARTY_TARGETS
+    | {
+        T_DURATION,
+        T_DURATION_S,
+        T_RING,
+        T_RING_S,
+        T_DIRECTION,
+        T_TRUNK,
+        T_ACCOUNT,
+        T_PLATFORM_CALL_ID,
+        T_MORE_FOLLOWS,
+        T_ANSWERED,
+    }
+)
 # Kept in extra as printed, besides their normalised use.
 RAW_IN_EXTRA = (T_CALLER, T_CALLED, T_DIRECTION)
 RESERVED_TARGETS = frozenset({"raw", "format", "source", "received_at", "extra"})
@@ -104,9 +116,16 @@ RESERVED_TARGETS = frozenset({"raw", "format", "source", "received_at", "extra"}
 NOT_ATTACHABLE = (KNOWN_TARGETS - set(TEXT_FIELDS)) | RESERVED_TARGETS
 
 DIRECTION_WORDS: dict[str, Direction] = {
-    "in": Direction.IN, "i": Direction.IN, "incoming": Direction.IN, "inbound": Direction.IN,
-    "out": Direction.OUT, "o": Direction.OUT, "outgoing": Direction.OUT, "outbound": Direction.OUT,
-    "internal": Direction.INTERNAL, "int": Direction.INTERNAL,
+    "in": Direction.IN,
+    "i": Direction.IN,
+    "incoming": Direction.IN,
+    "inbound": Direction.IN,
+    "out": Direction.OUT,
+    "o": Direction.OUT,
+    "outgoing": Direction.OUT,
+    "outbound": Direction.OUT,
+    "internal": Direction.INTERNAL,
+    "int": Direction.INTERNAL,
     "unknown": Direction.UNKNOWN,
 }
 TRUE_WORDS = frozenset({"1", "y", "yes", "true", "t", "a", "answered"})
@@ -115,8 +134,13 @@ FALSE_WORDS = frozenset({"0", "n", "no", "false", "f", "", "-"})
 # Tried in order when no date_format / datetime_format is configured.
 DEFAULT_DATE_FORMATS = ("%Y-%m-%d", "%Y/%m/%d", "%m/%d/%Y", "%m/%d/%y", "%d.%m.%Y", "%d.%m.%y", "%m/%d")
 DEFAULT_DATETIME_FORMATS = (
-    "%Y/%m/%d %H:%M:%S", "%Y/%m/%d %H:%M", "%m/%d/%Y %H:%M:%S", "%m/%d/%y %H:%M:%S", "%d.%m.%Y %H:%M:%S",
-    "%d.%m.%y %H:%M:%S", "%Y%m%d%H%M%S",
+    "%Y/%m/%d %H:%M:%S",
+    "%Y/%m/%d %H:%M",
+    "%m/%d/%Y %H:%M:%S",
+    "%m/%d/%y %H:%M:%S",
+    "%d.%m.%Y %H:%M:%S",
+    "%d.%m.%y %H:%M:%S",
+    "%Y%m%d%H%M%S",
 )
 YEAR_DIRECTIVES = ("%Y", "%y", "%G")
 TWO_DIGIT_YEAR_DIRECTIVE = "%y"
@@ -235,9 +259,7 @@ class CustomParser(RecordParser):
             parts = _split(line, settings.delimiter, settings.quotechar)
             if len(parts) < settings.min_fields:
                 raise SmdrParseError(f"{len(parts)} fields, at least {settings.min_fields} needed")
-            return {
-                name: parts[index].strip() if index < len(parts) else "" for name, index in settings.fields.items()
-            }
+            return {name: parts[index].strip() if index < len(parts) else "" for name, index in settings.fields.items()}
         if settings.mode == MODE_FIXED:
             return {name: line[first - 1 : last].strip() for name, (first, last) in settings.columns.items()}
         assert settings.pattern is not None
@@ -275,7 +297,9 @@ class CustomParser(RecordParser):
 
         direction, extension, other_number = self._parties(values)
         extra: dict[str, Any] = {
-            name: value for name, value in values.items() if value and (name not in KNOWN_TARGETS or name in RAW_IN_EXTRA)
+            name: value
+            for name, value in values.items()
+            if value and (name not in KNOWN_TARGETS or name in RAW_IN_EXTRA)
         }
         if values.get(T_DATE) and anchor is None:  # a date without a time: checked and kept, not a start
             extra[T_DATE] = self._date(values[T_DATE], received_local).isoformat()
@@ -395,9 +419,7 @@ class CustomParser(RecordParser):
             match = settings.duration_pattern.search(text)
             if match is not None:
                 parts = match.groupdict()
-                return float(
-                    int(parts.get("h") or 0) * 3600 + int(parts.get("m") or 0) * 60 + int(parts.get("s") or 0)
-                )
+                return float(int(parts.get("h") or 0) * 3600 + int(parts.get("m") or 0) * 60 + int(parts.get("s") or 0))
             if clock_name == T_DURATION:
                 raise SmdrParseError(f"{clock_name} {text!r} does not match {settings.duration_pattern.pattern}")
         elif settings.duration_in_seconds and clock_name == T_DURATION:
@@ -425,6 +447,8 @@ class CustomParser(RecordParser):
                 direction = Direction.OUT
             elif called_internal:
                 direction = Direction.IN
+        extension: str | None
+        other_number: str | None
         if direction is Direction.IN:
             extension, other_number = called, caller
         else:

@@ -20,10 +20,9 @@ from drivers.smdr import create_parser
 from drivers.smdr.base import RecordParser, SmdrParseError
 from drivers.transport import FramedLine, LineTransport, create_transport
 from gateway.config import LinkConfig
-from gateway.events import CallRecord, LinkProgress
+from gateway.events import CallRecord, LinkHealth, LinkProgress, LinkState
+from gateway.journal import Journal, JournalEntry
 from gateway.model import utc_now
-from gateway.ops import LinkHealth, LinkState
-from gateway.store import JournalEntry, Store
 
 log = structlog.get_logger(__name__)
 
@@ -82,12 +81,13 @@ class LineReader:
 
 
 class SmdrLink:
-    """A configured link: owns its transport and parser, reports health, hands records to `submit`."""
+    """A configured link: owns its transport and parser, journals every line it reads (`journal`), reports
+    health, hands records to `submit`."""
 
     def __init__(
         self,
         config: LinkConfig,
-        store: Store,
+        journal: Journal,
         submit: Callable[[CallRecord], object],
         health: LinkHealth,
         *,
@@ -96,7 +96,7 @@ class SmdrLink:
         note_progress: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
-        self._store = store
+        self._journal = journal  # gateway.store.Store in the gateway; any Journal will do
         self._submit = submit
         self._submit_replayed = submit_replayed
         self._note_progress = note_progress
@@ -154,14 +154,14 @@ class SmdrLink:
         parsing begins. The connection's next lines are then journalled by the writer thread while the event
         loop parses these, instead of the two taking turns. (Letting a second delivery wait as well measured
         ~4 % more records/s but twice the arrival → API delay at saturation: bigger commits.)"""
-        delivery = _Delivery(lines, self._journal(lines), asyncio.get_running_loop().create_future())
+        delivery = _Delivery(lines, self._append_to_journal(lines), asyncio.get_running_loop().create_future())
         self._backlog.append(delivery)
         self._parsed_all.clear()
         self._backlog_changed.set()
         await asyncio.shield(delivery.started)  # a delivery cancelled at close is still parsed: it is journalled
 
-    def _journal(self, lines: list[FramedLine]) -> asyncio.Future[list[int]]:
-        return self._store.append_journal_many_soon(
+    def _append_to_journal(self, lines: list[FramedLine]) -> asyncio.Future[list[int]]:
+        return self._journal.append_journal_many_soon(
             self.config.name, [(line.received_at, line.raw, line.error) for line in lines]
         )
 
@@ -189,15 +189,15 @@ class SmdrLink:
         headers; records it held, waiting for a continuation) without handing anything on, then the lines
         never applied are parsed and handed to `submit_replayed`. Returns the number of lines replayed."""
         name = self.config.name
-        progress = (await self._store.link_progress()).get(name) or LinkProgress(name, 0, 1)
+        progress = (await self._journal.link_progress()).get(name) or LinkProgress(name, 0, 1)
         self._parser.resume()
-        for entry in await self._store.journal_lines(progress.context_seqs):
+        for entry in await self._journal.journal_lines(progress.context_seqs):
             if entry.link == name and entry.seq < progress.replay_from_seq:
                 self._reader.read(self._framed(entry), entry.seq)
         after_seq = min(progress.replay_from_seq - 1, progress.applied_seq)
         replayed = 0
         while True:
-            entries = await self._store.journal_entries(name, after_seq=after_seq, limit=REPLAY_PAGE_LINES)
+            entries = await self._journal.journal_entries(name, after_seq=after_seq, limit=REPLAY_PAGE_LINES)
             if not entries:
                 break
             records: list[CallRecord] = []
@@ -208,7 +208,7 @@ class SmdrLink:
                     continue  # applied before the crash: read only to rebuild what the parser held
                 replayed += 1
                 if reason is not None:
-                    quarantined.append(self._store.quarantine(name, entry.received_at, entry.raw, reason, entry.seq))
+                    quarantined.append(self._journal.quarantine(name, entry.received_at, entry.raw, reason, entry.seq))
                 else:
                     records.extend(found)
             self.health.replayed += len(records)
@@ -247,7 +247,7 @@ class SmdrLink:
                 # seqs are lower, and lines are parsed in journal order). Its connection stays paused.
                 self._store_failing(error)
                 await asyncio.sleep(self._store_retry_s)
-                delivery.journalled = self._journal(delivery.lines)
+                delivery.journalled = self._append_to_journal(delivery.lines)
                 self._backlog.append(delivery)
                 continue
             self._store_ok()
@@ -274,7 +274,10 @@ class SmdrLink:
         """Write quarantine rows, again after a pause while the store refuses them (they are kept once)."""
         while rows:
             outcomes = await asyncio.gather(
-                *(self._store.quarantine(self.config.name, line.received_at, line.raw, reason, seq) for line, reason, seq in rows),
+                *(
+                    self._journal.quarantine(self.config.name, line.received_at, line.raw, reason, seq)
+                    for line, reason, seq in rows
+                ),
                 return_exceptions=True,
             )
             failed = [row for row, outcome in zip(rows, outcomes) if isinstance(outcome, BaseException)]

@@ -212,6 +212,7 @@ class MitelMivbParser(RecordParser):
 
     def variant(self) -> str:
         settings = self._settings
+        seconds: bool | None
         if self._last_layout is not None:
             layout, seconds = self._last_layout
         else:
@@ -433,9 +434,7 @@ def _party_kind(party: str) -> str:
     return "extension"
 
 
-def _parties(
-    calling: str, called: str, digits: str, ani: str
-) -> tuple[Direction, str | None, str | None, str | None]:
+def _parties(calling: str, called: str, digits: str, ani: str) -> tuple[Direction, str | None, str | None, str | None]:
     """(direction, extension, other_number, trunk) from the calling and called parties.
 
     Calling trunk → in; called trunk → out; two stations → internal. A missing party (site layouts and
@@ -526,4 +525,3 @@ def _optional_bool(options: Mapping[str, Any], key: str) -> bool | None:
     if value is None or isinstance(value, bool):
         return value
     raise ValueError(f"{key}: must be true or false, not {value!r}")
-

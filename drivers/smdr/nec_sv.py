@@ -227,7 +227,9 @@ class NecSvParser(RecordParser):
         except ValueError as error:
             raise SmdrParseError(f"bad NEC time {fields.time!r}") from error
         if fields.date:
-            month, day = (int(part) for part in _DATE.match(fields.date).groups())
+            date_match = _DATE.match(fields.date)
+            assert date_match is not None  # the record's layout admits only a date here
+            month, day = (int(part) for part in date_match.groups())
             year = self._year(month, day, received_local)
             try:
                 naive = datetime(year, month, day, hour, minute)

@@ -201,7 +201,9 @@ class PanasonicParser(RecordParser):
         elif learnt := self._learnt_date_order.get(self._last_separator):
             order = f"{_ORDER_TEXT[learnt]} (seen in a date)"
         else:
-            order = f"{_ORDER_TEXT[DATE_ORDER_BY_SEPARATOR[self._last_separator]]} (from the separator, not yet confirmed)"
+            order = (
+                f"{_ORDER_TEXT[DATE_ORDER_BY_SEPARATOR[self._last_separator]]} (from the separator, not yet confirmed)"
+            )
         parts = [times, order, f"layout {self._layout}"]
         dept = self._dept_option if self._dept_option is not None else self._header_dept
         if dept:
@@ -371,7 +373,7 @@ class PanasonicParser(RecordParser):
         if not fields.duration:  # intercom: the call ended at the printed time; how long it lasted is not printed
             extra["duration_unknown"] = True
         start = end = None
-        if times_known:
+        if day is not None and clock is not None:  # times_known
             stamp = to_utc(datetime(day.year, day.month, day.day, *clock), self.tz, received_at)
             if duration_s is not None and not (fields.ring and ring_s is None):
                 span = timedelta(seconds=duration_s + (ring_s or 0))
@@ -404,8 +406,8 @@ class PanasonicParser(RecordParser):
         # FW. Both carry a key naming that extension; the tracker joins an incoming and an outgoing leg of the
         # same extension whose times meet, and never two of one direction or a guess between several.
         code = (fields.cd or "").upper()
-        transfer_leg = self._merge_legs and bool(fields.ext) and (
-            code in TRANSFER_LEG_CODES or direction is Direction.IN
+        transfer_leg = (
+            self._merge_legs and bool(fields.ext) and (code in TRANSFER_LEG_CODES or direction is Direction.IN)
         )
         return self.record(
             line,

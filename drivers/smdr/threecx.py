@@ -14,10 +14,33 @@ from gateway.model import Direction
 
 # Every field 3CX can output, in the order of its CDR settings page; the names are the option values.
 FIELD_NAMES = (
-    "historyid", "callid", "duration", "time-start", "time-answered", "time-end", "reason-terminated", "from-no",
-    "to-no", "from-dn", "to-dn", "dial-no", "reason-changed", "final-number", "final-dn", "bill-code", "bill-rate",
-    "bill-cost", "bill-name", "chain", "from-type", "to-type", "final-type", "from-dispname", "to-dispname",
-    "final-dispname", "missed-queue-calls",
+    "historyid",
+    "callid",
+    "duration",
+    "time-start",
+    "time-answered",
+    "time-end",
+    "reason-terminated",
+    "from-no",
+    "to-no",
+    "from-dn",
+    "to-dn",
+    "dial-no",
+    "reason-changed",
+    "final-number",
+    "final-dn",
+    "bill-code",
+    "bill-rate",
+    "bill-cost",
+    "bill-name",
+    "chain",
+    "from-type",
+    "to-type",
+    "final-type",
+    "from-dispname",
+    "to-dispname",
+    "final-dispname",
+    "missed-queue-calls",
 )
 # The common order, used when a link configures none: historyid … chain.
 DEFAULT_FIELDS = FIELD_NAMES[:20]
@@ -298,7 +321,11 @@ def _other_number(
     if direction is Direction.IN:
         return source.number or None
     if direction is Direction.OUT:
-        candidates = ((dialled, False), (destination.number, destination.is_extension), (final.number, final.is_extension))
+        candidates = (
+            (dialled, False),
+            (destination.number, destination.is_extension),
+            (final.number, final.is_extension),
+        )
         return next((number for number, is_extension in candidates if number and not is_extension), None)
     if direction is Direction.INTERNAL:
         for party in (source, destination, final):

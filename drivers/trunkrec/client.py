@@ -8,13 +8,17 @@ import enum
 import itertools
 from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
 
 from drivers.backoff import BACKOFF_INITIAL_S, BACKOFF_MAX_S, Backoff
+from drivers.connection.reconnect import OutageEvents, Reconnector, SessionEnd
+from drivers.connection.serial import open_serial_connection
+from drivers.connection.tcp import host_port, open_tcp_connection
 from drivers.trunkrec import protocol as p
-from gateway.config import RecorderConfig, SerialSettings
+from gateway.config import RecorderConfig
 from gateway.errors import RecorderError, RecorderNotConnected, RecorderTimeout
 from gateway.events import (
     CallConnected,
@@ -29,8 +33,12 @@ from gateway.model import Direction, utc_now
 
 log = structlog.get_logger(__name__)
 
-# A TCP connect or serial open that takes longer than this has failed (then: backoff, retry).
+# A TCP connect or serial open that takes longer than this has failed (then: backoff, retry). An rfc2217:// device
+# server negotiates in well under a second on a LAN.
 CONNECT_TIMEOUT_S = 5.0
+# close() waits this long for the connection to report itself closed: an rfc2217:// port's reader thread notices
+# within its read poll (0.2 s); sockets and fd-based ports close at once.
+CLOSE_TIMEOUT_S = 2.0
 # The banner comes right after connecting; the state replay of a 60-channel device is a few
 # hundred lines. Both are generous so that a slow serial line at 9600 baud still makes it.
 HELLO_TIMEOUT_S = 5.0
@@ -43,6 +51,13 @@ TAG_PREFIX = "g"
 TAG_MODULUS = 10**15
 
 TCP_SCHEME = "tcp"
+RECORDER_OUTAGE_EVENTS = OutageEvents(
+    unreachable="recorder unreachable",
+    still_unreachable="recorder still unreachable",
+    lost="recorder link lost",
+    lost_again="recorder link lost again",
+    failed_unexpectedly="recorder connect failed unexpectedly",
+)
 
 
 class RecorderState(enum.StrEnum):
@@ -105,9 +120,14 @@ class TrunkRecorderClient:
         self._protocol: p.LineProtocol | None = None
         self._transport: asyncio.BaseTransport | None = None
         self._manager: asyncio.Task[None] | None = None
+        self._orphans: set[asyncio.Task[Any]] = set()  # serial opens still running after their wait was cancelled
+        self._closing_link: asyncio.Future[None] | None = None  # `lost` of the last transport closed
         self._hello: asyncio.Future[p.Hello] | None = None
         self._synced: asyncio.Future[None] | None = None
         self._lost: asyncio.Future[None] | None = None
+        # Bumped at every connect and drop: lines from a connection that is no longer the current one (an rfc2217://
+        # port hands over what its reader thread read while closing) are not the current session's.
+        self._link_generation = 0
         self._pending: dict[str, asyncio.Future[p.Reply]] = {}
         self._channel_locks: dict[str, asyncio.Lock] = {}
         self._tags = itertools.count(1)
@@ -210,6 +230,9 @@ class TrunkRecorderClient:
                 pass
             self._manager = None
         self._drop_link()
+        closing = self._closing_link
+        if closing is not None and not closing.done():  # its reader task and port are gone before close() returns
+            await asyncio.wait([closing], timeout=CLOSE_TIMEOUT_S)
 
     async def wait_ready(self, timeout_s: float) -> None:
         """For tests and start-up diagnostics: wait until the link is READY."""
@@ -223,69 +246,68 @@ class TrunkRecorderClient:
         self._state_changed.set()
 
     async def _run(self) -> None:
-        backoff = Backoff(self._backoff_initial_s, self._backoff_max_s)
-        outage_reported = False
-        while True:
-            failure: BaseException | None = None
-            try:
-                await self._connect()
-                await self._session()  # returns when the link is lost
-                backoff.reset()
-                self._log.warning("recorder link lost")
-                outage_reported = True  # the reconnect attempts that follow belong to this outage
-            except (OSError, TimeoutError, ConnectionError, p.ProtocolError) as error:
-                failure = error
-                # One WARNING per outage, then DEBUG: a dead recorder must not flood the log.
-                reason = str(error) or type(error).__name__
-                if outage_reported:
-                    self._log.debug("recorder still unreachable", error=reason, retry_s=backoff.upcoming_s)
-                else:
-                    self._log.warning("recorder unreachable", error=reason, retry_s=backoff.upcoming_s)
-                    outage_reported = True
-            finally:
-                self._drop_link()
-            # After a lost link the first attempt is quick; a restarting recorder refuses at once (cheap retries).
-            await asyncio.sleep(backoff.next_delay(failure))
+        """The link manager: connect (banner, replay) and watch the link, again and again, with backoff."""
+        reconnector: Reconnector[asyncio.Future[None]] = Reconnector(
+            self._log,
+            RECORDER_OUTAGE_EVENTS,
+            Backoff(self._backoff_initial_s, self._backoff_max_s),
+            url=self._config.url,
+        )
+        await reconnector.run(self._connect_until_ready, self._serve)
+
+    async def _connect_until_ready(self) -> asyncio.Future[None]:
+        """Connects and waits for the banner and the state replay; returns the link's `lost` future."""
+        try:
+            await self._connect()
+            return await self._session()
+        except BaseException:
+            self._drop_link()
+            raise
+
+    async def _serve(self, lost: asyncio.Future[None]) -> SessionEnd:
+        """Pings until the link is lost. A session that reached ready proved the device good: the next attempt
+        comes after the first backoff delay."""
+        try:
+            await self._watchdog(lost)
+        finally:
+            self._drop_link()
+        return SessionEnd(proved_good=True)
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         self._set_state(RecorderState.CONNECTING)
         self._hello = loop.create_future()
         self._synced = loop.create_future()
-        self._lost = loop.create_future()
+        self._lost = lost = loop.create_future()
+        self._link_generation += 1
+        generation = self._link_generation
         self._replayed_calls.clear()
         self._replayed_recordings.clear()
         self._missed_replies = 0
 
         def factory() -> p.LineProtocol:
-            return p.LineProtocol(self._on_line, self._on_connection_lost, name=self.name)
+            def on_line(line: str) -> None:
+                if generation == self._link_generation:
+                    self._on_line(line)
+
+            def on_connection_lost(exc: Exception | None) -> None:
+                if not lost.done():  # this connection's own future: a late close never ends a newer session
+                    lost.set_result(None)
+
+            return p.LineProtocol(on_line, on_connection_lost, name=self.name)
 
         url = self._config.url
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            if url.startswith(f"{TCP_SCHEME}://"):
-                parts = urlsplit(url)
-                transport, protocol = await loop.create_connection(factory, parts.hostname, parts.port)
-            else:
-                transport, protocol = await self._open_serial(loop, factory, url)
-        self._transport, self._protocol = transport, protocol  # type: ignore[assignment]
+            if urlsplit(url).scheme == TCP_SCHEME:
+                transport, protocol = await open_tcp_connection(factory, *host_port(url))
+            else:  # a serial port: a path, rfc2217:// or socket:// (drivers/connection/serial.py)
+                transport, protocol = await open_serial_connection(
+                    factory, url, getattr(self._config, "serial", None), orphans=self._orphans
+                )
+        self._transport, self._protocol = transport, protocol
 
-    async def _open_serial(self, loop: asyncio.AbstractEventLoop, factory: Callable[[], p.LineProtocol], url: str):
-        import serial_asyncio_fast  # only links that use a serial port need it loaded
-
-        settings = getattr(self._config, "serial", None) or SerialSettings()
-        return await serial_asyncio_fast.create_serial_connection(
-            loop,
-            factory,
-            url,
-            baudrate=settings.baudrate,
-            bytesize=settings.bytesize,
-            parity=settings.parity,
-            stopbits=settings.stopbits,
-            xonxoff=settings.xonxoff,
-            rtscts=settings.rtscts,
-        )
-
-    async def _session(self) -> None:
+    async def _session(self) -> asyncio.Future[None]:
+        """Banner, then replay until EVT SYNC, each under its timeout; READY then. Returns the `lost` future."""
         assert self._hello is not None and self._synced is not None and self._lost is not None
         lost = self._lost
         async with asyncio.timeout(HELLO_TIMEOUT_S):
@@ -297,7 +319,7 @@ class TrunkRecorderClient:
         self.connects += 1
         self._set_state(RecorderState.READY)
         self._log.info("recorder connected", device=hello.name, channels=hello.channels, url=self._config.url)
-        await self._watchdog(lost)
+        return lost
 
     @staticmethod
     async def _until_lost(awaited: asyncio.Future, lost: asyncio.Future[None]):
@@ -321,14 +343,12 @@ class TrunkRecorderClient:
             except RecorderError as error:
                 self._log.debug("ping refused", code=error.code)
 
-    def _on_connection_lost(self, exc: Exception | None) -> None:
-        if self._lost is not None and not self._lost.done():
-            self._lost.set_result(None)
-
     def _drop_link(self) -> None:
         was_ready = self.state is RecorderState.READY
+        self._link_generation += 1
         self._set_state(RecorderState.DISCONNECTED)
         if self._transport is not None:
+            self._closing_link = self._lost
             self._transport.close()
         self._transport = self._protocol = None
         for future in self._pending.values():
@@ -378,8 +398,13 @@ class TrunkRecorderClient:
                 self._replayed_calls.add(call_id)
                 self._submit(
                     CallStarted(
-                        self.name, channel, call_id, fields.get("calling"), fields.get("called"),
-                        _parse_direction(fields.get("dir")), at,
+                        self.name,
+                        channel,
+                        call_id,
+                        fields.get("calling"),
+                        fields.get("called"),
+                        _parse_direction(fields.get("dir")),
+                        at,
                     )
                 )
             elif event.action == p.CALL_CONNECT:

@@ -11,6 +11,7 @@ from urllib.parse import quote, unquote
 
 import structlog
 
+from drivers.connection.framing import StrictLineFramer
 from gateway.errors import GatewayError
 
 log = structlog.get_logger(__name__)
@@ -81,7 +82,6 @@ CHANNEL_STATES = frozenset({STATE_IDLE, STATE_CALL, STATE_RECORDING})
 
 TAG_PATTERN = re.compile(r"[A-Za-z0-9]{1,16}")
 CHANNEL_PATTERN = re.compile(r"([1-9][0-9]*)/([1-9][0-9]*)")
-_PRINTABLE = re.compile(rb"[\x20-\x7e]*")
 
 
 class ProtocolError(GatewayError, ValueError):
@@ -257,50 +257,15 @@ def parse_request_line(line: str) -> Request:
 # ---- framing
 
 
-@dataclass(slots=True)
-class LineFramer:
-    """Bytes → lines. CRLF or bare LF ends a line; over-long or non-printable lines are errors, then resync."""
+class LineFramer(StrictLineFramer):
+    """Bytes → lines (docs/trunkrec.md §2): CRLF or bare LF ends a line; lines over MAX_LINE_BYTES or with
+    non-printable bytes are framing errors (a ProtocolError in the line's place, counted in `framing_errors`),
+    then resync. The mechanics are the connection layer's (drivers/connection/framing.py), the limits TRUNKREC's."""
 
-    max_line_bytes: int = MAX_LINE_BYTES
-    framing_errors: int = 0
-    _buffer: bytearray = field(default_factory=bytearray)
-    _discarding: bool = False  # inside an over-long line: drop bytes up to the next line end
+    __slots__ = ()
 
-    def feed(self, data: bytes) -> list[str | ProtocolError]:
-        out: list[str | ProtocolError] = []
-        self._buffer.extend(data)
-        while True:
-            end = self._buffer.find(b"\n")
-            if end < 0:
-                if len(self._buffer) > self.max_line_bytes + 1:  # +1: a CR waiting for its LF
-                    if not self._discarding:
-                        self.framing_errors += 1
-                        out.append(ProtocolError("line too long"))
-                        self._discarding = True
-                    del self._buffer[:]
-                return out
-            raw = bytes(self._buffer[:end])
-            del self._buffer[: end + 1]
-            if self._discarding:
-                self._discarding = False
-                continue
-            if raw.endswith(b"\r"):
-                raw = raw[:-1]
-            if len(raw) > self.max_line_bytes:
-                self.framing_errors += 1
-                out.append(ProtocolError("line too long"))
-                continue
-            if not raw:
-                continue
-            if not _PRINTABLE.fullmatch(raw):
-                self.framing_errors += 1
-                out.append(ProtocolError("non-printable bytes in line"))
-                continue
-            out.append(raw.decode("ascii"))
-
-    def reset(self) -> None:
-        self._buffer.clear()
-        self._discarding = False
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        super().__init__(max_line_bytes, error=ProtocolError)
 
 
 class LineProtocol(asyncio.Protocol):
@@ -329,7 +294,7 @@ class LineProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._log.debug("rx", data=data)
         for item in self.framer.feed(data):
-            if isinstance(item, ProtocolError):
+            if not isinstance(item, str):  # a ProtocolError in the refused line's place
                 self._log.warning("framing error", reason=str(item))
                 continue
             try:

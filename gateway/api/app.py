@@ -14,8 +14,8 @@ import structlog
 from aiohttp import web
 from multidict import MultiDict
 
-from gateway.api.auth import Authenticator
 from gateway.api import connections
+from gateway.api.auth import Authenticator
 from gateway.api.connections import ApiRunner
 from gateway.api.render import (
     NoPayload,
@@ -179,7 +179,9 @@ async def verba_api(request: web.Request) -> web.Response:
     except ApiError as error:
         status = error.http_status
         if status in (401, 403):
-            log.info("api request refused", action=action_type, status=status, reason=error.message, remote=request.remote)
+            log.info(
+                "api request refused", action=action_type, status=status, reason=error.message, remote=request.remote
+            )
         return _error(response_type, action_type, status, error.message)
     except LookupFailed as error:
         return _error(response_type, action_type, 200, lookup_error_message(action, error))  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -178,8 +179,11 @@ class Authenticator:
             # client that disconnects does not cancel the lookup for the others.
             pending = asyncio.ensure_future(self._lookup(name))
             self._resolving_by_name[name] = pending
-            pending.add_done_callback(lambda _done, name=name: self._resolving_by_name.pop(name, None))
+            pending.add_done_callback(partial(self._forget_lookup, name))
         return await asyncio.shield(pending)
+
+    def _forget_lookup(self, name: str, _done: asyncio.Future[frozenset[_Address]]) -> None:
+        self._resolving_by_name.pop(name, None)
 
     async def _lookup(self, name: str) -> frozenset[_Address]:
         loop = asyncio.get_running_loop()
@@ -187,7 +191,7 @@ class Authenticator:
             infos = await asyncio.wait_for(
                 loop.getaddrinfo(name, None, type=socket.SOCK_STREAM), timeout=RESOLVE_TIMEOUT_S
             )
-        except (OSError, UnicodeError, ValueError, asyncio.TimeoutError) as error:
+        except (TimeoutError, OSError, UnicodeError, ValueError) as error:
             addresses: frozenset[_Address] = frozenset()
             reason = str(error) or type(error).__name__
             if name in self._names_failing:  # warned already: a dead name must not flood the log
@@ -229,9 +233,7 @@ class Authenticator:
             usable = [stored for stored in self._hashes_by_user.values() if stored is not None]
             n, r, p = (usable[0].n, usable[0].r, usable[0].p) if usable else (DEFAULT_N, 8, 1)
             loop = asyncio.get_running_loop()
-            encoded = await loop.run_in_executor(
-                None, lambda: hash_password(secrets.token_urlsafe(16), n=n, r=r, p=p)
-            )
+            encoded = await loop.run_in_executor(None, lambda: hash_password(secrets.token_urlsafe(16), n=n, r=r, p=p))
             if self._dummy_hash is None:
                 self._dummy_hash = parse_password_hash(encoded)
         return self._dummy_hash

@@ -107,7 +107,9 @@ def connection_cap(wanted: int) -> int:
     cap = max(1, soft - FD_RESERVE)
     log.warning(
         "api connection cap lowered to fit the open-file limit; raise `ulimit -n` to allow more",
-        wanted=wanted, cap=cap, open_file_limit=soft,
+        wanted=wanted,
+        cap=cap,
+        open_file_limit=soft,
     )
     return cap
 
@@ -187,6 +189,7 @@ class ApiRequestHandler(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         server = self._manager
+        assert server is None or isinstance(server, ApiServer)
         if data and server is not None and self._waiter is not None and not self._waiter.done():
             self._arm_head_timer(server.header_timeout_s)  # the first bytes of the next request's head
         heads_before = self._request_count
@@ -226,7 +229,9 @@ class ApiRequestHandler(RequestHandler):
             log.error("api request failed", status=status, error=type(exc).__name__ if exc else None, exc_info=exc)
         else:
             # The exception's own text holds the raw request line: only its kind is logged.
-            log.debug("api request refused by the HTTP parser", status=status, error=type(exc).__name__, remote=self._peer())
+            log.debug(
+                "api request refused by the HTTP parser", status=status, error=type(exc).__name__, remote=self._peer()
+            )
         if request.writer.output_size > 0:
             raise ConnectionError("the response was already started; the connection is dropped")
         if status == 504:

@@ -188,12 +188,11 @@ def _xml_element(name: str, value: str | None) -> str:
 
 def _xml_success(action: str, payload: Payload) -> str:
     response = f'<Response code="{CODE_SUCCESS}" type="{_xml(action)}"'
-    payload_type = type(payload)
-    if payload_type is CallIdPayload:
+    if type(payload) is CallIdPayload:
         return f"{_XML_HEAD}{response}/>\n<{XML_CALL_ID}>{_xml(payload.call_id)}</{XML_CALL_ID}>\n{_XML_TAIL}"
-    if payload_type is TokenPayload:
+    if type(payload) is TokenPayload:
         return f'{_XML_HEAD}{response} token="{_xml(payload.token)}"/>\n{_XML_TAIL}'
-    if payload_type is CallInformationPayload:
+    if type(payload) is CallInformationPayload:
         parts = [_XML_HEAD, response, f'/>\n<{XML_CDR} state="{int(payload.state)}">\n']
         parts.extend(_xml_element(name, value) for name, value in payload.fields)
         parts.append(f"<{XML_RECORDINGS}>\n")
@@ -222,12 +221,11 @@ def _json_members(members: tuple[tuple[str, str | None], ...]) -> str:
 
 def _json_success(action: str, payload: Payload) -> str:
     head = f'{{"code": {CODE_SUCCESS}, "type": {_json(action)}'
-    payload_type = type(payload)
-    if payload_type is CallIdPayload:
+    if type(payload) is CallIdPayload:
         return f'{head}, "{_json_name(XML_CALL_ID)}": {_json(payload.call_id)}}}'
-    if payload_type is TokenPayload:
+    if type(payload) is TokenPayload:
         return f'{head}, "{JSON_TOKEN}": {_json(payload.token)}}}'
-    if payload_type is CallInformationPayload:
+    if type(payload) is CallInformationPayload:
         members = _json_members(payload.fields)
         recordings = ", ".join(f"{{{_json_members(recording)}}}" for recording in payload.recordings)
         separator = ", " if members else ""
@@ -246,12 +244,11 @@ def _json_error(action: str, message: str) -> str:
 
 
 def _text_success(payload: Payload) -> str:
-    payload_type = type(payload)
-    if payload_type is CallIdPayload:
+    if type(payload) is CallIdPayload:
         return f"{_text(payload.call_id)}\n"
-    if payload_type is TokenPayload:
+    if type(payload) is TokenPayload:
         return f"{_text(payload.token)}\n"
-    if payload_type is CallInformationPayload:
+    if type(payload) is CallInformationPayload:
         lines = [TEXT_OK, f"state={int(payload.state)}"]
         lines.extend(f"{_check_name(name)}={_text(value) if value else ''}" for name, value in payload.fields)
         for number, recording in enumerate(payload.recordings, start=1):
@@ -295,12 +292,11 @@ def _html_rows(members: tuple[tuple[str, str | None], ...]) -> str:
 
 
 def _html_success(action: str, payload: Payload) -> str:
-    payload_type = type(payload)
-    if payload_type is CallIdPayload:
+    if type(payload) is CallIdPayload:
         body = f"<table>\n<tr><th>{XML_CALL_ID}</th><td>{_html(payload.call_id)}</td></tr>\n</table>\n"
-    elif payload_type is TokenPayload:
+    elif type(payload) is TokenPayload:
         body = f"<table>\n<tr><th>{JSON_TOKEN}</th><td>{_html(payload.token)}</td></tr>\n</table>\n"
-    elif payload_type is CallInformationPayload:
+    elif type(payload) is CallInformationPayload:
         parts = [
             "<table>\n",
             f"<tr><th>state</th><td>{int(payload.state)}</td></tr>\n",

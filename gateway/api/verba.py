@@ -34,7 +34,9 @@ AMBIGUOUS_MESSAGE = {
     ACTION_KEEP_CALL: "Unable to keep the call, because more than one call was found.",
     ACTION_GET_CALL_INFORMATION: "Unable to retrieve the call information, because more than one call was found.",
 }
-MANUAL_RECORDING_NOT_FOUND = "Unable to retrieve the recording identifier, because no manual recording was made on the call."
+MANUAL_RECORDING_NOT_FOUND = (
+    "Unable to retrieve the recording identifier, because no manual recording was made on the call."
+)
 
 # The longest value each parameter can really carry, with room to spare. Longer ones are refused
 # (400) before authentication and any lookup: no client gets the gateway to hash, compare, query
@@ -151,7 +153,9 @@ async def _find_call(context: ActionContext, request: ActionRequest, *, by_exter
         native_id = request.get("nativeID")
         if native_id is not None:
             return await context.tracker.find_by_native_id(native_id)
-        raise ApiError(400, "Missing parameter: one of 'callID', 'extension', 'platformCallID' or 'nativeID' is required")
+        raise ApiError(
+            400, "Missing parameter: one of 'callID', 'extension', 'platformCallID' or 'nativeID' is required"
+        )
     raise ApiError(400, "Missing parameter: 'callID' or 'extension' is required")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from drivers import transport as transport_module
+from drivers.connection import lines as lines_module
 from drivers.transport import (
     DO,
     DONT,
@@ -30,7 +31,7 @@ from drivers.transport import (
     create_transport,
 )
 from gateway.config import LinkConfig, LoginStep
-from gateway.ops import LinkState
+from gateway.events import LinkState
 
 WAIT_S = 5.0  # generous upper bound for anything that should happen at once on loopback
 QUIET_S = 0.3  # how long "nothing happens" is watched for
@@ -409,7 +410,7 @@ async def test_tcp_login_steps_with_telnet(pbx: FakePbx) -> None:
 
 
 async def test_tcp_login_timeout_reconnects(pbx: FakePbx, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(transport_module, "LOGIN_STEP_TIMEOUT_S", 0.1)
+    monkeypatch.setattr(lines_module, "LOGIN_STEP_TIMEOUT_S", 0.1)
     config = link(f"tcp://127.0.0.1:{pbx.port}", login=(LoginStep(expect="Login:", send="SMDR"),))
     sink = Sink()
     link_transport = create_transport(config, sink, **FAST_BACKOFF)

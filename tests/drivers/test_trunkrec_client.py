@@ -1,4 +1,5 @@
-"""TRUNKREC/1 client driver against the bundled recorder simulator, over real TCP and over a pty."""
+"""TRUNKREC/1 client driver against the bundled recorder simulator, over real TCP, over a pty, and over a pty
+behind an RFC 2217 serial device server."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from gateway.config import RecorderConfig
 from gateway.errors import RecorderError, RecorderNotConnected, RecorderTimeout
 from gateway.events import CallConnected, CallEnded, CallStarted, RecorderSynced, RecordingStarted, RecordingStopped
 from gateway.model import Direction
+from simulators.device_server import Rfc2217DeviceServer
 from simulators.trunkrec import TrunkRecorderSimulator
 
 WAIT_S = 5.0
@@ -78,7 +80,11 @@ async def test_call_events_become_gateway_events(client, sim, sink):
     call = sim.place_call("1/5", calling="01707392200", called="8856", direction="in")
     started = await sink.next(CallStarted)
     assert (started.channel, started.native_id, started.calling, started.called, started.direction) == (
-        "1/5", call.call_id, "01707392200", "8856", Direction.IN,
+        "1/5",
+        call.call_id,
+        "01707392200",
+        "8856",
+        Direction.IN,
     )
     assert started.at.tzinfo is not None
     sim.answer("1/5")
@@ -272,3 +278,49 @@ async def test_a_recorder_restarting_mid_command_fails_the_command_and_is_ready_
     finally:
         await driver.close()
         await sim.stop()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pySerial's rfc2217 module uses Thread.setDaemon
+async def test_a_recorder_behind_an_rfc2217_device_server_connects_and_answers_a_manual_record_start(sink):
+    simulator = TrunkRecorderSimulator(channels=30, name="rfc2217-sim")
+    server = Rfc2217DeviceServer(await simulator.open_pty())
+    port = await server.start()
+    driver = make_client(f"rfc2217://127.0.0.1:{port}", sink)
+    try:
+        await driver.open()
+        await driver.wait_ready(WAIT_S)
+        assert driver.device_name == "rfc2217-sim" and server.clients == 1
+        call = simulator.place_call("1/5", calling="01707392200", called="8856")
+        simulator.answer("1/5")
+        assert (await sink.next(CallConnected)).native_id == call.call_id
+        recording_id = await driver.start("1/5")
+        assert recording_id and simulator.channel_state("1/5") == "recording"
+        assert (await sink.next(RecordingStarted)).recording_native_id == recording_id
+    finally:
+        await driver.close()
+        await server.stop()
+        await simulator.stop()
+    # The port's reader ran in an executor thread under a task of the driver's: close() has ended it.
+    assert not [task for task in asyncio.all_tasks() if task.get_name().startswith("read rfc2217://")]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+async def test_a_recorder_behind_an_rfc2217_device_server_comes_back_after_the_server_drops_it(sink):
+    simulator = TrunkRecorderSimulator(channels=30, name="rfc2217-sim")
+    server = Rfc2217DeviceServer(await simulator.open_pty())
+    port = await server.start()
+    driver = make_client(f"rfc2217://127.0.0.1:{port}", sink)
+    try:
+        await driver.open()
+        await driver.wait_ready(WAIT_S)
+        server.drop_clients()
+        mark = len(sink.events)
+        await sink.next(RecorderSynced, after=mark)  # a new session's replay
+        await driver.wait_ready(WAIT_S)
+        assert driver.connects == 2 and server.clients == 2
+        simulator.place_call("1/3", calling="0170", called="8856")
+        assert await driver.start("1/3")
+    finally:
+        await driver.close()
+        await server.stop()
+        await simulator.stop()

@@ -53,7 +53,10 @@ def test_blank_lines_are_skipped():
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("HELLO TRUNKREC/1 channels=60 name=sim1", p.Hello("TRUNKREC/1", 60, "sim1", {"channels": "60", "name": "sim1"})),
+        (
+            "HELLO TRUNKREC/1 channels=60 name=sim1",
+            p.Hello("TRUNKREC/1", 60, "sim1", {"channels": "60", "name": "sim1"}),
+        ),
         ("a1 OK rec=R000017", p.Reply("a1", True, {"rec": "R000017"})),
         ("a2 OK rec=R000017 dur=42", p.Reply("a2", True, {"rec": "R000017", "dur": "42"})),
         ("a3 ERR NOCALL no call on channel", p.Reply("a3", False, code="NOCALL", text="no call on channel")),
@@ -65,19 +68,30 @@ def test_blank_lines_are_skipped():
                 "CALL",
                 "1/5",
                 "SETUP",
-                {"id": "TRS26140192", "calling": "01707392200", "called": "8856", "dir": "in", "ts": "2026-11-23T10:00:01Z"},
+                {
+                    "id": "TRS26140192",
+                    "calling": "01707392200",
+                    "called": "8856",
+                    "dir": "in",
+                    "ts": "2026-11-23T10:00:01Z",
+                },
             ),
         ),
         ("EVT REC 1/5 STOPPED rec=R000017 dur=42", p.Event("REC", "1/5", "STOPPED", {"rec": "R000017", "dur": "42"})),
         ("EVT ALARM 1 LOS", p.Event("ALARM", "1", "LOS")),
-        ("EVT CALL 1/5 SETUP id=X calling=John%20Smith%25 called=8856 dir=in", p.Event("CALL", "1/5", "SETUP", {"id": "X", "calling": "John Smith%", "called": "8856", "dir": "in"})),
+        (
+            "EVT CALL 1/5 SETUP id=X calling=John%20Smith%25 called=8856 dir=in",
+            p.Event("CALL", "1/5", "SETUP", {"id": "X", "calling": "John Smith%", "called": "8856", "dir": "in"}),
+        ),
     ],
 )
 def test_parse_device_lines(line, expected):
     assert p.parse_device_line(line) == expected
 
 
-@pytest.mark.parametrize("line", ["", "EVT", "EVT BOGUS 1/5", "EVT CALL 1/5", "a1", "a1 MAYBE", "a1 ERR", "bad-tag! OK", "x" * 17 + " OK"])
+@pytest.mark.parametrize(
+    "line", ["", "EVT", "EVT BOGUS 1/5", "EVT CALL 1/5", "a1", "a1 MAYBE", "a1 ERR", "bad-tag! OK", "x" * 17 + " OK"]
+)
 def test_malformed_device_lines_raise_protocol_error(line):
     with pytest.raises(p.ProtocolError):
         p.parse_device_line(line)

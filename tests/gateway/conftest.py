@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from hostile_http import hostile_config
 
 from gateway.service import Gateway
+from tests.gateway.hostile_http import hostile_config
 
 
 @pytest.fixture

@@ -45,7 +45,9 @@ def hostile_config(tmp_path: Path, *, token_ttl_s: int = 3600, keys: tuple[ApiKe
             or (
                 ApiKeyConfig(HOSTILE_OPEN_KEY, "crm"),
                 ApiKeyConfig(HOSTILE_SECURE_KEY, "secure", require_token=True),
-                ApiKeyConfig("9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", "fenced", networks=(ipaddress.ip_network("10.0.0.0/8"),)),
+                ApiKeyConfig(
+                    "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", "fenced", networks=(ipaddress.ip_network("10.0.0.0/8"),)
+                ),
             ),
             users=(UserConfig(HOSTILE_USER, password_hash, "Europe/Budapest"),),
         ),

@@ -64,7 +64,9 @@ async def gateway(tmp_path, unused_tcp_port_factory):
             ExtensionConfig("8858", RecordingMode.ON_DEMAND, "trunk1", "1/7"),
         ),
         links=(LinkConfig("pbx-main", "avaya-ipo", f"listen://127.0.0.1:{unused_tcp_port_factory()}"),),
-        recorders=(RecorderConfig("trunk1", f"tcp://127.0.0.1:{unused_tcp_port_factory()}"),),  # no device: not connected
+        recorders=(
+            RecorderConfig("trunk1", f"tcp://127.0.0.1:{unused_tcp_port_factory()}"),
+        ),  # no device: not connected
     )
     gateway = Gateway(config)
     await gateway.start()
@@ -155,7 +157,9 @@ async def test_post_form_and_query_both_work(gateway, http):
     status, body = await api(http, "POST", action="GetCallID", apiKey=OPEN_KEY, extension="8856", status="ongoing")
     assert status == 200 and call.call_id in body
     async with http.post(
-        "/verba/api", params={"action": "GetCallID", "apiKey": OPEN_KEY}, data={"extension": "8856", "status": "ongoing"}
+        "/verba/api",
+        params={"action": "GetCallID", "apiKey": OPEN_KEY},
+        data={"extension": "8856", "status": "ongoing"},
     ) as response:
         assert call.call_id in await response.text()
 
@@ -289,8 +293,15 @@ async def test_lookup_by_platform_and_native_id(gateway, http):
     live = start_call(gateway, "TRS26140192")
     record = gateway.submit(
         CallRecord(
-            format="avaya-ipo", source="pbx-main", raw="", received_at=T0, start=T0 - timedelta(hours=1),
-            duration_s=10, extension="4324", other_number="8004206", direction=Direction.IN,
+            format="avaya-ipo",
+            source="pbx-main",
+            raw="",
+            received_at=T0,
+            start=T0 - timedelta(hours=1),
+            duration_s=10,
+            extension="4324",
+            other_number="8004206",
+            direction=Direction.IN,
             platform_call_id="71627389",
         )
     )
@@ -306,7 +317,10 @@ async def test_keep_call_marks_and_unmarks(gateway, http):
     call = start_call(gateway, "TRS1", channel="1/7", called="8858")
     gateway.submit(RecordingStarted("trunk1", "1/7", "R1", "TRS1", T0))
     status, body = await api(http, action="KeepCall", apiKey=OPEN_KEY, callID=call.call_id)
-    assert (status, body) == (200, '<?xml version="1.0" encoding="UTF-8"?>\n<VerbaApi>\n<Response code="0" type="KeepCall"/>\n</VerbaApi>\n')
+    assert (status, body) == (
+        200,
+        '<?xml version="1.0" encoding="UTF-8"?>\n<VerbaApi>\n<Response code="0" type="KeepCall"/>\n</VerbaApi>\n',
+    )
     assert (await gateway.store.get_call(call.call_id)).kept  # committed before the answer
     status, body = await api(http, action="KeepCall", apiKey=OPEN_KEY, cid=call.call_id, unmark="1")
     assert status == 200 and not (await gateway.store.get_call(call.call_id)).kept
@@ -315,7 +329,12 @@ async def test_keep_call_marks_and_unmarks(gateway, http):
 async def test_keep_call_do_not_delete_by_extension(gateway, http):
     call = start_call(gateway)
     status, body = await api(
-        http, action="KeepCall", apiKey=OPEN_KEY, extension="8856", status="ongoing", type="DO_NOT_DELETE",
+        http,
+        action="KeepCall",
+        apiKey=OPEN_KEY,
+        extension="8856",
+        status="ongoing",
+        type="DO_NOT_DELETE",
         responseType="TEXT",
     )
     assert (status, body.strip()) == (200, "OK")
@@ -370,9 +389,24 @@ async def test_call_information_in_user_time_zone(gateway, http):
     assert cdr.find("duration").text == "60"
     assert cdr.find("recording_mode").text == "controlled"
     assert [child.tag for child in cdr][:18] == [
-        "ccdr_id", "native_id", "platform_call_id", "source_caller_id", "destination_caller_id", "extension",
-        "direction", "start_time", "connect_time", "end_time", "duration", "recording_mode", "ondemand", "kept",
-        "manual", "do_not_delete", "recorded", "link",
+        "ccdr_id",
+        "native_id",
+        "platform_call_id",
+        "source_caller_id",
+        "destination_caller_id",
+        "extension",
+        "direction",
+        "start_time",
+        "connect_time",
+        "end_time",
+        "duration",
+        "recording_mode",
+        "ondemand",
+        "kept",
+        "manual",
+        "do_not_delete",
+        "recorded",
+        "link",
     ]
     token = await request_token(http)
     status, body = await api(http, action="GetCallInformation", apiKey=SECURE_KEY, token=token, callID=call.call_id)
@@ -383,8 +417,16 @@ async def test_call_information_in_user_time_zone(gateway, http):
 async def test_no_markup_from_outside_in_any_response(gateway, http, response_type):
     call = gateway.submit(
         CallRecord(
-            format="avaya-ipo", source="pbx-main", raw="", received_at=T0, start=T0, duration_s=3,
-            extension="4324", other_number=HOSTILE, direction=Direction.IN, platform_call_id="1",
+            format="avaya-ipo",
+            source="pbx-main",
+            raw="",
+            received_at=T0,
+            start=T0,
+            duration_s=3,
+            extension="4324",
+            other_number=HOSTILE,
+            direction=Direction.IN,
+            platform_call_id="1",
             account='"><b>x</b>',
         )
     )
@@ -408,7 +450,9 @@ async def test_healthz_reports_links_recorders_and_calls(gateway, http):
         report = await response.json()
     assert report == {
         "status": "degraded",
-        "links": {"pbx-main": {"state": "up", "records": 0, "errors": 0, "replayed": 0, "last_record_at": None}},  # listening
+        "links": {
+            "pbx-main": {"state": "up", "records": 0, "errors": 0, "replayed": 0, "last_record_at": None}
+        },  # listening
         "recorders": {"trunk1": {"state": "down"}},
         "calls": {"ongoing": 1, "stored": 1},
         "store": {"state": "ok", "error": None},

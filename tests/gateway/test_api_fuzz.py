@@ -9,7 +9,15 @@ from urllib.parse import quote
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hostile_http import HOSTILE_NEXT_WINDOW_S, HOSTILE_OPEN_KEY, HOSTILE_SECURE_KEY, RawResponse, raw_exchange, raw_request
+
+from tests.gateway.hostile_http import (
+    HOSTILE_NEXT_WINDOW_S,
+    HOSTILE_OPEN_KEY,
+    HOSTILE_SECURE_KEY,
+    RawResponse,
+    raw_exchange,
+    raw_request,
+)
 
 # Marks what the fuzz injects: it must never come back as markup.
 MARKER = "<inj x='1'>"
@@ -25,39 +33,87 @@ FUZZ_SETTINGS = settings(
 )
 
 PARAMETER_NAMES = (
-    "action", "apiKey", "token", "responseType", "extension", "status", "type", "unmark", "callID", "cid",
-    "platformCallID", "nativeID", "userName", "password", "x",
+    "action",
+    "apiKey",
+    "token",
+    "responseType",
+    "extension",
+    "status",
+    "type",
+    "unmark",
+    "callID",
+    "cid",
+    "platformCallID",
+    "nativeID",
+    "userName",
+    "password",
+    "x",
 )
 RESPONSE_TYPES = ("XML", "json", "Html", "TEXT", "", "yaml", MARKER)
 
 hostile_text = st.one_of(
     st.text(max_size=40),
     st.text(alphabet=st.characters(codec="utf-8"), max_size=200),
-    st.sampled_from([
-        MARKER, "GetCallID", "KeepCall", "GetCallInformation", "RequestToken", "8856", "next", "last,next",
-        "ongoing, last", "next,next,next", "manualRecord", "do_not_delete", "1", HOSTILE_OPEN_KEY,
-        HOSTILE_SECURE_KEY, "0b6f5a52-8a0e-4a57-9d0e-6f2a3c1d9e41" * 3, "9" * 200, "\x00\ud800\ufffe", "%FF",
-    ]),
+    st.sampled_from(
+        [
+            MARKER,
+            "GetCallID",
+            "KeepCall",
+            "GetCallInformation",
+            "RequestToken",
+            "8856",
+            "next",
+            "last,next",
+            "ongoing, last",
+            "next,next,next",
+            "manualRecord",
+            "do_not_delete",
+            "1",
+            HOSTILE_OPEN_KEY,
+            HOSTILE_SECURE_KEY,
+            "0b6f5a52-8a0e-4a57-9d0e-6f2a3c1d9e41" * 3,
+            "9" * 200,
+            "\x00\ud800\ufffe",
+            "%FF",
+        ]
+    ),
 ).map(lambda value: value.replace("\ud800", "?"))  # lone surrogates cannot be encoded into a URL at all
 
 parameters = st.dictionaries(st.sampled_from(PARAMETER_NAMES), hostile_text, max_size=8)
-content_types = st.sampled_from([
-    "application/x-www-form-urlencoded", "application/x-www-form-urlencoded; charset=bogus",
-    "application/x-www-form-urlencoded; charset=latin-1", "multipart/form-data", "multipart/form-data; boundary=b",
-    "application/json", "text/plain", "", MARKER,
-])
+content_types = st.sampled_from(
+    [
+        "application/x-www-form-urlencoded",
+        "application/x-www-form-urlencoded; charset=bogus",
+        "application/x-www-form-urlencoded; charset=latin-1",
+        "multipart/form-data",
+        "multipart/form-data; boundary=b",
+        "application/json",
+        "text/plain",
+        "",
+        MARKER,
+    ]
+)
 
 
 def expected_format(response_type: str | None) -> str:
     """The format the answer must be in: the one asked for, XML when none or an unknown one is."""
-    if response_type is not None and response_type.isascii() and response_type.upper() in ("XML", "JSON", "HTML", "TEXT"):
+    if (
+        response_type is not None
+        and response_type.isascii()
+        and response_type.upper() in ("XML", "JSON", "HTML", "TEXT")
+    ):
         return response_type.upper()
     return "XML"
 
 
 def format_of(response: RawResponse) -> str:
     content_type = response.headers.get("content-type", "")
-    for prefix, kind in (("application/xml", "XML"), ("application/json", "JSON"), ("text/html", "HTML"), ("text/plain", "TEXT")):
+    for prefix, kind in (
+        ("application/xml", "XML"),
+        ("application/json", "JSON"),
+        ("text/html", "HTML"),
+        ("text/plain", "TEXT"),
+    ):
         if content_type.startswith(prefix):
             return kind
     raise AssertionError(f"not an envelope content type: {content_type!r}")
@@ -88,7 +144,9 @@ async def test_fuzzed_parameters_methods_and_content_types(hostile_gateway, para
     elif method == "POST":
         request = raw_request("POST", "/verba/api", headers={"Content-Type": content_type}, body=query.encode())
     else:  # parameters in the query, a body of the same in a content type that may not fit it
-        request = raw_request("POST", f"/verba/api?{query}", headers={"Content-Type": content_type}, body=query.encode())
+        request = raw_request(
+            "POST", f"/verba/api?{query}", headers={"Content-Type": content_type}, body=query.encode()
+        )
     started = time.monotonic()
     response = await raw_exchange(hostile_gateway.port, request)
     check_answer(response, time.monotonic() - started, params.get("responseType", ""))
@@ -103,7 +161,9 @@ header_value_bytes = st.binary(max_size=120).map(lambda data: data.replace(b"\r"
     method=st.sampled_from([b"GET", b"POST", b"PUT", b"OPTIONS", b"G\xffT", b"<x>", b""]),
     target=request_line_bytes,
     version=st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.1 x", b""]),
-    header_name=st.sampled_from([b"Authorization", b"Expect", b"Content-Type", b"Content-Encoding", b"X-Any", b"Bad Name", b""]),
+    header_name=st.sampled_from(
+        [b"Authorization", b"Expect", b"Content-Type", b"Content-Encoding", b"X-Any", b"Bad Name", b""]
+    ),
     header_value=header_value_bytes,
     body=st.binary(max_size=200),
 )

@@ -252,9 +252,7 @@ async def test_verify_user_rejects(
     assert caught.value.message == message
 
 
-async def test_unknown_user_still_runs_one_scrypt_check(
-    auth: Authenticator, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_unknown_user_still_runs_one_scrypt_check(auth: Authenticator, monkeypatch: pytest.MonkeyPatch) -> None:
     import gateway.api.auth as auth_module
 
     checked: list[int] = []
@@ -323,7 +321,9 @@ TAMPERINGS = [lambda t: t[:-1], lambda t: t + "A", lambda t: t[::-1], lambda t: 
 
 
 @pytest.mark.parametrize("mutate", TAMPERINGS)
-def test_tampered_token(auth: Authenticator, users: tuple[UserConfig, UserConfig], mutate: Callable[[str], str]) -> None:
+def test_tampered_token(
+    auth: Authenticator, users: tuple[UserConfig, UserConfig], mutate: Callable[[str], str]
+) -> None:
     token = auth.issue_token(TOKEN_KEY, users[0])
     with pytest.raises(ApiError) as caught:
         auth.check_token(TOKEN_KEY, mutate(token))

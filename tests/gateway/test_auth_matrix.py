@@ -13,11 +13,17 @@ from urllib.parse import urlencode
 
 import pytest
 import pytest_asyncio
-from hostile_http import HOSTILE_PASSWORD, HOSTILE_USER, hostile_config, raw_exchange, raw_request
 
 from gateway.api import auth
 from gateway.config import ApiKeyConfig
 from gateway.service import Gateway
+from tests.gateway.hostile_http import (
+    HOSTILE_PASSWORD,
+    HOSTILE_USER,
+    hostile_config,
+    raw_exchange,
+    raw_request,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -27,7 +33,10 @@ ELSEWHERE = (ipaddress.ip_network("10.0.0.0/8"),)
 NETWORKS = {"any": None, "loopback": LOOPBACK, "elsewhere": ELSEWHERE}
 KEYS = {
     (require_token, network): ApiKeyConfig(
-        f"{index:08x}-0000-4000-8000-000000000000", f"key-{index}", require_token=require_token, networks=NETWORKS[network]
+        f"{index:08x}-0000-4000-8000-000000000000",
+        f"key-{index}",
+        require_token=require_token,
+        networks=NETWORKS[network],
     )
     for index, (require_token, network) in enumerate(itertools.product((False, True), NETWORKS), start=1)
 }
@@ -62,7 +71,9 @@ async def _token(port: int, key: ApiKeyConfig, credential_form: str = "parameter
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def matrix(tmp_path_factory) -> AsyncIterator[tuple[Gateway, dict[tuple[str, str], str]]]:
-    config = hostile_config(tmp_path_factory.mktemp("matrix"), token_ttl_s=TOKEN_TTL_S, keys=(*KEYS.values(), OTHER_KEY))
+    config = hostile_config(
+        tmp_path_factory.mktemp("matrix"), token_ttl_s=TOKEN_TTL_S, keys=(*KEYS.values(), OTHER_KEY)
+    )
     gateway = Gateway(config)
     await gateway.start()
     usable = [key for key in KEYS.values() if key.networks is not ELSEWHERE]
@@ -99,7 +110,9 @@ LOOKUP_CASES = [
 async def test_lookup_authentication_matrix(matrix, require_token, network, state, token_form, credential_form):
     gateway, expired = matrix
     key = KEYS[(require_token, network)]
-    issuing_key = key if network != "elsewhere" else KEYS[(require_token, "any")]  # a token exists; the network still refuses
+    issuing_key = (
+        key if network != "elsewhere" else KEYS[(require_token, "any")]
+    )  # a token exists; the network still refuses
     token = None
     if state == "valid":
         token = await _token(gateway.port, issuing_key, credential_form)
@@ -134,7 +147,9 @@ async def test_request_token_authentication_matrix(matrix, require_token, networ
     params: dict[str, str] = {"action": "RequestToken", "apiKey": key.key}
     headers: dict[str, str] = {}
     if password != "none":
-        extra, headers = _credentials(credential_form, HOSTILE_PASSWORD if password == "right" else "not-" + HOSTILE_PASSWORD)
+        extra, headers = _credentials(
+            credential_form, HOSTILE_PASSWORD if password == "right" else "not-" + HOSTILE_PASSWORD
+        )
         params.update(extra)
     status, code, message, root = await _call(gateway.port, params, headers)
     if network == "elsewhere":

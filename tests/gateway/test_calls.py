@@ -80,7 +80,12 @@ def test_parse_statuses_refuses(text):
 
 @pytest.mark.parametrize(
     ("a", "b", "match"),
-    [("01707392200", "+441707392200", True), ("8856", "8856", True), ("", "123", True), ("01707392200", "01707392299", False)],
+    [
+        ("01707392200", "+441707392200", True),
+        ("8856", "8856", True),
+        ("", "123", True),
+        ("01707392200", "01707392299", False),
+    ],
 )
 def test_numbers_match(a, b, match):
     assert numbers_match(a, b) is match
@@ -241,11 +246,21 @@ async def test_multi_record_call_is_one_call_with_all_parties(tracker):
     assert await tracker.find_by_status("4750", ["last"], 1) is first
 
 
-def leg_record(extension, start_minute, talk_s, *, joins, direction=Direction.UNKNOWN, key="line 005", other="0612345678"):
+def leg_record(
+    extension, start_minute, talk_s, *, joins, direction=Direction.UNKNOWN, key="line 005", other="0612345678"
+):
     return avaya_record(
-        format="nec-sv", platform_call_id=None, extension=extension, other_number=other, direction=direction,
-        start=T0 + timedelta(minutes=start_minute), duration_s=float(talk_s), ring_s=None,
-        received_at=T0 + timedelta(minutes=start_minute, seconds=talk_s + 5), leg_key=key, joins_leg=joins,
+        format="nec-sv",
+        platform_call_id=None,
+        extension=extension,
+        other_number=other,
+        direction=direction,
+        start=T0 + timedelta(minutes=start_minute),
+        duration_s=float(talk_s),
+        ring_s=None,
+        received_at=T0 + timedelta(minutes=start_minute, seconds=talk_s + 5),
+        leg_key=key,
+        joins_leg=joins,
     )
 
 
@@ -312,7 +327,10 @@ async def test_spec_transfer_legs_through_the_real_parsers_are_one_call(tracker)
     legs = [
         record
         # Both legs of a trunk-to-trunk call are printed under the extension that sent it out, on two CO lines.
-        for line in ("06/24/97 10:08AM 15 1 <I> 00:10'01 431211 TR", "06/24/97 10:09AM 15 2 10222P1-202-346-7890 00:09'18 001 FW")
+        for line in (
+            "06/24/97 10:08AM 15 1 <I> 00:10'01 431211 TR",
+            "06/24/97 10:09AM 15 2 10222P1-202-346-7890 00:09'18 001 FW",
+        )
         for record in panasonic.feed(line, received)
     ]
     assert [leg.joins_leg for leg in legs] == [True, True]
@@ -322,8 +340,11 @@ async def test_spec_transfer_legs_through_the_real_parsers_are_one_call(tracker)
     nec = NecSvParser("pbx-nec", tz=timezone.utc)
     received = datetime(2024, 12, 9, 11, 10, tzinfo=timezone.utc)
     records = []
-    for line in ("PIN 11:00 12/09 002 00:02:00 2001 2142623801", "PTRS 11:02 12/09 002 00:00:30 2004 2142623801",
-                 "PIN 11:03 12/09 002 00:01:00 2005 2142623802"):
+    for line in (
+        "PIN 11:00 12/09 002 00:02:00 2001 2142623801",
+        "PTRS 11:02 12/09 002 00:00:30 2004 2142623801",
+        "PIN 11:03 12/09 002 00:01:00 2005 2142623802",
+    ):
         records += nec.feed(line, received)
     records += nec.flush(received + timedelta(days=1))
     assert [record.leg_key for record in records] == ["line 002"] * 3

@@ -8,14 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import (
-    MAX_ON_DEMAND_RETENTION_S,
-    GatewayConfig,
-    SerialSettings,
-    check_config,
-    describe_config,
-    load_config,
-)
+from drivers.smdr import SMDR_FORMATS
+from gateway.config import MAX_ON_DEMAND_RETENTION_S, GatewayConfig, SerialSettings
+from gateway.config.describe import check_config, describe_config
+from gateway.config.load import load_config
 from gateway.errors import ConfigError
 from gateway.model import RecordingMode
 from gateway.passwords import hash_password
@@ -48,13 +44,13 @@ def write(tmp_path: Path, text: str, name: str = "gw.yaml") -> Path:
 
 
 def load(tmp_path: Path, text: str) -> GatewayConfig:
-    return load_config(write(tmp_path, text))
+    return load_config(write(tmp_path, text), SMDR_FORMATS)
 
 
 def refused(tmp_path: Path, text: str) -> ConfigError:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as caught:
-        load_config(path)
+        load_config(path, SMDR_FORMATS)
     return caught.value
 
 
@@ -75,9 +71,9 @@ def assert_names(error: ConfigError, line: int, key: str | None, fragment: str) 
 
 @pytest.mark.parametrize("path", [BUNDLED, *EXAMPLES], ids=lambda path: path.name)
 def test_shipped_files_load(path: Path) -> None:
-    config = load_config(path)
+    config = load_config(path, SMDR_FORMATS)
     assert config.source == path
-    assert describe_config(config)
+    assert describe_config(config, SMDR_FORMATS)
 
 
 def test_examples_exist() -> None:
@@ -86,13 +82,17 @@ def test_examples_exist() -> None:
 
 
 def test_bundled_default_content() -> None:
-    config = load_config(BUNDLED)
+    config = load_config(BUNDLED, SMDR_FORMATS)
     assert (config.http.host, config.http.port, config.http.tls) == ("127.0.0.1", 8010, None)
     assert config.store.path == Path.cwd() / "var" / "gateway.db"
     demo, secure = config.api.keys
     assert (demo.key, demo.name, demo.require_token) == ("6f1c2a7e-3b8d-4e59-9a41-0c2d7e5b8f13", "demo", False)
     assert demo.networks == (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
-    assert (secure.key, secure.name, secure.require_token) == ("3d2b9c14-8e7a-4f06-b5d1-2a9e6c7f4b80", "demo-secure", True)
+    assert (secure.key, secure.name, secure.require_token) == (
+        "3d2b9c14-8e7a-4f06-b5d1-2a9e6c7f4b80",
+        "demo-secure",
+        True,
+    )
     assert [user.name for user in config.api.users] == ["demo"]
     assert config.on_demand.retention_s == MAX_ON_DEMAND_RETENTION_S
     assert [(e.number, e.mode, e.recorder, e.channel) for e in config.extensions] == [
@@ -123,7 +123,11 @@ def test_defaults_for_a_tiny_file(tmp_path: Path) -> None:
 
 
 def test_extension_number_keeps_leading_zero(tmp_path: Path) -> None:
-    config = load(tmp_path, ONE_RECORDER + "extensions:\n  - {number: 0123, mode: full, channel: 1/5}\n  - {number: '+3612', mode: full}\n  - {number: '*72#', mode: full}\n")
+    config = load(
+        tmp_path,
+        ONE_RECORDER
+        + "extensions:\n  - {number: 0123, mode: full, channel: 1/5}\n  - {number: '+3612', mode: full}\n  - {number: '*72#', mode: full}\n",
+    )
     assert [extension.number for extension in config.extensions] == ["0123", "+3612", "*72#"]
     assert config.extension("0123") is not None
 
@@ -157,8 +161,16 @@ def test_names_take_source_text(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [
-        ("48h", 172800), ("90m", 5400), ("3600s", 3600), ("1.5h", 5400), ("'1.5h'", 5400),
-        ("3600", 3600), ("'3600'", 3600), ("7200.5", 7200.5), ("172800", 172800), ("2d", 172800),
+        ("48h", 172800),
+        ("90m", 5400),
+        ("3600s", 3600),
+        ("1.5h", 5400),
+        ("'1.5h'", 5400),
+        ("3600", 3600),
+        ("'3600'", 3600),
+        ("7200.5", 7200.5),
+        ("172800", 172800),
+        ("2d", 172800),
     ],
 )
 def test_on_demand_retention_parsing(tmp_path: Path, text: str, seconds: float) -> None:
@@ -217,7 +229,7 @@ def test_retention_keys_take_durations_and_forever(tmp_path: Path) -> None:
     )
     retention = config.store.retention
     assert (retention.calls_s, retention.journal_s, retention.quarantine_s) == (400 * 86400, 26 * 7 * 86400, None)
-    assert "  retention: calls 400d, journal 26w, quarantine forever" in describe_config(config)
+    assert "  retention: calls 400d, journal 26w, quarantine forever" in describe_config(config, SMDR_FORMATS)
 
 
 @pytest.mark.parametrize("key", ["calls", "journal", "quarantine"])
@@ -245,7 +257,9 @@ def test_retention_lists_every_bad_key_and_refuses_unknown_ones(tmp_path: Path) 
     assert len(lines) == 3
     assert "store.retention.calls: must be forever or a duration" in lines[0]
     assert "store.retention.journal: must be greater than 0" in lines[1]
-    assert "store.retention.recordings: unknown key 'recordings'; expected one of: calls, journal, quarantine" in lines[2]
+    assert (
+        "store.retention.recordings: unknown key 'recordings'; expected one of: calls, journal, quarantine" in lines[2]
+    )
 
 
 def test_retention_must_be_a_mapping(tmp_path: Path) -> None:
@@ -314,7 +328,7 @@ def test_user_defaults_and_timezone(tmp_path: Path) -> None:
 
 def test_password_hash_error_does_not_echo_the_hash(tmp_path: Path) -> None:
     secret = "scrypt$n=16384,r=8,p=1$c2VjcmV0c2FsdA==$TOPSECRETDIGESTVALUE!!"
-    error = refused(tmp_path, f"api:\n  users:\n    - name: a\n      password_hash: \"{secret}\"\n")
+    error = refused(tmp_path, f'api:\n  users:\n    - name: a\n      password_hash: "{secret}"\n')
     assert_names(error, 4, "api.users[0].password_hash", "base64")
     assert secret not in str(error)
     assert "TOPSECRET" not in str(error)
@@ -324,12 +338,18 @@ def test_password_hash_error_does_not_echo_the_hash(tmp_path: Path) -> None:
 
 
 def test_recorder_is_inferred_when_only_one(tmp_path: Path) -> None:
-    config = load(tmp_path, ONE_RECORDER + "extensions:\n  - number: '8856'\n    mode: controlled\n    channel: '1/5'\n")
+    config = load(
+        tmp_path, ONE_RECORDER + "extensions:\n  - number: '8856'\n    mode: controlled\n    channel: '1/5'\n"
+    )
     assert config.extensions[0].recorder == "trunk1"
 
 
 def test_recorder_named_among_several(tmp_path: Path) -> None:
-    config = load(tmp_path, TWO_RECORDERS + "extensions:\n  - {number: '1', mode: full, recorder: trunk2, channel: '1/5'}\n  - {number: '2', mode: full, recorder: trunk1, channel: '1/5'}\n")
+    config = load(
+        tmp_path,
+        TWO_RECORDERS
+        + "extensions:\n  - {number: '1', mode: full, recorder: trunk2, channel: '1/5'}\n  - {number: '2', mode: full, recorder: trunk1, channel: '1/5'}\n",
+    )
     assert [(e.recorder, e.channel) for e in config.extensions] == [("trunk2", "1/5"), ("trunk1", "1/5")]
 
 
@@ -347,11 +367,18 @@ extensions:
     channel: "01/05"
 """,
     )
-    assert_names(error, 10, "extensions[1].channel", "channel 1/5 of recorder trunk1 is already mapped to extension 8856 (line 7)")
+    assert_names(
+        error,
+        10,
+        "extensions[1].channel",
+        "channel 1/5 of recorder trunk1 is already mapped to extension 8856 (line 7)",
+    )
 
 
 def test_recorder_serial_settings(tmp_path: Path) -> None:
-    config = load(tmp_path, "recorders:\n  - {name: r, url: /dev/ttyS0, baudrate: 19200}\n  - {name: s, url: 'socket://h:7000'}\n")
+    config = load(
+        tmp_path, "recorders:\n  - {name: r, url: /dev/ttyS0, baudrate: 19200}\n  - {name: s, url: 'socket://h:7000'}\n"
+    )
     assert config.recorders[0].serial == SerialSettings(baudrate=19200)
     assert config.recorders[1].serial is None
     assert config.recorders[0].timeout_s == 2.0
@@ -427,13 +454,18 @@ def test_link_serial_settings_and_options(tmp_path: Path) -> None:
         """,
     )
     (link,) = config.links
-    assert link.serial == SerialSettings(baudrate=1200, bytesize=7, parity="E", stopbits=1.5, xonxoff=True, rtscts=False)
+    assert link.serial == SerialSettings(
+        baudrate=1200, bytesize=7, parity="E", stopbits=1.5, xonxoff=True, rtscts=False
+    )
     assert link.timezone == "Europe/Budapest"
     assert link.options == {"time_is": "start", "site_note": ["a", "b"], "idle_timeout": 300.0, "keepalive": "\r\n"}
 
 
 def test_link_login_on_tcp(tmp_path: Path) -> None:
-    config = load(tmp_path, "links:\n  - name: m\n    format: mitel-mivb\n    url: tcp://10.0.0.1:1752\n    login:\n      - {expect: 'login:', send: 'smdr'}\n")
+    config = load(
+        tmp_path,
+        "links:\n  - name: m\n    format: mitel-mivb\n    url: tcp://10.0.0.1:1752\n    login:\n      - {expect: 'login:', send: 'smdr'}\n",
+    )
     assert [(step.expect, step.send) for step in config.links[0].login] == [("login:", "smdr")]
 
 
@@ -491,8 +523,20 @@ def test_merge_keys_are_honoured(tmp_path: Path) -> None:
 REFUSALS = [
     # (id, yaml, line, key, fragment)
     ("unknown top-level key", "http:\n  port: 8010\nlinkz: []\n", 3, "linkz", "unknown key 'linkz'"),
-    ("unknown http key", "http:\n  host: 127.0.0.1\n  prot: 80\n", 3, "http.prot", "unknown key 'prot'; expected one of: host, port, tls"),
-    ("duplicate key", "http:\n  port: 8010\n  host: 127.0.0.1\n  port: 8011\n", 4, "http.port", "duplicate key 'port' (already given on line 2)"),
+    (
+        "unknown http key",
+        "http:\n  host: 127.0.0.1\n  prot: 80\n",
+        3,
+        "http.prot",
+        "unknown key 'prot'; expected one of: host, port, tls",
+    ),
+    (
+        "duplicate key",
+        "http:\n  port: 8010\n  host: 127.0.0.1\n  port: 8011\n",
+        4,
+        "http.port",
+        "duplicate key 'port' (already given on line 2)",
+    ),
     ("duplicate section", "log:\n  level: info\nlog:\n  level: debug\n", 3, "log", "duplicate key 'log'"),
     ("port not an integer", "http:\n  port: eighty\n", 2, "http.port", "must be an integer"),
     ("port quoted", "http:\n  port: '8010'\n", 2, "http.port", "must be an integer"),
@@ -502,107 +546,453 @@ REFUSALS = [
     ("host empty", "http:\n  host: ''\n", 2, "http.host", "host name or an IP address"),
     ("host is a list", "http:\n  host: [a]\n", 2, "http.host", "must be a host name or IP address, not a list"),
     ("http not a mapping", "http: 8010\n", 1, "http", "must be a mapping"),
-    ("tls without keyfile", "http:\n  tls:\n    certfile: gw.yaml\n", 3, "http.tls.keyfile", "is required when tls is given"),
-    ("tls missing file", "http:\n  tls:\n    certfile: no-such-cert.pem\n    keyfile: gw.yaml\n", 3, "http.tls.certfile", "does not exist"),
+    (
+        "tls without keyfile",
+        "http:\n  tls:\n    certfile: gw.yaml\n",
+        3,
+        "http.tls.keyfile",
+        "is required when tls is given",
+    ),
+    (
+        "tls missing file",
+        "http:\n  tls:\n    certfile: no-such-cert.pem\n    keyfile: gw.yaml\n",
+        3,
+        "http.tls.certfile",
+        "does not exist",
+    ),
     ("store path empty", "store:\n  path: ''\n", 2, "store.path", "must not be empty"),
     ("token_ttl zero", "api:\n  token_ttl: 0\n", 2, "api.token_ttl", "greater than 0"),
     ("token_ttl float", "api:\n  token_ttl: 1.5\n", 2, "api.token_ttl", "must be an integer"),
     ("next_window text", "api:\n  next_window: soon\n", 2, "api.next_window", "must be a number"),
     ("keys not a list", "api:\n  keys: {key: x}\n", 2, "api.keys", "must be a list"),
-    ("key not a GUID", "api:\n  keys:\n    - key: not-a-guid\n      name: crm\n", 3, "api.keys[0].key", "must be a GUID"),
-    ("key GUID in braces", "api:\n  keys:\n    - key: '{" + GUID + "}'\n      name: crm\n", 3, "api.keys[0].key", "must be a GUID"),
-    ("key GUID without dashes", "api:\n  keys:\n    - key: " + GUID.replace("-", "") + "\n      name: crm\n", 3, "api.keys[0].key", "must be a GUID"),
+    (
+        "key not a GUID",
+        "api:\n  keys:\n    - key: not-a-guid\n      name: crm\n",
+        3,
+        "api.keys[0].key",
+        "must be a GUID",
+    ),
+    (
+        "key GUID in braces",
+        "api:\n  keys:\n    - key: '{" + GUID + "}'\n      name: crm\n",
+        3,
+        "api.keys[0].key",
+        "must be a GUID",
+    ),
+    (
+        "key GUID without dashes",
+        "api:\n  keys:\n    - key: " + GUID.replace("-", "") + "\n      name: crm\n",
+        3,
+        "api.keys[0].key",
+        "must be a GUID",
+    ),
     ("key missing", "api:\n  keys:\n    - name: crm\n", 3, "api.keys[0].key", "is required"),
-    ("key name short", f"api:\n  keys:\n    - key: {GUID}\n      name: ab\n", 4, "api.keys[0].name", "3–128 characters"),
-    ("key name long", f"api:\n  keys:\n    - key: {GUID}\n      name: {'x' * 129}\n", 4, "api.keys[0].name", "3–128 characters"),
-    ("require_token yes please", f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      require_token: yes please\n", 5, "api.keys[0].require_token", "must be true or false"),
-    ("require_token yes", f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      require_token: yes\n", 5, "api.keys[0].require_token", "must be true or false"),
-    ("duplicate key in an item", "extensions:\n  - number: '1'\n    mode: full\n    number: '2'\n", 4, "extensions[0].number", "duplicate key 'number' (already given on line 2)"),
-    ("require_token quoted", f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      require_token: 'true'\n", 5, "api.keys[0].require_token", "must be true or false"),
+    (
+        "key name short",
+        f"api:\n  keys:\n    - key: {GUID}\n      name: ab\n",
+        4,
+        "api.keys[0].name",
+        "3–128 characters",
+    ),
+    (
+        "key name long",
+        f"api:\n  keys:\n    - key: {GUID}\n      name: {'x' * 129}\n",
+        4,
+        "api.keys[0].name",
+        "3–128 characters",
+    ),
+    (
+        "require_token yes please",
+        f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      require_token: yes please\n",
+        5,
+        "api.keys[0].require_token",
+        "must be true or false",
+    ),
+    (
+        "require_token yes",
+        f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      require_token: yes\n",
+        5,
+        "api.keys[0].require_token",
+        "must be true or false",
+    ),
+    (
+        "duplicate key in an item",
+        "extensions:\n  - number: '1'\n    mode: full\n    number: '2'\n",
+        4,
+        "extensions[0].number",
+        "duplicate key 'number' (already given on line 2)",
+    ),
+    (
+        "require_token quoted",
+        f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      require_token: 'true'\n",
+        5,
+        "api.keys[0].require_token",
+        "must be true or false",
+    ),
     (
         "duplicate key value",
         f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n    - key: {GUID.upper()}\n      name: crm2\n",
-        5, "api.keys[1].key", "already used by api.keys[0] (line 3)",
+        5,
+        "api.keys[1].key",
+        "already used by api.keys[0] (line 3)",
     ),
     (
         "duplicate key name",
         f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n    - key: 3d2b9c14-8e7a-4f06-b5d1-2a9e6c7f4b80\n      name: crm\n",
-        6, "api.keys[1].name", "duplicate name 'crm'",
+        6,
+        "api.keys[1].name",
+        "duplicate name 'crm'",
     ),
-    ("network bad", f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      networks:\n        - 10.0.0.0/8\n        - 300.1.1.1\n", 7, "api.keys[0].networks[1]", "neither an IP address"),
-    ("network bad cidr", f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      networks: [10.0.0.0/33]\n", 5, "api.keys[0].networks[0]", "not a valid CIDR"),
-    ("network bad host", f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      networks: [-bad-.example]\n", 5, "api.keys[0].networks[0]", "neither an IP address"),
-    ("networks empty", f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      networks: []\n", 5, "api.keys[0].networks", "at least one network"),
-    ("unquoted ::1 in a flow list", f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      networks: [127.0.0.1, ::1]\n", 5, None, "must be quoted"),
-    ("user without name", f"api:\n  users:\n    - password_hash: '{CHEAP_HASH}'\n", 3, "api.users[0].name", "is required"),
-    ("user empty name", f"api:\n  users:\n    - name: ''\n      password_hash: '{CHEAP_HASH}'\n", 3, "api.users[0].name", "must not be empty"),
-    ("user without hash", "api:\n  users:\n    - name: bob\n", 3, "api.users[0].password_hash", "gateway hash-password"),
-    ("user bad hash", "api:\n  users:\n    - name: bob\n      password_hash: plaintext\n", 4, "api.users[0].password_hash", "not a password hash"),
-    ("user bad timezone", f"api:\n  users:\n    - name: bob\n      password_hash: '{CHEAP_HASH}'\n      timezone: Mars/Olympus\n", 5, "api.users[0].timezone", "unknown time zone"),
+    (
+        "network bad",
+        f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      networks:\n        - 10.0.0.0/8\n        - 300.1.1.1\n",
+        7,
+        "api.keys[0].networks[1]",
+        "neither an IP address",
+    ),
+    (
+        "network bad cidr",
+        f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      networks: [10.0.0.0/33]\n",
+        5,
+        "api.keys[0].networks[0]",
+        "not a valid CIDR",
+    ),
+    (
+        "network bad host",
+        f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      networks: [-bad-.example]\n",
+        5,
+        "api.keys[0].networks[0]",
+        "neither an IP address",
+    ),
+    (
+        "networks empty",
+        f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      networks: []\n",
+        5,
+        "api.keys[0].networks",
+        "at least one network",
+    ),
+    (
+        "unquoted ::1 in a flow list",
+        f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      networks: [127.0.0.1, ::1]\n",
+        5,
+        None,
+        "must be quoted",
+    ),
+    (
+        "user without name",
+        f"api:\n  users:\n    - password_hash: '{CHEAP_HASH}'\n",
+        3,
+        "api.users[0].name",
+        "is required",
+    ),
+    (
+        "user empty name",
+        f"api:\n  users:\n    - name: ''\n      password_hash: '{CHEAP_HASH}'\n",
+        3,
+        "api.users[0].name",
+        "must not be empty",
+    ),
+    (
+        "user without hash",
+        "api:\n  users:\n    - name: bob\n",
+        3,
+        "api.users[0].password_hash",
+        "gateway hash-password",
+    ),
+    (
+        "user bad hash",
+        "api:\n  users:\n    - name: bob\n      password_hash: plaintext\n",
+        4,
+        "api.users[0].password_hash",
+        "not a password hash",
+    ),
+    (
+        "user bad timezone",
+        f"api:\n  users:\n    - name: bob\n      password_hash: '{CHEAP_HASH}'\n      timezone: Mars/Olympus\n",
+        5,
+        "api.users[0].timezone",
+        "unknown time zone",
+    ),
     (
         "duplicate user",
         f"api:\n  users:\n    - name: bob\n      password_hash: '{CHEAP_HASH}'\n    - name: bob\n      password_hash: '{CHEAP_HASH}'\n",
-        5, "api.users[1].name", "duplicate user 'bob'",
+        5,
+        "api.users[1].name",
+        "duplicate user 'bob'",
     ),
     ("retention not a mapping", "on_demand: 48h\n", 1, "on_demand", "must be a mapping"),
     ("extensions not a list", "extensions:\n  number: 1\n", 2, "extensions", "must be a list"),
     ("extension item not a mapping", "extensions:\n  - 8856\n", 2, "extensions[0]", "must be a mapping"),
     ("extension number missing", "extensions:\n  - mode: full\n", 2, "extensions[0].number", "is required"),
-    ("extension number letters", "extensions:\n  - number: 88a6\n    mode: full\n", 2, "extensions[0].number", "dial string"),
-    ("extension number empty", "extensions:\n  - number: ''\n    mode: full\n", 2, "extensions[0].number", "dial string"),
-    ("extension number null", "extensions:\n  - number:\n    mode: full\n", 2, "extensions[0].number", "not empty (null)"),
+    (
+        "extension number letters",
+        "extensions:\n  - number: 88a6\n    mode: full\n",
+        2,
+        "extensions[0].number",
+        "dial string",
+    ),
+    (
+        "extension number empty",
+        "extensions:\n  - number: ''\n    mode: full\n",
+        2,
+        "extensions[0].number",
+        "dial string",
+    ),
+    (
+        "extension number null",
+        "extensions:\n  - number:\n    mode: full\n",
+        2,
+        "extensions[0].number",
+        "not empty (null)",
+    ),
     ("extension mode missing", "extensions:\n  - number: 1\n", 2, "extensions[0].mode", "is required"),
-    ("extension mode unknown", "extensions:\n  - number: 1\n    mode: always\n", 3, "extensions[0].mode", "unknown mode 'always'"),
-    ("extension unknown key", "extensions:\n  - number: 1\n    mode: full\n    chanel: 1/5\n", 4, "extensions[0].chanel", "unknown key 'chanel'"),
-    ("duplicate extension", "extensions:\n  - {number: '1', mode: full}\n  - {number: '1', mode: on_demand}\n", 3, "extensions[1].number", "already defined at extensions[0] (line 2)"),
-    ("channel bad form", ONE_RECORDER + "extensions:\n  - number: 1\n    mode: full\n    channel: 1-5\n", 7, "extensions[0].channel", "SPAN/TIMESLOT"),
-    ("channel zero", ONE_RECORDER + "extensions:\n  - number: 1\n    mode: full\n    channel: 0/5\n", 7, "extensions[0].channel", "positive"),
-    ("channel no recorder", "extensions:\n  - number: 1\n    mode: full\n    channel: 1/5\n", 4, "extensions[0].channel", "no recorder is configured"),
-    ("channel needs recorder", TWO_RECORDERS + "extensions:\n  - number: 1\n    mode: full\n    channel: 1/5\n", 7, "extensions[0].recorder", "recorder is required when more than one recorder is configured"),
-    ("recorder without channel", ONE_RECORDER + "extensions:\n  - number: 1\n    mode: full\n    recorder: trunk1\n", 5, "extensions[0].channel", "is required when a recorder is given"),
-    ("unknown recorder", ONE_RECORDER + "extensions:\n  - number: 1\n    mode: full\n    recorder: trunk9\n    channel: 1/5\n", 7, "extensions[0].recorder", "unknown recorder 'trunk9'; configured recorders: trunk1"),
+    (
+        "extension mode unknown",
+        "extensions:\n  - number: 1\n    mode: always\n",
+        3,
+        "extensions[0].mode",
+        "unknown mode 'always'",
+    ),
+    (
+        "extension unknown key",
+        "extensions:\n  - number: 1\n    mode: full\n    chanel: 1/5\n",
+        4,
+        "extensions[0].chanel",
+        "unknown key 'chanel'",
+    ),
+    (
+        "duplicate extension",
+        "extensions:\n  - {number: '1', mode: full}\n  - {number: '1', mode: on_demand}\n",
+        3,
+        "extensions[1].number",
+        "already defined at extensions[0] (line 2)",
+    ),
+    (
+        "channel bad form",
+        ONE_RECORDER + "extensions:\n  - number: 1\n    mode: full\n    channel: 1-5\n",
+        7,
+        "extensions[0].channel",
+        "SPAN/TIMESLOT",
+    ),
+    (
+        "channel zero",
+        ONE_RECORDER + "extensions:\n  - number: 1\n    mode: full\n    channel: 0/5\n",
+        7,
+        "extensions[0].channel",
+        "positive",
+    ),
+    (
+        "channel no recorder",
+        "extensions:\n  - number: 1\n    mode: full\n    channel: 1/5\n",
+        4,
+        "extensions[0].channel",
+        "no recorder is configured",
+    ),
+    (
+        "channel needs recorder",
+        TWO_RECORDERS + "extensions:\n  - number: 1\n    mode: full\n    channel: 1/5\n",
+        7,
+        "extensions[0].recorder",
+        "recorder is required when more than one recorder is configured",
+    ),
+    (
+        "recorder without channel",
+        ONE_RECORDER + "extensions:\n  - number: 1\n    mode: full\n    recorder: trunk1\n",
+        5,
+        "extensions[0].channel",
+        "is required when a recorder is given",
+    ),
+    (
+        "unknown recorder",
+        ONE_RECORDER + "extensions:\n  - number: 1\n    mode: full\n    recorder: trunk9\n    channel: 1/5\n",
+        7,
+        "extensions[0].recorder",
+        "unknown recorder 'trunk9'; configured recorders: trunk1",
+    ),
     ("recorder name missing", "recorders:\n  - url: tcp://h:1\n", 2, "recorders[0].name", "is required"),
     ("recorder url missing", "recorders:\n  - name: r\n", 2, "recorders[0].url", "is required"),
-    ("recorder listen url", "recorders:\n  - name: r\n    url: listen://0.0.0.0:7010\n", 3, "recorders[0].url", "listen://HOST:PORT is not accepted here"),
-    ("recorder timeout zero", "recorders:\n  - name: r\n    url: tcp://h:1\n    timeout: 0\n", 4, "recorders[0].timeout", "greater than 0"),
-    ("recorder timeout text", "recorders:\n  - name: r\n    url: tcp://h:1\n    timeout: fast\n", 4, "recorders[0].timeout", "must be a number"),
-    ("recorder serial on tcp", "recorders:\n  - name: r\n    url: tcp://h:1\n    baudrate: 9600\n", 4, "recorders[0].baudrate", "serial settings are only for"),
-    ("duplicate recorder", "recorders:\n  - {name: r, url: 'tcp://h:1'}\n  - {name: r, url: 'tcp://h:2'}\n", 3, "recorders[1].name", "duplicate recorder name 'r'"),
+    (
+        "recorder listen url",
+        "recorders:\n  - name: r\n    url: listen://0.0.0.0:7010\n",
+        3,
+        "recorders[0].url",
+        "listen://HOST:PORT is not accepted here",
+    ),
+    (
+        "recorder timeout zero",
+        "recorders:\n  - name: r\n    url: tcp://h:1\n    timeout: 0\n",
+        4,
+        "recorders[0].timeout",
+        "greater than 0",
+    ),
+    (
+        "recorder timeout text",
+        "recorders:\n  - name: r\n    url: tcp://h:1\n    timeout: fast\n",
+        4,
+        "recorders[0].timeout",
+        "must be a number",
+    ),
+    (
+        "recorder serial on tcp",
+        "recorders:\n  - name: r\n    url: tcp://h:1\n    baudrate: 9600\n",
+        4,
+        "recorders[0].baudrate",
+        "serial settings are only for",
+    ),
+    (
+        "duplicate recorder",
+        "recorders:\n  - {name: r, url: 'tcp://h:1'}\n  - {name: r, url: 'tcp://h:2'}\n",
+        3,
+        "recorders[1].name",
+        "duplicate recorder name 'r'",
+    ),
     ("link name missing", "links:\n  - format: 3cx\n    url: listen://0.0.0.0:1\n", 2, "links[0].name", "is required"),
     ("link format missing", "links:\n  - name: a\n    url: listen://0.0.0.0:1\n", 2, "links[0].format", "is required"),
-    ("link format unknown", "links:\n  - name: a\n    format: avaya\n    url: listen://0.0.0.0:1\n", 3, "links[0].format", "unknown format 'avaya'"),
+    (
+        "link format unknown",
+        "links:\n  - name: a\n    format: avaya\n    url: listen://0.0.0.0:1\n",
+        3,
+        "links[0].format",
+        "unknown format 'avaya'",
+    ),
     ("link url missing", "links:\n  - name: a\n    format: 3cx\n", 2, "links[0].url", "is required"),
-    ("link unknown key", "links:\n  - name: a\n    format: 3cx\n    url: listen://0.0.0.0:1\n    speed: 9600\n", 5, "links[0].speed", "unknown key 'speed'"),
-    ("custom key on a non-custom link", "links:\n  - name: a\n    format: 3cx\n    url: listen://0.0.0.0:1\n    pattern: x\n", 5, "links[0].pattern", "go under options"),
-    ("serial settings on tcp", "links:\n  - name: a\n    format: 3cx\n    url: tcp://pbx:1\n    baudrate: 9600\n", 5, "links[0].baudrate", "serial settings are only for"),
-    ("serial settings on socket", "links:\n  - name: a\n    format: 3cx\n    url: socket://pbx:1\n    parity: N\n", 5, "links[0].parity", "serial settings are only for"),
-    ("login on listen", "links:\n  - name: a\n    format: 3cx\n    url: listen://0.0.0.0:1\n    login:\n      - {expect: x, send: y}\n", 5, "links[0].login", "only for tcp://"),
-    ("login step incomplete", "links:\n  - name: a\n    format: 3cx\n    url: tcp://pbx:1\n    login:\n      - {expect: x}\n", 6, "links[0].login[0].send", "is required"),
-    ("login step unknown key", "links:\n  - name: a\n    format: 3cx\n    url: tcp://pbx:1\n    login:\n      - {expect: x, send: y, wait: 1}\n", 6, "links[0].login[0].wait", "unknown key 'wait'"),
-    ("baudrate negative", "links:\n  - name: a\n    format: 3cx\n    url: /dev/ttyS0\n    baudrate: -1\n", 5, "links[0].baudrate", "greater than 0"),
-    ("bytesize 9", "links:\n  - name: a\n    format: 3cx\n    url: /dev/ttyS0\n    bytesize: 9\n", 5, "links[0].bytesize", "5, 6, 7 or 8"),
-    ("parity X", "links:\n  - name: a\n    format: 3cx\n    url: /dev/ttyS0\n    parity: X\n", 5, "links[0].parity", "N, E, O, M, S"),
-    ("stopbits 3", "links:\n  - name: a\n    format: 3cx\n    url: /dev/ttyS0\n    stopbits: 3\n", 5, "links[0].stopbits", "1, 1.5 or 2"),
-    ("rtscts yes please", "links:\n  - name: a\n    format: 3cx\n    url: /dev/ttyS0\n    rtscts: yes please\n", 5, "links[0].rtscts", "true or false"),
-    ("link timezone bad", "links:\n  - name: a\n    format: 3cx\n    url: listen://0.0.0.0:1\n    timezone: Europe\n", 5, "links[0].timezone", "unknown time zone"),
-    ("idle_timeout zero", "links:\n  - name: a\n    format: 3cx\n    url: listen://0.0.0.0:1\n    idle_timeout: 0\n", 5, "links[0].idle_timeout", "greater than 0"),
-    ("options not a mapping", "links:\n  - name: a\n    format: 3cx\n    url: listen://0.0.0.0:1\n    options: [a]\n", 5, "links[0].options", "must be a mapping"),
-    ("custom bad regex", "links:\n  - name: a\n    format: custom\n    url: listen://0.0.0.0:1\n    pattern: '(unclosed'\n", 5, "links[0].pattern", "invalid regular expression"),
-    ("custom bad encoding", "links:\n  - name: a\n    format: custom\n    url: listen://0.0.0.0:1\n    encoding: klingon\n", 5, "links[0].encoding", "unknown encoding"),
+    (
+        "link unknown key",
+        "links:\n  - name: a\n    format: 3cx\n    url: listen://0.0.0.0:1\n    speed: 9600\n",
+        5,
+        "links[0].speed",
+        "unknown key 'speed'",
+    ),
+    (
+        "custom key on a non-custom link",
+        "links:\n  - name: a\n    format: 3cx\n    url: listen://0.0.0.0:1\n    pattern: x\n",
+        5,
+        "links[0].pattern",
+        "go under options",
+    ),
+    (
+        "serial settings on tcp",
+        "links:\n  - name: a\n    format: 3cx\n    url: tcp://pbx:1\n    baudrate: 9600\n",
+        5,
+        "links[0].baudrate",
+        "serial settings are only for",
+    ),
+    (
+        "serial settings on socket",
+        "links:\n  - name: a\n    format: 3cx\n    url: socket://pbx:1\n    parity: N\n",
+        5,
+        "links[0].parity",
+        "serial settings are only for",
+    ),
+    (
+        "login on listen",
+        "links:\n  - name: a\n    format: 3cx\n    url: listen://0.0.0.0:1\n    login:\n      - {expect: x, send: y}\n",
+        5,
+        "links[0].login",
+        "only for tcp://",
+    ),
+    (
+        "login step incomplete",
+        "links:\n  - name: a\n    format: 3cx\n    url: tcp://pbx:1\n    login:\n      - {expect: x}\n",
+        6,
+        "links[0].login[0].send",
+        "is required",
+    ),
+    (
+        "login step unknown key",
+        "links:\n  - name: a\n    format: 3cx\n    url: tcp://pbx:1\n    login:\n      - {expect: x, send: y, wait: 1}\n",
+        6,
+        "links[0].login[0].wait",
+        "unknown key 'wait'",
+    ),
+    (
+        "baudrate negative",
+        "links:\n  - name: a\n    format: 3cx\n    url: /dev/ttyS0\n    baudrate: -1\n",
+        5,
+        "links[0].baudrate",
+        "greater than 0",
+    ),
+    (
+        "bytesize 9",
+        "links:\n  - name: a\n    format: 3cx\n    url: /dev/ttyS0\n    bytesize: 9\n",
+        5,
+        "links[0].bytesize",
+        "5, 6, 7 or 8",
+    ),
+    (
+        "parity X",
+        "links:\n  - name: a\n    format: 3cx\n    url: /dev/ttyS0\n    parity: X\n",
+        5,
+        "links[0].parity",
+        "N, E, O, M, S",
+    ),
+    (
+        "stopbits 3",
+        "links:\n  - name: a\n    format: 3cx\n    url: /dev/ttyS0\n    stopbits: 3\n",
+        5,
+        "links[0].stopbits",
+        "1, 1.5 or 2",
+    ),
+    (
+        "rtscts yes please",
+        "links:\n  - name: a\n    format: 3cx\n    url: /dev/ttyS0\n    rtscts: yes please\n",
+        5,
+        "links[0].rtscts",
+        "true or false",
+    ),
+    (
+        "link timezone bad",
+        "links:\n  - name: a\n    format: 3cx\n    url: listen://0.0.0.0:1\n    timezone: Europe\n",
+        5,
+        "links[0].timezone",
+        "unknown time zone",
+    ),
+    (
+        "idle_timeout zero",
+        "links:\n  - name: a\n    format: 3cx\n    url: listen://0.0.0.0:1\n    idle_timeout: 0\n",
+        5,
+        "links[0].idle_timeout",
+        "greater than 0",
+    ),
+    (
+        "options not a mapping",
+        "links:\n  - name: a\n    format: 3cx\n    url: listen://0.0.0.0:1\n    options: [a]\n",
+        5,
+        "links[0].options",
+        "must be a mapping",
+    ),
+    (
+        "custom bad regex",
+        "links:\n  - name: a\n    format: custom\n    url: listen://0.0.0.0:1\n    pattern: '(unclosed'\n",
+        5,
+        "links[0].pattern",
+        "invalid regular expression",
+    ),
+    (
+        "custom bad encoding",
+        "links:\n  - name: a\n    format: custom\n    url: listen://0.0.0.0:1\n    encoding: klingon\n",
+        5,
+        "links[0].encoding",
+        "unknown encoding",
+    ),
     (
         "option given twice",
         "links:\n  - name: a\n    format: custom\n    url: listen://0.0.0.0:1\n    mode: csv\n    options:\n      mode: fixed\n",
-        5, "links[0].mode", "given both here and under options (line 7)",
+        5,
+        "links[0].mode",
+        "given both here and under options (line 7)",
     ),
     (
         "duplicate link",
         "links:\n  - {name: a, format: 3cx, url: 'listen://0.0.0.0:1'}\n  - {name: a, format: 3cx, url: 'listen://0.0.0.0:2'}\n",
-        3, "links[1].name", "duplicate link name 'a'",
+        3,
+        "links[1].name",
+        "duplicate link name 'a'",
     ),
     ("log level", "log:\n  level: verbose\n", 2, "log.level", "expected one of: debug, info, warning, error"),
     ("log format", "log:\n  format: xml\n", 2, "log.format", "expected one of: console, json"),
     ("yaml syntax", "http:\n  host: 127.0.0.1\n port: 8010\n", 3, None, "YAML syntax error"),
-    ("yaml unclosed quote", "http:\n  host: \"127.0.0.1\n", 3, None, "YAML syntax error"),
+    ("yaml unclosed quote", 'http:\n  host: "127.0.0.1\n', 3, None, "YAML syntax error"),
     ("top level a list", "- http\n- api\n", 1, None, "the top level must be a mapping"),
     ("top level a scalar", "hello\n", 1, None, "the top level must be a mapping"),
     ("empty file", "", 1, None, "the configuration is empty"),
@@ -610,7 +1000,9 @@ REFUSALS = [
 ]
 
 
-@pytest.mark.parametrize(("text", "line", "key", "fragment"), [case[1:] for case in REFUSALS], ids=[case[0] for case in REFUSALS])
+@pytest.mark.parametrize(
+    ("text", "line", "key", "fragment"), [case[1:] for case in REFUSALS], ids=[case[0] for case in REFUSALS]
+)
 def test_refused(tmp_path: Path, text: str, line: int, key: str | None, fragment: str) -> None:
     error = refused(tmp_path, text)
     assert_names(error, line, key, fragment)
@@ -619,7 +1011,9 @@ def test_refused(tmp_path: Path, text: str, line: int, key: str | None, fragment
 def test_all_problems_are_listed_first_one_first(tmp_path: Path) -> None:
     error = refused(tmp_path, "log:\n  level: loud\nhttp:\n  port: 0\n  prot: 1\n")
     lines = str(error).splitlines()
-    assert lines[0].endswith("gw.yaml:2: log.level: unknown log level 'loud'; expected one of: debug, info, warning, error")
+    assert lines[0].endswith(
+        "gw.yaml:2: log.level: unknown log level 'loud'; expected one of: debug, info, warning, error"
+    )
     assert any(":4: http.port: " in line for line in lines[1:])
     assert any(":5: http.prot: unknown key" in line for line in lines[1:])
     assert len(error.problems) == 3  # type: ignore[attr-defined]
@@ -627,7 +1021,7 @@ def test_all_problems_are_listed_first_one_first(tmp_path: Path) -> None:
 
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="no such file"):
-        load_config("/nonexistent/gateway.yaml")
+        load_config("/nonexistent/gateway.yaml", SMDR_FORMATS)
 
 
 def test_tls_paths_relative_to_the_config_folder(tmp_path: Path) -> None:
@@ -682,14 +1076,14 @@ def test_describe_never_shows_secrets(tmp_path: Path) -> None:
               - {{expect: "Password:", send: "hunter2"}}
         """,
     )
-    text = describe_config(config)
+    text = describe_config(config, SMDR_FORMATS)
     assert "crm-key" in text and "bob" in text and "tcp://10.0.0.1:1752" in text
     for secret in (GUID, GUID.upper(), CHEAP_HASH, CHEAP_HASH.split("$")[-1], "hunter2"):
         assert secret not in text
 
 
 def test_describe_bundled_default() -> None:
-    text = describe_config(load_config(BUNDLED))
+    text = describe_config(load_config(BUNDLED, SMDR_FORMATS), SMDR_FORMATS)
     assert "127.0.0.1:8010" in text
     assert "8856: controlled, recorder trunk1 channel 1/5" in text
     assert "pbx-main: avaya-ipo at listen://127.0.0.1:5100" in text
@@ -709,7 +1103,7 @@ def test_defaults_of_partly_given_sections_are_values(tmp_path, text, expected):
     """A section that gives some keys gets the documented defaults for the others (not dataclass internals)."""
     path = tmp_path / "partial.yaml"
     path.write_text(text)
-    config = load_config(path)
+    config = load_config(path, SMDR_FORMATS)
     assert (config.log.level, config.log.format, config.store.sync) == expected
 
 
@@ -717,7 +1111,7 @@ def test_store_sync_refuses_unknown_modes(tmp_path):
     path = tmp_path / "sync.yaml"
     path.write_text("store:\n  sync: sometimes\n")
     with pytest.raises(ConfigError) as raised:
-        load_config(path)
+        load_config(path, SMDR_FORMATS)
     assert f"{path}:2" in str(raised.value) and "store.sync" in str(raised.value)
 
 
@@ -725,15 +1119,23 @@ def test_store_sync_refuses_unknown_modes(tmp_path):
     ("link_yaml", "line", "key"),
     [
         ("    format: panasonic\n    url: /dev/ttyS0\n    options:\n      layout: Z\n", 6, "links[0].options.layout"),
-        ("    format: custom\n    url: listen://0.0.0.0:5100\n    mode: regex\n    pattern: '(no groups)'\n", 6, "links[0].pattern"),
-        ("    format: 3cx\n    url: listen://0.0.0.0:5100\n    options:\n      fields: [bogus]\n", 6, "links[0].options.fields"),
+        (
+            "    format: custom\n    url: listen://0.0.0.0:5100\n    mode: regex\n    pattern: '(no groups)'\n",
+            6,
+            "links[0].pattern",
+        ),
+        (
+            "    format: 3cx\n    url: listen://0.0.0.0:5100\n    options:\n      fields: [bogus]\n",
+            6,
+            "links[0].options.fields",
+        ),
     ],
 )
 def test_format_options_are_checked_by_the_format_at_start_up(tmp_path, link_yaml, line, key):
     path = tmp_path / "formats.yaml"
     path.write_text("links:\n  - name: pbx\n" + link_yaml)
     with pytest.raises(ConfigError) as raised:
-        load_config(path)
+        load_config(path, SMDR_FORMATS)
     message = str(raised.value).splitlines()[0]
     assert message.startswith(f"{path}:{line}: {key}: "), message
 
@@ -746,14 +1148,18 @@ def test_custom_skip_regex_accepts_a_list(tmp_path):
         "    fields: {date: 0, time: 1, trunk: 2, extension: 3, duration: 5, other_number: 6}\n"
         "    date_format: '%d.%m.%y'\n    time_format: '%H:%M:%S'\n"
     )
-    assert load_config(path).links[0].options["skip_regex"] == ["^Datum\\|", "^-+$"]
+    assert load_config(path, SMDR_FORMATS).links[0].options["skip_regex"] == ["^Datum\\|", "^-+$"]
 
 
 def test_link_correlation_window_is_a_positive_number(tmp_path):
     path = tmp_path / "corr.yaml"
-    path.write_text("links:\n  - name: pbx\n    format: avaya-ipo\n    url: listen://0.0.0.0:5100\n    correlation_window: 300\n")
-    assert load_config(path).links[0].options["correlation_window"] == 300.0
-    path.write_text("links:\n  - name: pbx\n    format: avaya-ipo\n    url: listen://0.0.0.0:5100\n    correlation_window: -1\n")
+    path.write_text(
+        "links:\n  - name: pbx\n    format: avaya-ipo\n    url: listen://0.0.0.0:5100\n    correlation_window: 300\n"
+    )
+    assert load_config(path, SMDR_FORMATS).links[0].options["correlation_window"] == 300.0
+    path.write_text(
+        "links:\n  - name: pbx\n    format: avaya-ipo\n    url: listen://0.0.0.0:5100\n    correlation_window: -1\n"
+    )
     with pytest.raises(ConfigError) as raised:
-        load_config(path)
+        load_config(path, SMDR_FORMATS)
     assert f"{path}:5" in str(raised.value) and "links[0].correlation_window" in str(raised.value)

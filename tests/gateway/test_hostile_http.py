@@ -9,7 +9,11 @@ import time
 import xml.etree.ElementTree as ET
 
 import pytest
-from hostile_http import (
+
+from gateway.api import connections
+from gateway.api.verba import MAX_CHARS_BY_PARAMETER
+from gateway.service import Gateway
+from tests.gateway.hostile_http import (
     HOSTILE_NEXT_WINDOW_S,
     HOSTILE_OPEN_KEY,
     RawResponse,
@@ -17,10 +21,6 @@ from hostile_http import (
     raw_exchange,
     raw_request,
 )
-
-from gateway.api import connections
-from gateway.api.verba import MAX_CHARS_BY_PARAMETER
-from gateway.service import Gateway
 
 FORM = "application/x-www-form-urlencoded"
 LOOKUP = f"action=GetCallID&apiKey={HOSTILE_OPEN_KEY}&extension=8856&status=last"
@@ -44,8 +44,16 @@ def assert_refusal(response: RawResponse, status: int, response_type: str = "XML
         ("multipart/form-data; boundary=xx", {}, LOOKUP.encode()),  # boundary never found
         (f"{FORM}; charset=bogus", {}, LOOKUP.encode()),
         (FORM, {}, LOOKUP.encode() + b"&x=\xff"),  # invalid UTF-8 (a raw 0xFF byte)
-        ("multipart/form-data; boundary=xx", {}, b"--xx\r\nContent-Disposition: form-data\r\n\r\nv\r\n--xx--\r\n"),  # no name
-        ("multipart/form-data; boundary=xx", {}, b"--xx\r\nContent-Disposition: form-data; name=a\r\nContent-Transfer-Encoding: bogus\r\n\r\nv\r\n--xx--\r\n"),
+        (
+            "multipart/form-data; boundary=xx",
+            {},
+            b"--xx\r\nContent-Disposition: form-data\r\n\r\nv\r\n--xx--\r\n",
+        ),  # no name
+        (
+            "multipart/form-data; boundary=xx",
+            {},
+            b"--xx\r\nContent-Disposition: form-data; name=a\r\nContent-Transfer-Encoding: bogus\r\n\r\nv\r\n--xx--\r\n",
+        ),
         ("multipart/form-data; boundary=xx", {}, b"--xx\r\nContent-Disposition: form-data; name=a\r\n\r\nunterminated"),
         (FORM, {"Content-Encoding": "gzip"}, b"this is not gzip"),
         (FORM, {"Content-Encoding": "deflate"}, b"nor is this deflate"),
@@ -53,13 +61,20 @@ def assert_refusal(response: RawResponse, status: int, response_type: str = "XML
     ],
 )
 @pytest.mark.parametrize("response_type", ["XML", "JSON"])
-async def test_a_body_that_cannot_be_decoded_is_a_400_envelope(hostile_gateway, content_type, extra_headers, body, response_type):
+async def test_a_body_that_cannot_be_decoded_is_a_400_envelope(
+    hostile_gateway, content_type, extra_headers, body, response_type
+):
     request = raw_request(
-        "POST", f"/verba/api?responseType={response_type}", headers={"Content-Type": content_type, **extra_headers}, body=body
+        "POST",
+        f"/verba/api?responseType={response_type}",
+        headers={"Content-Type": content_type, **extra_headers},
+        body=body,
     )
     response = await raw_exchange(hostile_gateway.port, request)
     # The body's encoding is refused before the query is read when the parser itself rejects it: XML then.
-    assert_refusal(response, 400, response_type if response.headers["content-type"].startswith("application/json") else "XML")
+    assert_refusal(
+        response, 400, response_type if response.headers["content-type"].startswith("application/json") else "XML"
+    )
 
 
 async def test_a_body_over_the_limit_is_a_413_envelope_even_when_it_only_grows_once_unzipped(hostile_gateway):
@@ -72,10 +87,18 @@ async def test_a_body_over_the_limit_is_a_413_envelope_even_when_it_only_grows_o
 
 
 async def test_a_good_multipart_form_still_works(hostile_gateway):
-    body = b"".join(
-        b"--xx\r\nContent-Disposition: form-data; name=%s\r\n\r\n%s\r\n" % (name.encode(), value.encode())
-        for name, value in (("action", "GetCallID"), ("apiKey", HOSTILE_OPEN_KEY), ("extension", "8856"), ("status", "last"))
-    ) + b"--xx--\r\n"
+    body = (
+        b"".join(
+            b"--xx\r\nContent-Disposition: form-data; name=%s\r\n\r\n%s\r\n" % (name.encode(), value.encode())
+            for name, value in (
+                ("action", "GetCallID"),
+                ("apiKey", HOSTILE_OPEN_KEY),
+                ("extension", "8856"),
+                ("status", "last"),
+            )
+        )
+        + b"--xx--\r\n"
+    )
     request = raw_request("POST", "/verba/api", headers={"Content-Type": "multipart/form-data; boundary=xx"}, body=body)
     response = await raw_exchange(hostile_gateway.port, request)
     assert response.status == 200 and "cannot be found" in response.text
@@ -127,7 +150,9 @@ async def test_every_answer_carries_nosniff(hostile_gateway):
 
 async def test_a_repeated_next_waits_one_window(hostile_gateway):
     started = time.monotonic()
-    target = f"/verba/api?action=GetCallID&apiKey={HOSTILE_OPEN_KEY}&extension=8856&status=next,next,NEXT,next,%20next,next"
+    target = (
+        f"/verba/api?action=GetCallID&apiKey={HOSTILE_OPEN_KEY}&extension=8856&status=next,next,NEXT,next,%20next,next"
+    )
     response = await raw_exchange(hostile_gateway.port, raw_request("GET", target))
     elapsed = time.monotonic() - started
     assert response.status == 200 and "cannot be found" in response.text
@@ -137,13 +162,17 @@ async def test_a_repeated_next_waits_one_window(hostile_gateway):
 # ---- finding 5: parameters longer than any real value
 
 
-@pytest.mark.parametrize("name", ["extension", "platformCallID", "nativeID", "callID", "status", "apiKey", "token", "password"])
+@pytest.mark.parametrize(
+    "name", ["extension", "platformCallID", "nativeID", "callID", "status", "apiKey", "token", "password"]
+)
 async def test_a_parameter_longer_than_any_real_value_is_refused_before_any_lookup(hostile_gateway, name):
     params = {"action": "GetCallID", "apiKey": HOSTILE_OPEN_KEY, name: "9" * (MAX_CHARS_BY_PARAMETER[name] + 1)}
     body = "&".join(f"{key}={value}" for key, value in params.items()).encode()
     tracker = hostile_gateway.tracker
     memo_before = len(tracker._last_ended)
-    response = await raw_exchange(hostile_gateway.port, raw_request("POST", "/verba/api", headers={"Content-Type": FORM}, body=body))
+    response = await raw_exchange(
+        hostile_gateway.port, raw_request("POST", "/verba/api", headers={"Content-Type": FORM}, body=body)
+    )
     assert_refusal(response, 400)
     assert f"'{name}' is too long" in ET.fromstring(response.body).find("Response/ErrorMessage").text
     assert len(tracker._last_ended) == memo_before  # nothing was looked up, so nothing memoised
@@ -229,7 +258,9 @@ async def test_connections_over_the_cap_are_refused_with_a_503_envelope_and_one_
             assert_refusal(response, 503)
             assert "Too many connections" in response.text
         warnings = [entry for entry in logs if entry["log_level"] == "warning"]
-        assert [entry["event"] for entry in warnings] == ["api connection cap reached; new connections are refused until some close"]
+        assert [entry["event"] for entry in warnings] == [
+            "api connection cap reached; new connections are refused until some close"
+        ]
     finally:
         await _close_all(clients)
     while api_server.open_connections:

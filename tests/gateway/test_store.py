@@ -15,8 +15,9 @@ import pytest
 
 from gateway import store as store_module
 from gateway.errors import StoreError
+from gateway.journal import JournalEntry
 from gateway.model import Call, CallState, Direction, Recording, RecordingMode
-from gateway.store import JournalEntry, QuarantineEntry, Store
+from gateway.store import QuarantineEntry, Store
 
 T0 = datetime(2024, 3, 1, 9, 30, 15, 123456, tzinfo=UTC)
 KILLED_PROCESS_TIMEOUT_S = 20

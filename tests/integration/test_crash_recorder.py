@@ -27,7 +27,7 @@ def write_config(folder: Path, http_port: int, recorder_port: int) -> Path:
     config.write_text(
         f"""
 http: {{host: 127.0.0.1, port: {http_port}}}
-store: {{path: "{folder / 'gateway.db'}"}}
+store: {{path: "{folder / "gateway.db"}"}}
 api:
   keys: [{{key: {KEY}, name: crm}}]
 extensions:

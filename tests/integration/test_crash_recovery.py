@@ -45,8 +45,12 @@ LINK_FAULT_OUTAGE_S = (2.0, 2.5)
 
 async def test_one_round_of_link_faults_recovers_within_a_second_of_each_peer_return(tmp_path):
     report = await run_soak(
-        0, seed=7, time_limit_s=TIME_LIMIT_S, store=tmp_path / "soak.db",
-        link_faults=LINK_FAULT_ROUNDS, outage_s=LINK_FAULT_OUTAGE_S,
+        0,
+        seed=7,
+        time_limit_s=TIME_LIMIT_S,
+        store=tmp_path / "soak.db",
+        link_faults=LINK_FAULT_ROUNDS,
+        outage_s=LINK_FAULT_OUTAGE_S,
     )
     faults = report.link_faults
     assert faults is not None

@@ -26,8 +26,12 @@ BANNER_END = "Press Ctrl-C to stop."
 def demo_config(tmp_path: Path, http_port: int, recorder_port: int, link_port: int) -> Path:
     """The bundled file, byte for byte, but for its three ports and the store path."""
     text = BUNDLED_CONFIG.read_text()
-    for old, new in (("port: 8010", f"port: {http_port}"), ("127.0.0.1:7010", f"127.0.0.1:{recorder_port}"),
-                     ("127.0.0.1:5100", f"127.0.0.1:{link_port}"), ("path: var/gateway.db", f"path: {tmp_path / 'demo.db'}")):
+    for old, new in (
+        ("port: 8010", f"port: {http_port}"),
+        ("127.0.0.1:7010", f"127.0.0.1:{recorder_port}"),
+        ("127.0.0.1:5100", f"127.0.0.1:{link_port}"),
+        ("path: var/gateway.db", f"path: {tmp_path / 'demo.db'}"),
+    ):
         assert old in text, f"the bundled configuration no longer has {old!r}"
         text = text.replace(old, new)
     config = tmp_path / "gateway.yaml"
@@ -56,8 +60,17 @@ async def demo(tmp_path, unused_tcp_port_factory):
     http_port = unused_tcp_port_factory()
     config = demo_config(tmp_path, http_port, unused_tcp_port_factory(), unused_tcp_port_factory())
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "demo", "--config", str(config), "--seed", "7", cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "gateway",
+        "demo",
+        "--config",
+        str(config),
+        "--seed",
+        "7",
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         banner = await read_banner(process)
@@ -114,8 +127,15 @@ async def test_a_configuration_without_an_open_key_is_refused_with_a_reason(tmp_
     config = demo_config(tmp_path, *(unused_tcp_port_factory() for _ in range(3)))
     config.write_text(re.sub(r"require_token: false", "require_token: true", config.read_text()))
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "demo", "--config", str(config), cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "gateway",
+        "demo",
+        "--config",
+        str(config),
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     _, stderr = await asyncio.wait_for(process.communicate(), STOP_TIMEOUT_S)
     assert process.returncode == 1
@@ -152,13 +172,14 @@ POLL_S = 0.05  # how often the in-process test looks at the link counters while 
 
 
 async def test_demo_stands_in_for_every_network_link_and_recorder(tmp_path, unused_tcp_port_factory):
-    from gateway.config import load_config
-    from gateway.demo import Demo
+    from drivers.smdr import SMDR_FORMATS
+    from gateway.config.load import load_config
+    from simulators.demo import Demo
 
     ports = {name: unused_tcp_port_factory() for name in ("http", "recorder1", "recorder2", "ipo", "pana", "mitel")}
     path = tmp_path / "multi.yaml"
     path.write_text(MULTI_LINK_CONFIG.format(db=tmp_path / "demo.db", **ports))
-    demo = Demo(load_config(path), seed=11, calls_per_minute=240, speed=SPEED)
+    demo = Demo(load_config(path, SMDR_FORMATS), seed=11, calls_per_minute=240, speed=SPEED)
     await demo.start()
     try:
         assert set(demo.recorders) == {"trunk1", "trunk2"} and set(demo.pbxs) == {"ipo", "pana", "mitel"}
@@ -175,7 +196,10 @@ async def test_demo_stands_in_for_every_network_link_and_recorder(tmp_path, unus
         await asyncio.wait_for(records_on_every_network_link(), RECORDS_TIMEOUT_S)
         health = await demo.gateway.health()
         assert {name: link["state"] for name, link in health["links"].items()} == {
-            "ipo": "up", "pana": "up", "mitel": "up", "serial": "down"
+            "ipo": "up",
+            "pana": "up",
+            "mitel": "up",
+            "serial": "down",
         }
         assert health["recorders"] == {"trunk1": {"state": "up"}, "trunk2": {"state": "up"}}
         assert links["ipo"].errors == 0 and links["pana"].errors == 0
@@ -207,8 +231,15 @@ async def test_a_port_in_use_is_refused_with_what_to_do(tmp_path, unused_tcp_por
     occupant = await asyncio.start_server(lambda reader, writer: writer.close(), "127.0.0.1", http_port)
     try:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "demo", "--config", str(config), cwd=tmp_path,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "gateway",
+            "demo",
+            "--config",
+            str(config),
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         _, stderr = await asyncio.wait_for(process.communicate(), STOP_TIMEOUT_S)
     finally:

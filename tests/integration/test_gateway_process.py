@@ -80,8 +80,15 @@ async def gateway_process(tmp_path, unused_tcp_port_factory):
     port = unused_tcp_port_factory()
     config = write_config(tmp_path, port, unused_tcp_port_factory())
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "run", "--config", str(config),
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "gateway",
+        "run",
+        "--config",
+        str(config),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         await wait_until_listening(process, port)
@@ -95,15 +102,25 @@ async def gateway_process(tmp_path, unused_tcp_port_factory):
 async def test_run_serves_the_api_and_stops_cleanly_without_logging_secrets(gateway_process):
     process, url = gateway_process
     async with aiohttp.ClientSession(base_url=url) as http:
-        async with http.get("/verba/api", params=dict(action="RequestToken", apiKey=SECURE_KEY, userName="apiuser", password=PASSWORD)) as response:
+        async with http.get(
+            "/verba/api", params=dict(action="RequestToken", apiKey=SECURE_KEY, userName="apiuser", password=PASSWORD)
+        ) as response:
             assert response.status == 200
             token = ET.fromstring(await response.read()).find("Response").get("token")
-        async with http.get("/verba/api", params=dict(action="RequestToken", apiKey=SECURE_KEY, userName="apiuser", password="not-" + PASSWORD)) as response:
+        async with http.get(
+            "/verba/api",
+            params=dict(action="RequestToken", apiKey=SECURE_KEY, userName="apiuser", password="not-" + PASSWORD),
+        ) as response:
             assert response.status == 401
-        async with http.get("/verba/api", params=dict(action="GetCallID", apiKey=SECURE_KEY, token=token, extension="8856", status="last")) as response:
+        async with http.get(
+            "/verba/api",
+            params=dict(action="GetCallID", apiKey=SECURE_KEY, token=token, extension="8856", status="last"),
+        ) as response:
             assert response.status == 200
             assert ET.fromstring(await response.read()).find("Response").get("code") == "2"  # no call yet: not found
-        async with http.get("/verba/api", params=dict(action="GetCallID", apiKey=OPEN_KEY, extension="8856")) as response:
+        async with http.get(
+            "/verba/api", params=dict(action="GetCallID", apiKey=OPEN_KEY, extension="8856")
+        ) as response:
             assert response.status == 400
         async with http.get("/healthz") as response:
             health = await response.json()

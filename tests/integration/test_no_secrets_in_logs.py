@@ -12,7 +12,16 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from test_gateway_process import OPEN_KEY, PASSWORD, ROOT, SECURE_KEY, STOP_TIMEOUT_S, wait_until_listening, write_config
+
+from tests.integration.test_gateway_process import (
+    OPEN_KEY,
+    PASSWORD,
+    ROOT,
+    SECURE_KEY,
+    STOP_TIMEOUT_S,
+    wait_until_listening,
+    write_config,
+)
 
 
 async def exchange(port: int, request: bytes) -> bytes:
@@ -27,7 +36,16 @@ async def exchange(port: int, request: bytes) -> bytes:
 
 def http(method: str, target: bytes, headers: bytes = b"", body: bytes = b"") -> bytes:
     length = b"Content-Length: %d\r\n" % len(body) if body or method == "POST" else b""
-    return method.encode() + b" " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + headers + length + b"\r\n" + body
+    return (
+        method.encode()
+        + b" "
+        + target
+        + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        + headers
+        + length
+        + b"\r\n"
+        + body
+    )
 
 
 def request_shapes(key: str, token: str, password: str) -> list[bytes]:
@@ -37,22 +55,44 @@ def request_shapes(key: str, token: str, password: str) -> list[bytes]:
     return [
         http("GET", b"/verba/api?action=GetCallID&" + secrets + b"&extension=8856&status=last"),
         http("GET", b"/verba/api?action=RequestToken&" + secrets),
-        http("GET", b"/verba/api?action=RequestToken&apiKey=" + key.encode(), b"Authorization: Basic " + basic + b"\r\n"),
-        http("GET", b"/verba/api?action=GetCallID&apiKey=" + key.encode() + b"&extension=8856&status=last", b"Authorization: Bearer " + token.encode() + b"\r\n"),
+        http(
+            "GET", b"/verba/api?action=RequestToken&apiKey=" + key.encode(), b"Authorization: Basic " + basic + b"\r\n"
+        ),
+        http(
+            "GET",
+            b"/verba/api?action=GetCallID&apiKey=" + key.encode() + b"&extension=8856&status=last",
+            b"Authorization: Bearer " + token.encode() + b"\r\n",
+        ),
         # finding 1: bodies that cannot be decoded
         http("POST", b"/verba/api", b"Content-Type: multipart/form-data\r\n", b"action=GetCallID&" + secrets),
         http("POST", b"/verba/api", b"Content-Type: application/x-www-form-urlencoded; charset=bogus\r\n", secrets),
         http("POST", b"/verba/api", form, secrets + b"&extension=\xff"),
-        http("POST", b"/verba/api", b"Content-Type: multipart/form-data; boundary=b\r\n", b"--b\r\nContent-Disposition: form-data\r\n\r\n" + secrets + b"\r\n--b--\r\n"),
+        http(
+            "POST",
+            b"/verba/api",
+            b"Content-Type: multipart/form-data; boundary=b\r\n",
+            b"--b\r\nContent-Disposition: form-data\r\n\r\n" + secrets + b"\r\n--b--\r\n",
+        ),
         http("POST", b"/verba/api", form + b"Content-Encoding: gzip\r\n", secrets),
-        http("POST", b"/verba/api", form + b"Content-Encoding: gzip\r\n", gzip.compress(secrets + b"&x=" + b"1" * 100_000)),
+        http(
+            "POST",
+            b"/verba/api",
+            form + b"Content-Encoding: gzip\r\n",
+            gzip.compress(secrets + b"&x=" + b"1" * 100_000),
+        ),
         # finding 2: what the HTTP parser refuses
         http("GET", b"/verba/api?action=GetCallID&status=ongoing, last&" + secrets),
         http("GET", b"/verba/api?action=GetCallID&" + secrets + b"\xe9&x=1"),
         http("GET", b"/verba/api?password=\xff" + password.encode() + b"&apiKey=" + key.encode()),
         http("GET", b"/verba/api?" + secrets + b"&pad=" + b"x" * 17_000),
-        http("GET", b"/verba/api?action=GetCallID&apiKey=" + key.encode(), b"Authorization: Bearer " + token.encode() + b"\x01\r\n"),
-        http("GET", b"/verba/api?action=GetCallID&apiKey=" + key.encode(), b"Authorization: Basic " + basic + b"\x7f\r\n"),
+        http(
+            "GET",
+            b"/verba/api?action=GetCallID&apiKey=" + key.encode(),
+            b"Authorization: Bearer " + token.encode() + b"\x01\r\n",
+        ),
+        http(
+            "GET", b"/verba/api?action=GetCallID&apiKey=" + key.encode(), b"Authorization: Basic " + basic + b"\x7f\r\n"
+        ),
         http("GET", b"/verba/api?" + secrets, b"X-" + b"h" * 17_000 + b": " + token.encode() + b"\r\n"),
         b"G\xffT /verba/api?" + secrets + b" HTTP/1.1\r\n\r\n",
         # finding 3: Expect, 404, 405
@@ -68,15 +108,30 @@ async def test_no_key_token_or_password_in_any_log_line(tmp_path: Path, unused_t
     config = write_config(tmp_path, port, unused_tcp_port_factory())
     config.write_text(config.read_text().replace("format: json", f"format: {log_format}"))  # level: debug already
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "run", "--config", str(config),
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "gateway",
+        "run",
+        "--config",
+        str(config),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         await wait_until_listening(process, port)
-        answer = await exchange(port, http("GET", f"/verba/api?action=RequestToken&apiKey={SECURE_KEY}&userName=apiuser&password={PASSWORD.replace(' ', '+')}".encode()))
+        answer = await exchange(
+            port,
+            http(
+                "GET",
+                f"/verba/api?action=RequestToken&apiKey={SECURE_KEY}&userName=apiuser&password={PASSWORD.replace(' ', '+')}".encode(),
+            ),
+        )
         token = ET.fromstring(answer.split(b"\r\n\r\n", 1)[1]).find("Response").get("token")
         for key in (OPEN_KEY, SECURE_KEY):
-            for request in request_shapes(key, token, PASSWORD.replace(" ", "-")) + request_shapes(key, token, "hunter2hunter2"):
+            for request in request_shapes(key, token, PASSWORD.replace(" ", "-")) + request_shapes(
+                key, token, "hunter2hunter2"
+            ):
                 answer = await exchange(port, request)
                 assert answer.startswith(b"HTTP/1.") and b" 500 " not in answer.split(b"\r\n", 1)[0], request[:80]
         process.send_signal(signal.SIGTERM)

@@ -13,14 +13,13 @@ from gateway.config import LinkConfig
 from gateway.model import record_call_id
 from gateway.service import Gateway
 from gateway.store import Store
+from tests.conftest import eventually
 from tests.integration.test_smdr_links import (
     IPO_LOST,
     IPO_TRANSFER_1,
     IPO_TRANSFER_2,
     api,
     call_info,
-    make_config,
-    wait_until,
 )
 
 RECEIVED = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -80,8 +79,10 @@ async def journal_directly(path: Path, link: str, *lines: bytes) -> tuple[list[i
         await store.close()
 
 
-async def test_lines_journalled_but_never_applied_become_calls_with_ids_of_their_lines(tmp_path, link_config):
-    config = make_config(tmp_path, (link_config,))
+async def test_lines_journalled_but_never_applied_become_calls_with_ids_of_their_lines(
+    tmp_path, link_config, gateway_config
+):
+    config = gateway_config(links=(link_config,))
     seqs, instance = await journal_directly(config.store.path, "pbx", ipo_line(1), ipo_line(2))
 
     async def check(gateway: Gateway) -> None:
@@ -92,13 +93,13 @@ async def test_lines_journalled_but_never_applied_become_calls_with_ids_of_their
     await run_gateway(config, check)
 
 
-async def test_a_restart_applies_nothing_twice(tmp_path, link_config, unused_tcp_port):
-    config = make_config(tmp_path, (link_config,))
+async def test_a_restart_applies_nothing_twice(tmp_path, link_config, unused_tcp_port, gateway_config):
+    config = gateway_config(links=(link_config,))
     handed_out: dict[str, str] = {}
 
     async def first(gateway: Gateway) -> None:
         await send(unused_tcp_port, *(ipo_line(index) for index in range(20)))
-        await wait_until(lambda: gateway.links["pbx"].records >= 20)
+        await eventually(lambda: gateway.links["pbx"].records >= 20)
         for index in (0, 7, 19):
             handed_out[str(1_000_000 + index)] = await call_id_of(gateway, str(1_000_000 + index))
 
@@ -114,13 +115,15 @@ async def test_a_restart_applies_nothing_twice(tmp_path, link_config, unused_tcp
     await run_gateway(config, second)
 
 
-async def test_a_multi_record_call_open_at_the_crash_is_completed_by_its_last_part(tmp_path, link_config, unused_tcp_port):
-    config = make_config(tmp_path, (link_config,))
+async def test_a_multi_record_call_open_at_the_crash_is_completed_by_its_last_part(
+    tmp_path, link_config, unused_tcp_port, gateway_config
+):
+    config = gateway_config(links=(link_config,))
     ids: list[str] = []
 
     async def first(gateway: Gateway) -> None:
         await send(unused_tcp_port, IPO_LOST, IPO_TRANSFER_1)  # Continuation=1: more parts follow
-        await wait_until(lambda: gateway.links["pbx"].records >= 2)
+        await eventually(lambda: gateway.links["pbx"].records >= 2)
         ids.append(await call_id_of(gateway, "1000014160"))
 
     await run_gateway(config, first)
@@ -136,12 +139,12 @@ async def test_a_multi_record_call_open_at_the_crash_is_completed_by_its_last_pa
     await run_gateway(config, second)
 
 
-async def test_progress_is_committed_with_the_calls(tmp_path, link_config, unused_tcp_port):
-    config = make_config(tmp_path, (link_config,))
+async def test_progress_is_committed_with_the_calls(tmp_path, link_config, unused_tcp_port, gateway_config):
+    config = gateway_config(links=(link_config,))
 
     async def first(gateway: Gateway) -> None:
         await send(unused_tcp_port, b"garbage", *(ipo_line(index) for index in range(5)), b"more garbage")
-        await wait_until(lambda: gateway.links["pbx"].records >= 5 and gateway.links["pbx"].errors >= 2)
+        await eventually(lambda: gateway.links["pbx"].records >= 5 and gateway.links["pbx"].errors >= 2)
         await gateway.tracker.flush()
 
     await run_gateway(config, first)

@@ -6,29 +6,26 @@ import asyncio
 import os
 import tty
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import aiohttp
-import pytest
 
 from gateway.config import (
-    ApiConfig,
-    ApiKeyConfig,
     ExtensionConfig,
-    GatewayConfig,
-    HttpConfig,
     LinkConfig,
     RecorderConfig,
-    StoreConfig,
 )
 from gateway.model import RecordingMode
 from gateway.service import Gateway
+from tests.conftest import API_KEY, eventually
 
-KEY = "74c8eea0-50c6-40b2-9f3e-252ed501c3c8"
 WAIT_S = 10.0
 
-IPO_TRANSFER_1 = b"2008/06/28 09:30:57,00:00:13,7,01707392200,I,299999,299999,,0,1000014160,1,E4750,John Smith,T9002,LINE 1.2,11,0"
-IPO_TRANSFER_2 = b"2008/06/28 09:30:57,00:00:21,0,01707392200,I,299999,299999,,0,1000014160,0,E4751,Jane Doe,T9002,LINE 1.2,0,0"
+IPO_TRANSFER_1 = (
+    b"2008/06/28 09:30:57,00:00:13,7,01707392200,I,299999,299999,,0,1000014160,1,E4750,John Smith,T9002,LINE 1.2,11,0"
+)
+IPO_TRANSFER_2 = (
+    b"2008/06/28 09:30:57,00:00:21,0,01707392200,I,299999,299999,,0,1000014160,0,E4751,Jane Doe,T9002,LINE 1.2,0,0"
+)
 IPO_LOST = b"2008/06/28 09:28:41,00:00:00,9,8004206,I,4324,4324,,0,1000014155,0,E4324,Joe Bloggs,T9161,LINE 5.1,0,0"
 IPO_SIP_30 = (
     b"2026/11/23 10:15:00,00:02:05,3,12345@192.0.2.123,I,4400,4400,,0,1000020001,0,E4400,<b>Mallory</b>,T9010,"
@@ -40,44 +37,12 @@ IPO_OUT_35 = (
 )
 
 
-async def wait_until(predicate, timeout: float = WAIT_S) -> None:
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout)
-
-
-def make_config(tmp_path: Path, links: tuple[LinkConfig, ...], **overrides) -> GatewayConfig:
-    return GatewayConfig(
-        source=tmp_path / "test.yaml",
-        http=HttpConfig("127.0.0.1", 0),
-        store=StoreConfig(tmp_path / "gateway.db"),
-        api=ApiConfig(keys=(ApiKeyConfig(KEY, "crm"),)),
-        links=links,
-        **overrides,
-    )
-
-
-@pytest.fixture
-async def started():
-    gateways: list[Gateway] = []
-
-    async def start(config: GatewayConfig) -> Gateway:
-        gateway = Gateway(config)
-        await gateway.start()
-        gateways.append(gateway)
-        return gateway
-
-    yield start
-    for gateway in gateways:
-        await gateway.stop()
-
-
 async def api(gateway: Gateway, **params) -> ET.Element:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{gateway.url}/verba/api", params={"apiKey": KEY, **params}) as response:
-            return ET.fromstring(await response.read())
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{gateway.url}/verba/api", params={"apiKey": API_KEY, **params}) as response,
+    ):
+        return ET.fromstring(await response.read())
 
 
 async def call_info(gateway: Gateway, **lookup) -> ET.Element:
@@ -86,14 +51,23 @@ async def call_info(gateway: Gateway, **lookup) -> ET.Element:
     return root.find("verbacdr")
 
 
-async def test_ip_office_pushed_to_listen(tmp_path, started, unused_tcp_port):
+async def test_ip_office_pushed_to_listen(tmp_path, started, unused_tcp_port, gateway_config):
     link = LinkConfig("pbx-main", "avaya-ipo", f"listen://127.0.0.1:{unused_tcp_port}", timezone="UTC")
-    gateway = await started(make_config(tmp_path, (link,)))
+    gateway = await started(gateway_config(links=(link,)))
     health = gateway.links["pbx-main"]
 
     # First connection: NULs, a garbage line and a 6,000-byte line before real records, which are split across writes.
     _, pbx = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
-    stream = b"\x00\x00\x00" + b"this is not SMDR\r\n" + b"Z" * 6000 + b"\r\n" + IPO_LOST + b"\r\n" + IPO_TRANSFER_1 + b"\r\n"
+    stream = (
+        b"\x00\x00\x00"
+        + b"this is not SMDR\r\n"
+        + b"Z" * 6000
+        + b"\r\n"
+        + IPO_LOST
+        + b"\r\n"
+        + IPO_TRANSFER_1
+        + b"\r\n"
+    )
     for cut in range(0, len(stream), 777):
         pbx.write(stream[cut : cut + 777])
         await pbx.drain()
@@ -104,7 +78,7 @@ async def test_ip_office_pushed_to_listen(tmp_path, started, unused_tcp_port):
     await pbx.drain()
     pbx.close()
 
-    await wait_until(lambda: health.records >= 5)
+    await eventually(lambda: health.records >= 5)
     assert health.errors == 2  # the garbage line and the over-long line: counted, not fatal
     assert health.state.value == "up"
 
@@ -126,7 +100,12 @@ async def test_ip_office_pushed_to_listen(tmp_path, started, unused_tcp_port):
 
     async with aiohttp.ClientSession() as session:
         for response_type in ("XML", "JSON", "HTML", "TEXT"):
-            params = {"apiKey": KEY, "action": "GetCallInformation", "platformCallID": "1000020001", "responseType": response_type}
+            params = {
+                "apiKey": API_KEY,
+                "action": "GetCallInformation",
+                "platformCallID": "1000020001",
+                "responseType": response_type,
+            }
             async with session.get(f"{gateway.url}/verba/api", params=params) as response:
                 assert "<b>" not in await response.text()
         async with session.get(f"{gateway.url}/healthz") as response:
@@ -140,11 +119,10 @@ async def test_ip_office_pushed_to_listen(tmp_path, started, unused_tcp_port):
     assert len(reasons) == 2 and any("4096" in reason for reason in reasons)
 
 
-async def test_record_completes_the_live_recorder_call(tmp_path, started, sim, unused_tcp_port):
+async def test_record_completes_the_live_recorder_call(tmp_path, started, sim, unused_tcp_port, gateway_config):
     link = LinkConfig("pbx-main", "avaya-ipo", f"listen://127.0.0.1:{unused_tcp_port}", timezone="UTC")
-    config = make_config(
-        tmp_path,
-        (link,),
+    config = gateway_config(
+        links=(link,),
         extensions=(ExtensionConfig("4750", RecordingMode.FULL, "trunk1", "1/5"),),
         recorders=(RecorderConfig("trunk1", f"tcp://127.0.0.1:{sim.port}", 1.0),),
     )
@@ -152,9 +130,9 @@ async def test_record_completes_the_live_recorder_call(tmp_path, started, sim, u
     await gateway.recorder_clients[0].wait_ready(WAIT_S)
     live = sim.place_call("1/5", calling="01707392200", called="4750")
     sim.answer("1/5")
-    await wait_until(lambda: gateway.tracker.ongoing_count == 1)
+    await eventually(lambda: gateway.tracker.ongoing_count == 1)
     sim.release("1/5")
-    await wait_until(lambda: gateway.tracker.ongoing_count == 0)
+    await eventually(lambda: gateway.tracker.ongoing_count == 0)
     live_call = await gateway.tracker.find_by_native_id(live.call_id)
     start = live_call.start_time.strftime("%Y/%m/%d %H:%M:%S")
     record = f"{start},00:00:10,2,01707392200,I,4750,4750,42,0,1000099001,0,E4750,John,T9002,LINE 1.2,0,0\r\n"
@@ -162,7 +140,7 @@ async def test_record_completes_the_live_recorder_call(tmp_path, started, sim, u
     pbx.write(record.encode())
     await pbx.drain()
     pbx.close()
-    await wait_until(lambda: gateway.links["pbx-main"].records == 1)
+    await eventually(lambda: gateway.links["pbx-main"].records == 1)
     cdr = await call_info(gateway, platformCallID="1000099001")
     assert cdr.find("ccdr_id").text == live_call.call_id  # the same call, not a second one
     assert cdr.find("native_id").text == live.call_id and cdr.find("link").text == "pbx-main"
@@ -180,15 +158,15 @@ PANASONIC_PAGE = (
 )
 
 
-async def test_panasonic_over_a_serial_pty(tmp_path, started):
+async def test_panasonic_over_a_serial_pty(tmp_path, started, gateway_config):
     master, slave = os.openpty()
     tty.setraw(master)
     link = LinkConfig("pana", "panasonic", os.ttyname(slave), timezone="UTC")
     try:
-        gateway = await started(make_config(tmp_path, (link,)))
-        await wait_until(lambda: gateway.links["pana"].state.value == "up")
+        gateway = await started(gateway_config(links=(link,)))
+        await eventually(lambda: gateway.links["pana"].state.value == "up")
         os.write(master, PANASONIC_PAGE)
-        await wait_until(lambda: gateway.links["pana"].records == 3)
+        await eventually(lambda: gateway.links["pana"].records == 3)
         assert gateway.links["pana"].errors == 0
         root = await api(gateway, action="GetCallID", extension="12", status="last")
         call_id = root.find("CallID").text
@@ -207,7 +185,7 @@ MITEL_LINES = [
 ]
 
 
-async def test_mitel_extended_records_over_tcp(tmp_path, started, unused_tcp_port):
+async def test_mitel_extended_records_over_tcp(tmp_path, started, unused_tcp_port, gateway_config):
     served = asyncio.Event()
 
     async def pbx(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -220,9 +198,9 @@ async def test_mitel_extended_records_over_tcp(tmp_path, started, unused_tcp_por
     server = await asyncio.start_server(pbx, "127.0.0.1", unused_tcp_port)
     try:
         link = LinkConfig("mitel", "mitel-mivb", f"tcp://127.0.0.1:{unused_tcp_port}", timezone="UTC")
-        gateway = await started(make_config(tmp_path, (link,)))
+        gateway = await started(gateway_config(links=(link,)))
         await asyncio.wait_for(served.wait(), WAIT_S)
-        await wait_until(lambda: gateway.links["mitel"].records == 2)
+        await eventually(lambda: gateway.links["mitel"].records == 2)
         assert gateway.links["mitel"].errors == 0
         root = await api(gateway, action="GetCallID", extension="9999", status="last")
         cdr = await call_info(gateway, callID=root.find("CallID").text)

@@ -26,8 +26,17 @@ async def test_tap_shows_raw_lines_records_and_errors(tmp_path, unused_tcp_port)
         f"links:\n  - name: pbx\n    format: avaya-ipo\n    url: listen://127.0.0.1:{unused_tcp_port}\n    timezone: UTC\n"
     )
     tap = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "tap", "--config", str(config), "--link", "pbx",
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "gateway",
+        "tap",
+        "--config",
+        str(config),
+        "--link",
+        "pbx",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     seen: list[str] = []
     try:
@@ -54,6 +63,9 @@ def test_tap_names_the_links_when_the_link_is_unknown(tmp_path):
     config.write_text("links:\n  - name: pbx\n    format: avaya-ipo\n    url: listen://127.0.0.1:5999\n")
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "tap", "--config", str(config), "--link", "nope"],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
     )
     assert result.returncode == 1 and "links: pbx" in result.stderr

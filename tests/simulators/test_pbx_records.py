@@ -58,43 +58,103 @@ def completed(
 # name → (call, the PBX's zone)
 SCENARIOS: dict[str, tuple[CompletedCall, tzinfo]] = {
     "inbound": (
-        completed(datetime(2025, 3, 4, 9, 28, 41, 600000), UTC, direction=DIRECTION_IN, extension="8856",
-                  other="0612345678", ring_s=9, talk_s=95.4, account="4321"),
+        completed(
+            datetime(2025, 3, 4, 9, 28, 41, 600000),
+            UTC,
+            direction=DIRECTION_IN,
+            extension="8856",
+            other="0612345678",
+            ring_s=9,
+            talk_s=95.4,
+            account="4321",
+        ),
         UTC,
     ),
     "outbound": (
-        completed(datetime(2025, 3, 4, 15, 2, 10), UTC, call_id=1000014160, direction=DIRECTION_OUT,
-                  extension="8857", other="0012025550123", ring_s=12, talk_s=312, account="77"),
+        completed(
+            datetime(2025, 3, 4, 15, 2, 10),
+            UTC,
+            call_id=1000014160,
+            direction=DIRECTION_OUT,
+            extension="8857",
+            other="0012025550123",
+            ring_s=12,
+            talk_s=312,
+            account="77",
+        ),
         UTC,
     ),
     "internal": (
-        completed(datetime(2025, 3, 4, 11, 15, 0), UTC, trunk="", direction=DIRECTION_INTERNAL, extension="8858",
-                  other="8859", ring_s=4, talk_s=61),
+        completed(
+            datetime(2025, 3, 4, 11, 15, 0),
+            UTC,
+            trunk="",
+            direction=DIRECTION_INTERNAL,
+            extension="8858",
+            other="8859",
+            ring_s=4,
+            talk_s=61,
+        ),
         UTC,
     ),
     "unanswered": (  # 00:30: a 12-hour clock prints 12:30 (AM)
-        completed(datetime(2025, 3, 5, 0, 30, 5), UTC, direction=DIRECTION_IN, extension="8856",
-                  other="0612345678", ring_s=23),
+        completed(
+            datetime(2025, 3, 5, 0, 30, 5), UTC, direction=DIRECTION_IN, extension="8856", other="0612345678", ring_s=23
+        ),
         UTC,
     ),
     "transferred": (
-        completed(datetime(2025, 3, 4, 14, 5, 0), UTC, direction=DIRECTION_IN, extension="8856",
-                  other="0612345678", ring_s=7, talk_s=13, transfer_to="8857", transfer_talk_s=21, account="4321"),
+        completed(
+            datetime(2025, 3, 4, 14, 5, 0),
+            UTC,
+            direction=DIRECTION_IN,
+            extension="8856",
+            other="0612345678",
+            ring_s=7,
+            talk_s=13,
+            transfer_to="8857",
+            transfer_talk_s=21,
+            account="4321",
+        ),
         UTC,
     ),
     "midnight": (  # New Year's Eve on the PBX's clock: the call ends in another day, month and year
-        completed(datetime(2024, 12, 31, 23, 59, 20), BUDAPEST, direction=DIRECTION_OUT, extension="8857",
-                  other="0036123456789", ring_s=15, talk_s=95),
+        completed(
+            datetime(2024, 12, 31, 23, 59, 20),
+            BUDAPEST,
+            direction=DIRECTION_OUT,
+            extension="8857",
+            other="0036123456789",
+            ring_s=15,
+            talk_s=95,
+        ),
         BUDAPEST,
     ),
     "budapest": (  # summer time (UTC+2), a PM hour of 12, over an hour long
-        completed(datetime(2024, 7, 15, 12, 10, 5), BUDAPEST, trunk="12", direction=DIRECTION_IN,
-                  extension="8856", other="0612345678", ring_s=6, talk_s=3725, account="99"),
+        completed(
+            datetime(2024, 7, 15, 12, 10, 5),
+            BUDAPEST,
+            trunk="12",
+            direction=DIRECTION_IN,
+            extension="8856",
+            other="0612345678",
+            ring_s=6,
+            talk_s=3725,
+            account="99",
+        ),
         BUDAPEST,
     ),
     "name": (
-        completed(datetime(2025, 3, 4, 12, 15, 30), UTC, direction=DIRECTION_IN, extension="8856",
-                  other="0612345678", ring_s=5, talk_s=42, caller_name=MARKUP_NAME),
+        completed(
+            datetime(2025, 3, 4, 12, 15, 30),
+            UTC,
+            direction=DIRECTION_IN,
+            extension="8856",
+            other="0612345678",
+            ring_s=5,
+            talk_s=42,
+            caller_name=MARKUP_NAME,
+        ),
         UTC,
     ),
 }
@@ -159,18 +219,47 @@ class Facts:
 
 def facts(call: CompletedCall) -> Facts:
     plan = call.plan
-    return Facts(call, call.start.replace(microsecond=0), whole(plan.ring_s), whole(plan.talk_s),
-                 whole(plan.transfer_talk_s) if plan.transfer_to else 0)
+    return Facts(
+        call,
+        call.start.replace(microsecond=0),
+        whole(plan.ring_s),
+        whole(plan.talk_s),
+        whole(plan.transfer_talk_s) if plan.transfer_to else 0,
+    )
 
 
 def want_avaya_ipo(f: Facts) -> list[Want]:
     """One record per segment, all with the call's start, its Call ID; Continuation 1 until the last."""
     plan = f.plan
-    wants = [Want(f.start, plan.extension, plan.other, f.direction, f.talk, f.ring, f.call_id, f.answered,
-                  plan.account, more_follows=f.transferred)]
+    wants = [
+        Want(
+            f.start,
+            plan.extension,
+            plan.other,
+            f.direction,
+            f.talk,
+            f.ring,
+            f.call_id,
+            f.answered,
+            plan.account,
+            more_follows=f.transferred,
+        )
+    ]
     if f.transferred:
-        wants.append(Want(f.start, plan.transfer_to, plan.other, f.direction, f.transfer_talk, 0, f.call_id, True,
-                          plan.account, more_follows=False))
+        wants.append(
+            Want(
+                f.start,
+                plan.transfer_to,
+                plan.other,
+                f.direction,
+                f.transfer_talk,
+                0,
+                f.call_id,
+                True,
+                plan.account,
+                more_follows=False,
+            )
+        )
     return wants
 
 
@@ -179,8 +268,19 @@ def want_panasonic(f: Facts) -> list[Want]:
     plan = f.plan
     wants = [Want(f.start, plan.extension, plan.other, f.direction, f.talk, f.ring, None, None, plan.account)]
     if f.transferred:  # the target's record has no Ring: it starts at the transfer
-        wants.append(Want(f.transfer_at, plan.transfer_to, plan.other, f.direction, f.transfer_talk, None, None,
-                          None, plan.account))
+        wants.append(
+            Want(
+                f.transfer_at,
+                plan.transfer_to,
+                plan.other,
+                f.direction,
+                f.transfer_talk,
+                None,
+                None,
+                None,
+                plan.account,
+            )
+        )
     return wants
 
 
@@ -190,17 +290,36 @@ def want_nec_sv(f: Facts) -> list[Want]:
     internal = f.direction is Direction.INTERNAL
     account = None if internal else plan.account  # ICM: Account empty
     if not f.answered and f.direction is not Direction.OUT:
-        first = Want(f.start, None if f.direction is Direction.IN else plan.extension, plan.other, f.direction,
-                     None, None, None, False, None)
+        first = Want(
+            f.start,
+            None if f.direction is Direction.IN else plan.extension,
+            plan.other,
+            f.direction,
+            None,
+            None,
+            None,
+            False,
+            None,
+        )
     else:
         at = f.start + timedelta(seconds=f.ring) if f.direction is Direction.IN else f.start
         answered = None if f.direction is Direction.OUT else True  # POT: no answer supervision
         first = Want(at, plan.extension, plan.other, f.direction, f.talk, None, None, answered, account)
     wants = [first]
     if f.transferred:  # PTRS (direction unknown) for a trunk call, ICM for an intercom one
-        wants.append(Want(f.transfer_at, plan.transfer_to, plan.other,
-                          Direction.INTERNAL if internal else Direction.UNKNOWN, f.transfer_talk, None, None,
-                          True if internal else None, account))
+        wants.append(
+            Want(
+                f.transfer_at,
+                plan.transfer_to,
+                plan.other,
+                Direction.INTERNAL if internal else Direction.UNKNOWN,
+                f.transfer_talk,
+                None,
+                None,
+                True if internal else None,
+                account,
+            )
+        )
     return wants
 
 
@@ -209,8 +328,11 @@ def want_mitel_mivb(f: Facts) -> list[Want]:
     plan = f.plan
     ring = f.ring if f.direction is Direction.IN and f.answered else None
     other = plan.other[:10] if f.direction is Direction.IN else plan.other  # ANI is 10 columns
-    return [Want(f.start, plan.extension, other, f.direction, f.talk + f.transfer_talk, ring, None, f.answered,
-                 plan.account)]
+    return [
+        Want(
+            f.start, plan.extension, other, f.direction, f.talk + f.transfer_talk, ring, None, f.answered, plan.account
+        )
+    ]
 
 
 def want_3cx(f: Facts) -> list[Want]:
@@ -223,18 +345,53 @@ def want_3cx(f: Facts) -> list[Want]:
         extension, other = plan.extension, plan.other
     else:
         extension, other = plan.transfer_to or plan.other, plan.extension
-    return [Want(f.start, extension, other, f.direction, f.talk + f.transfer_talk, f.ring, f.call_id, f.answered,
-                 plan.account)]
+    return [
+        Want(
+            f.start,
+            extension,
+            other,
+            f.direction,
+            f.talk + f.transfer_talk,
+            f.ring,
+            f.call_id,
+            f.answered,
+            plan.account,
+        )
+    ]
 
 
 def want_custom(f: Facts) -> list[Want]:
     """Like IP Office, but each segment with its own start (the target's at the transfer, no ring)."""
     plan = f.plan
-    wants = [Want(f.start, plan.extension, plan.other, f.direction, f.talk, f.ring, f.call_id, f.answered,
-                  plan.account, more_follows=f.transferred)]
+    wants = [
+        Want(
+            f.start,
+            plan.extension,
+            plan.other,
+            f.direction,
+            f.talk,
+            f.ring,
+            f.call_id,
+            f.answered,
+            plan.account,
+            more_follows=f.transferred,
+        )
+    ]
     if f.transferred:
-        wants.append(Want(f.transfer_at, plan.transfer_to, plan.other, f.direction, f.transfer_talk, 0, f.call_id,
-                          True, plan.account, more_follows=False))
+        wants.append(
+            Want(
+                f.transfer_at,
+                plan.transfer_to,
+                plan.other,
+                f.direction,
+                f.transfer_talk,
+                0,
+                f.call_id,
+                True,
+                plan.account,
+                more_follows=False,
+            )
+        )
     return wants
 
 
@@ -257,8 +414,9 @@ def tz_name(tz: tzinfo) -> str:
 
 def make_parser(fmt: str, tz: tzinfo) -> RecordParser:
     profile = PROFILES[fmt]
-    link = LinkConfig(name=f"sim-{fmt}", format=fmt, url="tcp://127.0.0.1:1", timezone=tz_name(tz),
-                      options=profile.gateway_options)
+    link = LinkConfig(
+        name=f"sim-{fmt}", format=fmt, url="tcp://127.0.0.1:1", timezone=tz_name(tz), options=profile.gateway_options
+    )
     return create_parser(link)
 
 
@@ -354,9 +512,12 @@ def random_calls(count: int, seed: int) -> list[tuple[CompletedCall, tzinfo]]:
         transfer = answered and rng.random() < 0.3
         start = datetime(2024, 1, 1) + timedelta(seconds=rng.randrange(366 * 86400))
         call = completed(
-            start, tz, call_id=rng.randint(1, 10**9),
+            start,
+            tz,
+            call_id=rng.randint(1, 10**9),
             trunk="" if direction == DIRECTION_INTERNAL else str(rng.randint(1, 150)),
-            direction=direction, extension=str(rng.randint(2000, 2999)),
+            direction=direction,
+            extension=str(rng.randint(2000, 2999)),
             other=str(rng.randint(4000, 4999)) if direction == DIRECTION_INTERNAL else f"06{rng.randrange(10**8):08d}",
             ring_s=rng.choice([0, 1, 5, 30, 61]) + rng.random(),
             talk_s=rng.choice([1, 59, 300, 4000]) + rng.random() if answered else 0.0,
@@ -394,16 +555,33 @@ def test_caller_name_is_printed_raw_where_the_format_has_a_name() -> None:
 
 
 def test_panasonic_prints_the_name_when_the_caller_has_no_number() -> None:
-    call = completed(datetime(2025, 3, 4, 12, 0), UTC, direction=DIRECTION_IN, extension="8856", other="",
-                     ring_s=3, talk_s=30, caller_name="MARY WARD")
+    call = completed(
+        datetime(2025, 3, 4, 12, 0),
+        UTC,
+        direction=DIRECTION_IN,
+        extension="8856",
+        other="",
+        ring_s=3,
+        talk_s=30,
+        caller_name="MARY WARD",
+    )
     (record,) = read_back("panasonic", call, UTC)
     assert record.other_number is None and record.extra["caller_name"] == "MARY WARD"
     assert record.direction is Direction.IN
 
 
 def test_line_breaks_in_text_never_reach_the_wire() -> None:
-    call = completed(datetime(2025, 3, 4, 12, 0), UTC, direction=DIRECTION_IN, extension="8856",
-                     other="0612345678", ring_s=3, talk_s=30, caller_name="Evil\r\nPAGE 001\x00", account="12\n3")
+    call = completed(
+        datetime(2025, 3, 4, 12, 0),
+        UTC,
+        direction=DIRECTION_IN,
+        extension="8856",
+        other="0612345678",
+        ring_s=3,
+        talk_s=30,
+        caller_name="Evil\r\nPAGE 001\x00",
+        account="12\n3",
+    )
     for fmt in FORMATS:
         for line in record_lines(fmt, call, UTC):
             assert not set(line) & set("\r\n\x00\x0c"), (fmt, line)

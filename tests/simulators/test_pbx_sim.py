@@ -16,7 +16,7 @@ from drivers.smdr import create_parser
 from drivers.transport import FramedLine, LineFramer, create_transport
 from gateway.config import LinkConfig
 from gateway.config import LoginStep as GatewayLoginStep
-from gateway.ops import LinkState
+from gateway.events import LinkState
 from simulators import pbx as pbx_module
 from simulators.pbx import PbxSimulator, PbxSimulatorError, call_end, parse_extensions
 from simulators.pbx_records import FORMATS, PROFILES, record_lines
@@ -33,7 +33,9 @@ DAY = datetime(2024, 5, 1, 8, 0, tzinfo=timezone.utc)
 # ---- helpers
 
 
-def make_call(index: int, direction: str = DIRECTION_IN, *, answered: bool = True, transfer: bool = False) -> CompletedCall:
+def make_call(
+    index: int, direction: str = DIRECTION_IN, *, answered: bool = True, transfer: bool = False
+) -> CompletedCall:
     """A call of the site's day: one every 2 minutes, on extensions 2001…2009."""
     extension = f"200{index % 9 + 1}"
     other = {DIRECTION_IN: "06301234567", DIRECTION_OUT: "0036123456789", DIRECTION_INTERNAL: "2010"}[direction]
@@ -182,7 +184,9 @@ async def test_connect_mode_pushes_records_to_a_listen_link(sims, links, unused_
     assert list(sim.lines_sent) == printed
 
 
-async def test_connect_mode_reconnects_after_a_drop_and_sends_what_it_buffered(sims, links, unused_tcp_port: int) -> None:
+async def test_connect_mode_reconnects_after_a_drop_and_sends_what_it_buffered(
+    sims, links, unused_tcp_port: int
+) -> None:
     sink = Sink()
     await links(link(f"listen://127.0.0.1:{unused_tcp_port}"), sink)
     sim = sims()
@@ -235,7 +239,9 @@ async def test_connect_mode_waits_for_a_restarted_listener(sims, links, unused_t
     assert await sink.raw(len(during)) == raw_lines(during)
 
 
-async def test_buffer_keeps_the_newest_lines(sims, links, unused_tcp_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_buffer_keeps_the_newest_lines(
+    sims, links, unused_tcp_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(pbx_module, "BUFFER_MAX_LINES", 4)
     sim = sims()
     printed = [line for index in range(6) for line in sim.emit(make_call(index))]
@@ -377,7 +383,9 @@ async def test_pty_bytes_end_lines_as_the_profile_says(sims, fmt: str) -> None:
 # ---- faults
 
 
-async def test_split_writes_leading_nuls_bursts_and_garbage_still_frame_right(sims, links, unused_tcp_port: int) -> None:
+async def test_split_writes_leading_nuls_bursts_and_garbage_still_frame_right(
+    sims, links, unused_tcp_port: int
+) -> None:
     sink = Sink()
     await links(link(f"listen://127.0.0.1:{unused_tcp_port}"), sink)
     sim = sims()
@@ -490,7 +498,9 @@ async def test_records_parse_with_the_gateway_parser(sims, links, unused_tcp_por
         records += parser.feed(line.raw.decode("latin-1"), line.received_at)
     records += parser.flush(datetime.now(timezone.utc) + timedelta(days=365))
     assert len(records) == sim.records_sent
-    parties = {call.plan.extension for call in calls} | {call.plan.transfer_to for call in calls if call.plan.transfer_to}
+    parties = {call.plan.extension for call in calls} | {
+        call.plan.transfer_to for call in calls if call.plan.transfer_to
+    }
     parties |= {call.plan.other for call in calls if call.plan.direction == DIRECTION_INTERNAL}  # the called extension
     assert {record.extension for record in records} - {None} <= parties  # None: NEC's unanswered trunk call
 
@@ -528,8 +538,17 @@ async def test_stop_is_idempotent_and_closes_everything(unused_tcp_port: int) ->
 
 async def test_cli_pty_prints_the_path_and_stops_on_sigterm() -> None:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "simulators.pbx", "--format", "mitel-mivb", "--pty", "--log-level", "warning",
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "simulators.pbx",
+        "--format",
+        "mitel-mivb",
+        "--pty",
+        "--log-level",
+        "warning",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         first_line = await asyncio.wait_for(process.stdout.readline(), WAIT_S * 2)
@@ -564,10 +583,28 @@ async def test_cli_faults_garbage_nuls_and_drops_over_connect() -> None:
     server = await asyncio.start_server(collect, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "simulators.pbx", "--format", "avaya-ipo", "--connect", f"127.0.0.1:{port}",
-        "--traffic", "600", "--speed", "50", "--leading-nuls", "--split-writes", "--garbage-every", "0.05",
-        "--drop-every", "0.5", "--log-level", "warning",
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "simulators.pbx",
+        "--format",
+        "avaya-ipo",
+        "--connect",
+        f"127.0.0.1:{port}",
+        "--traffic",
+        "600",
+        "--speed",
+        "50",
+        "--leading-nuls",
+        "--split-writes",
+        "--garbage-every",
+        "0.05",
+        "--drop-every",
+        "0.5",
+        "--log-level",
+        "warning",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         await asyncio.wait_for(seen.wait(), WAIT_S * 2)  # garbage arrived, and the PBX came back after a drop
@@ -578,7 +615,9 @@ async def test_cli_faults_garbage_nuls_and_drops_over_connect() -> None:
         await server.wait_closed()
     assert process.returncode == 0, stderr.decode()
     assert len(connections) >= 2  # it came back after a drop
-    assert any(b"PARITY" in data and b"\x00\x00\x00" in data for data in connections)  # garbage, and NULs before records
+    assert any(
+        b"PARITY" in data and b"\x00\x00\x00" in data for data in connections
+    )  # garbage, and NULs before records
 
 
 def test_cli_refuses_a_fault_interval_that_is_not_positive() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -31,8 +31,15 @@ from gateway.model import RecordingMode
 from gateway.service import Gateway
 from simulators.pbx import PbxSimulator
 from simulators.site import RecorderLeg, Site
-from simulators.traffic import DIRECTION_INTERNAL, CompletedCall, PlannedCall, TrafficModel, load_scenario
+from simulators.traffic import (
+    DIRECTION_INTERNAL,
+    CompletedCall,
+    PlannedCall,
+    TrafficModel,
+    load_scenario,
+)
 from simulators.trunkrec import TrunkRecorderSimulator
+from tests.conftest import eventually
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 READ_TIMEOUT_S = 2.0  # a line the recorder owes us arrives well within this
@@ -127,8 +134,13 @@ async def test_scenario_plays_exactly_through_recorder_and_pbx(recorder):
 
 
 async def test_site_clock_runs_at_speed_and_is_the_recorders(recorder):
-    site = Site([PlannedCall(30.0, "in", "8857", "0123456", 2.0, 10.0)], recorder=recorder, channels=DEMO_CHANNELS,
-                speed=120, start=START)
+    site = Site(
+        [PlannedCall(30.0, "in", "8857", "0123456", 2.0, 10.0)],
+        recorder=recorder,
+        channels=DEMO_CHANNELS,
+        speed=120,
+        start=START,
+    )
     assert recorder.clock == site.clock and site.clock() == START  # not playing yet: the start
     loop = asyncio.get_running_loop()
     began = loop.time()
@@ -147,8 +159,9 @@ async def test_no_recorder_no_pbx_still_plays():
 
 
 async def test_cancelling_an_endless_plan_releases_recorder_calls(recorder):
-    model = TrafficModel(seed=8, calls_per_minute=120, extensions=["8856", "8857", "8858", "2001", "2002"],
-                         pinned={"8856": 1800.0})
+    model = TrafficModel(
+        seed=8, calls_per_minute=120, extensions=["8856", "8857", "8858", "2001", "2002"], pinned={"8856": 1800.0}
+    )
     site = Site(model.calls(), pbx=RecordingPbx(), recorder=recorder, channels=DEMO_CHANNELS, speed=200, start=START)
     events = await EventReader.connect(recorder)
     playing = asyncio.create_task(site.run())
@@ -220,7 +233,6 @@ KEY = "74c8eea0-50c6-40b2-9f3e-252ed501c3c8"
 LINK = "pbx-main"
 PBX_ZONE = "Europe/Budapest"  # not UTC: the PBX prints local wall-clock time, the recorder UTC
 GATEWAY_WAIT_S = 10.0  # the gateway applies a few hundred records and events well within this
-POLL_S = 0.01
 # Every recording mode on a channel of the recorder (do_not_record too: the call is tracked, never recorded).
 MAPPED = {
     "8856": (RecordingMode.CONTROLLED, "1/5"),
@@ -249,7 +261,7 @@ class Bench:
         await asyncio.wait_for(site.run(), PLAY_TIMEOUT_S)
         health = self.gateway.links[LINK]
         tracker = self.gateway.tracker
-        await until(lambda: health.records == self.pbx.records_sent and tracker.ongoing_count == 0)
+        await eventually(lambda: health.records == self.pbx.records_sent and tracker.ongoing_count == 0)
         await self.gateway.tracker.flush()
         return site
 
@@ -258,13 +270,6 @@ class Bench:
         parser = create_parser(self.gateway.config.links[0])
         now = datetime.now(timezone.utc)
         return [record for lines in self.lines_by_call.values() for line in lines for record in parser.feed(line, now)]
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = GATEWAY_WAIT_S) -> None:
-    """Poll a condition on in-process state (nothing to await on) under a timeout."""
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(POLL_S)
 
 
 @pytest.fixture
@@ -276,7 +281,9 @@ async def bench(tmp_path, unused_tcp_port) -> AsyncIterator[Bench]:
         http=HttpConfig("127.0.0.1", 0),
         store=StoreConfig(tmp_path / "gateway.db"),
         api=ApiConfig(keys=(ApiKeyConfig(KEY, "crm"),)),
-        extensions=tuple(ExtensionConfig(number, mode, "trunk1", channel) for number, (mode, channel) in MAPPED.items()),
+        extensions=tuple(
+            ExtensionConfig(number, mode, "trunk1", channel) for number, (mode, channel) in MAPPED.items()
+        ),
         recorders=(RecorderConfig("trunk1", f"tcp://127.0.0.1:{recorder.port}", 2.0),),
         links=(LinkConfig(LINK, "avaya-ipo", f"listen://127.0.0.1:{unused_tcp_port}", timezone=PBX_ZONE),),
     )
@@ -359,8 +366,14 @@ async def assert_one_call_per_planned_call(bench: Bench, site: Site, plan: list[
 
 async def test_seeded_site_through_the_gateway_one_call_per_call(bench):
     model = TrafficModel(
-        seed=2026, calls_per_minute=40, extensions=(*MAPPED, *UNMAPPED), transfer_extensions=UNMAPPED,
-        inbound_share=0.45, outbound_share=0.35, no_answer_share=0.2, transfer_share=0.3,
+        seed=2026,
+        calls_per_minute=40,
+        extensions=(*MAPPED, *UNMAPPED),
+        transfer_extensions=UNMAPPED,
+        inbound_share=0.45,
+        outbound_share=0.35,
+        no_answer_share=0.2,
+        transfer_share=0.3,
     )
     plan = model.plan(150)  # 2.5 site minutes of a busy office
     assert 80 <= len(plan) <= 120
@@ -370,7 +383,9 @@ async def test_seeded_site_through_the_gateway_one_call_per_call(bench):
     numbers = await assert_one_call_per_planned_call(bench, site, plan)
     transfers = sum(1 for call in plan if call.transfer_to)
     assert numbers["records"] == len(plan) + transfers  # IP Office: one line per segment
-    assert numbers["recorder_calls"] >= 30 and {leg.plan.extension for leg in site.recorder_calls.values()} == set(MAPPED)
+    assert numbers["recorder_calls"] >= 30 and {leg.plan.extension for leg in site.recorder_calls.values()} == set(
+        MAPPED
+    )
     print("seeded site through the gateway:", numbers, "transfers:", transfers)
 
 
@@ -380,7 +395,9 @@ async def test_scenario_through_the_gateway(bench):
     numbers = await assert_one_call_per_planned_call(bench, site, plan)
     assert numbers == {"planned": 8, "recorder_calls": 5, "records": 9, "stored": 8, "busy_channel_skips": 1}
     tracker = bench.gateway.tracker
-    by_index = {plan.index(call.plan): await tracker.find_by_platform_call_id(str(call.pbx_call_id)) for call in site.completed}
+    by_index = {
+        plan.index(call.plan): await tracker.find_by_platform_call_id(str(call.pbx_call_id)) for call in site.completed
+    }
     legs = {plan.index(leg.plan): leg for leg in site.recorder_calls.values()}
     for index, call in by_index.items():
         assert (call.native_id is not None) == (index in legs)
@@ -400,7 +417,6 @@ async def test_scenario_through_the_gateway(bench):
 
 
 # ---- the PBX's local wall-clock times, read back by the gateway's parser, are the site's times (DST too)
-
 
 
 @pytest.mark.parametrize(
@@ -432,8 +448,9 @@ async def test_nec_transfers_are_one_stored_call_each(tmp_path):
     from gateway.store import Store
     from simulators.pbx_records import record_lines
 
-    plan = TrafficModel(seed=7, calls_per_minute=30, extensions=[str(2000 + n) for n in range(12)],
-                        transfer_share=0.3).plan(1200)
+    plan = TrafficModel(
+        seed=7, calls_per_minute=30, extensions=[str(2000 + n) for n in range(12)], transfer_share=0.3
+    ).plan(1200)
     site = Site(plan, speed=20_000, start=START)
     await asyncio.wait_for(site.run(), PLAY_TIMEOUT_S)
     assert sum(1 for call in plan if call.transfer_to) >= 5

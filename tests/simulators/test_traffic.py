@@ -77,8 +77,14 @@ def test_calls_are_in_start_order_and_never_overlap_on_an_extension():
 
 def test_shares_rates_and_bounds_over_many_calls():
     model = TrafficModel(
-        seed=3, calls_per_minute=20, extensions=WIDE_EXTENSIONS, inbound_share=0.5, outbound_share=0.3,
-        no_answer_share=0.15, transfer_share=0.1, account_share=0.2,
+        seed=3,
+        calls_per_minute=20,
+        extensions=WIDE_EXTENSIONS,
+        inbound_share=0.5,
+        outbound_share=0.3,
+        no_answer_share=0.15,
+        transfer_share=0.1,
+        account_share=0.2,
     )
     calls = model.take(MANY)
     directions = Counter(call.direction for call in calls)
@@ -91,7 +97,9 @@ def test_shares_rates_and_bounds_over_many_calls():
     assert len(transferred) / len(answered_external) == pytest.approx(0.1, abs=0.03)
     external = [call for call in calls if call.direction != DIRECTION_INTERNAL]
     assert sum(call.account is not None for call in external) / len(external) == pytest.approx(0.2, abs=0.04)
-    assert all(call.account is None and call.caller_name is None for call in calls if call.direction == DIRECTION_INTERNAL)
+    assert all(
+        call.account is None and call.caller_name is None for call in calls if call.direction == DIRECTION_INTERNAL
+    )
     # Poisson arrivals at 20 a minute: 2,000 calls take about 100 minutes.
     assert calls[-1].at_s / 60 == pytest.approx(MANY / 20, rel=0.1)
     for call in calls:
@@ -108,7 +116,9 @@ def test_shares_rates_and_bounds_over_many_calls():
 
 
 def test_busy_hours_shape_the_day():
-    calls = TrafficModel(seed=5, calls_per_minute=10, extensions=WIDE_EXTENSIONS, busy_hours=True, start_hour=0).plan(86_400)
+    calls = TrafficModel(seed=5, calls_per_minute=10, extensions=WIDE_EXTENSIONS, busy_hours=True, start_hour=0).plan(
+        86_400
+    )
     per_hour = Counter(int(call.at_s // 3600) for call in calls)
     assert per_hour[10] == pytest.approx(600, rel=0.2)  # a busy hour runs at calls_per_minute
     assert per_hour[12] < 0.8 * per_hour[10]  # lunch
@@ -210,12 +220,20 @@ GOOD = '{at: 0, direction: in, extension: "8857", other: "0170", ring: 3, talk: 
     [
         ('{direction: in, extension: "8857", other: "0170", ring: 3}', "at", "missing"),
         ('{at: 1, direction: in, extension: "8857", other: "0170", ring: 3, colour: red}', "colour", "unknown key"),
-        ("{at: 1, direction: in, extension: 8857, other: \"0170\", ring: 3}", "extension", "quote numbers"),
+        ('{at: 1, direction: in, extension: 8857, other: "0170", ring: 3}', "extension", "quote numbers"),
         ('{at: 1, direction: sideways, extension: "8857", other: "0170", ring: 3}', "direction", "one of"),
         ('{at: -1, direction: in, extension: "8857", other: "0170", ring: 3}', "at", "0 or more"),
         ('{at: 1, direction: in, extension: "8857", other: "0170", ring: "3"}', "ring", "number of seconds"),
-        ('{at: 1, direction: in, extension: "8857", other: "0170", ring: 3, transfer_to: "2004"}', "transfer_to", "answered"),
-        ('{at: 1, direction: in, extension: "8857", other: "0170", ring: 3, talk: 5, transfer_talk: 5}', "transfer_talk", "transfer_to"),
+        (
+            '{at: 1, direction: in, extension: "8857", other: "0170", ring: 3, transfer_to: "2004"}',
+            "transfer_to",
+            "answered",
+        ),
+        (
+            '{at: 1, direction: in, extension: "8857", other: "0170", ring: 3, talk: 5, transfer_talk: 5}',
+            "transfer_talk",
+            "transfer_to",
+        ),
         ('{at: 1, direction: internal, extension: "2001", other: "2001", ring: 3}', "other", "two different"),
     ],
 )

@@ -136,7 +136,10 @@ async def test_events_carry_timestamps_unless_switched_off(sim, connect) -> None
     assert await client.line() == "HELLO TRUNKREC/1 channels=60 name=sim1"
     assert await client.line() == "EVT SYNC ts=2026-11-23T10:00:01.123Z"
     call = sim.place_call("1/5", calling="1", called="2")
-    assert await client.line() == f"EVT CALL 1/5 SETUP id={call.call_id} calling=1 called=2 dir=in ts=2026-11-23T10:00:01.123Z"
+    assert (
+        await client.line()
+        == f"EVT CALL 1/5 SETUP id={call.call_id} calling=1 called=2 dir=in ts=2026-11-23T10:00:01.123Z"
+    )
     sim.send_timestamps = False
     sim.answer("1/5")
     assert not TS_PATTERN.search(await client.line())
@@ -168,7 +171,12 @@ async def test_ping_status_start_stop_discard(sim, client) -> None:
     assert await client.ask("a6 STOP 1/5") == "EVT REC 1/5 STOPPED rec=R000001 dur=42"
     assert await client.line() == "a6 OK rec=R000001 dur=42"
     recording = sim.recordings["R000001"]
-    assert (recording.channel, recording.call_id, recording.duration_s, recording.discarded) == ("1/5", call.call_id, 42, False)
+    assert (recording.channel, recording.call_id, recording.duration_s, recording.discarded) == (
+        "1/5",
+        call.call_id,
+        42,
+        False,
+    )
     assert recording.stopped_at is not None and sim.channel_state("1/5") == "call"
 
     assert await client.ask("a7 DISCARD R000001") == "a7 OK"
@@ -223,7 +231,16 @@ async def test_error_codes(sim, client) -> None:
 
 @pytest.mark.parametrize(
     "request_line",
-    ["x1 FROB 1/1", "x1 START", "x1 STOP 1-5", "x1 STATUS 1/5 1/6", "x1 DISCARD", "x1 PING extra", "x1 start 1/1", "x1 START 1/5 ref=%ff"],
+    [
+        "x1 FROB 1/1",
+        "x1 START",
+        "x1 STOP 1-5",
+        "x1 STATUS 1/5 1/6",
+        "x1 DISCARD",
+        "x1 PING extra",
+        "x1 start 1/1",
+        "x1 START 1/5 ref=%ff",
+    ],
 )
 async def test_malformed_requests_answer_syntax(client, request_line) -> None:
     assert (await client.ask(request_line)).startswith("x1 ERR SYNTAX ")
@@ -331,7 +348,9 @@ async def test_split_writes_split_and_coalesce_lines(sim, connect) -> None:
     data = b"".join(reads)
     assert data.count(p.LINE_END) == 22
     assert sum(not chunk.endswith(p.LINE_END) for chunk in reads) >= 5  # reads ended mid-line: lines came in pieces
-    assert any(p.LINE_END in chunk[:-2] for chunk in reads)  # and line ends mid-read: one line's end with the next's start
+    assert any(
+        p.LINE_END in chunk[:-2] for chunk in reads
+    )  # and line ends mid-read: one line's end with the next's start
     framer = p.LineFramer()
     received = [line for chunk in reads for line in framer.feed(chunk)]
     assert received[0] == "HELLO TRUNKREC/1 channels=60 name=sim1" and received[-1] == "EVT SYNC"

@@ -29,8 +29,13 @@ UNIFY_OPTIONS = {
 }
 PANASONIC_DURATION = r"(?P<h>\d+):(?P<m>\d\d)'(?P<s>\d\d)"
 FIXED_COLUMNS = {
-    "flag": [1, 1], "date": [2, 9], "time": [11, 17], "extension": [19, 22], "other_number": [24, 37],
-    "duration": [39, 46], "code": [48, 50],
+    "flag": [1, 1],
+    "date": [2, 9],
+    "time": [11, 17],
+    "extension": [19, 22],
+    "other_number": [24, 37],
+    "duration": [39, 46],
+    "code": [48, 50],
 }
 #                1         2         3         4         5
 #       12345678901234567890123456789012345678901234567890
@@ -239,8 +244,13 @@ def test_quoted_csv_with_stray_spaces() -> None:
 
 @pytest.mark.parametrize(
     ("raw_direction", "other", "direction"),
-    [("I", "0612345678", Direction.IN), ("O", "0612345678", Direction.OUT), ("o", "0612345678", Direction.OUT),
-     ("O", "202", Direction.INTERNAL), ("X", "0612345678", Direction.UNKNOWN)],
+    [
+        ("I", "0612345678", Direction.IN),
+        ("O", "0612345678", Direction.OUT),
+        ("o", "0612345678", Direction.OUT),
+        ("O", "202", Direction.INTERNAL),
+        ("X", "0612345678", Direction.UNKNOWN),
+    ],
 )
 def test_direction_map_and_internal_if(raw_direction: str, other: str, direction: Direction) -> None:
     options = {

@@ -33,8 +33,18 @@ from gateway.events import CallRecord
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
 RECORD_KEYS = (
-    "start", "end", "extension", "other_number", "direction", "duration_s", "ring_s", "trunk", "account",
-    "platform_call_id", "more_follows", "answered",
+    "start",
+    "end",
+    "extension",
+    "other_number",
+    "direction",
+    "duration_s",
+    "ring_s",
+    "trunk",
+    "account",
+    "platform_call_id",
+    "more_follows",
+    "answered",
 )
 
 

@@ -12,9 +12,9 @@ from structlog.testing import capture_logs
 from drivers.smdr.link import SmdrLink
 from drivers.transport import MAX_LINES_PER_DELIVERY
 from gateway.config import LinkConfig
-from gateway.events import CallRecord
-from gateway.ops import LinkHealth
+from gateway.events import CallRecord, LinkHealth
 from gateway.store import Store
+from tests.conftest import eventually
 
 WAIT_S = 10.0
 BURST_RECORDS = 4_000
@@ -28,16 +28,10 @@ def ipo_line(index: int, platform_call_id: int) -> bytes:
     ).encode()
 
 
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), WAIT_S)
-
-
 @pytest.fixture
-async def link_for(store: Store, unused_tcp_port: int) -> AsyncIterator[Callable[[Callable[[CallRecord], object]], object]]:
+async def link_for(
+    store: Store, unused_tcp_port: int
+) -> AsyncIterator[Callable[[Callable[[CallRecord], object]], object]]:
     links: list[SmdrLink] = []
 
     async def start(submit: Callable[[CallRecord], object]) -> SmdrLink:
@@ -80,7 +74,7 @@ async def test_no_record_is_handed_on_before_its_line_is_in_the_journal(link_for
     pbx.write(b"".join(ipo_line(index, 1_000_000 + index) for index in range(BURST_RECORDS)))
     await pbx.drain()
     try:
-        await wait_until(lambda: link.health.records == BURST_RECORDS)
+        await eventually(lambda: link.health.records == BURST_RECORDS)
     finally:
         pbx.close()
         committed.close()
@@ -94,13 +88,13 @@ async def test_a_burst_on_one_connection_does_not_hold_back_another(link_for, un
     order: list[str | None] = []
     link = await link_for(lambda record: order.append(record.platform_call_id))
     flushing, live = await connect(unused_tcp_port), await connect(unused_tcp_port)
-    await wait_until(lambda: link._transport is not None and link._transport.connections == 2)
+    await eventually(lambda: link._transport is not None and link._transport.connections == 2)
     flushing.write(b"".join(ipo_line(index, 1_000_000 + index) for index in range(BURST_RECORDS)))
     await flushing.drain()
     live.write(ipo_line(0, 9_999_999))
     await live.drain()
     try:
-        await wait_until(lambda: link.health.records == BURST_RECORDS + 1)
+        await eventually(lambda: link.health.records == BURST_RECORDS + 1)
     finally:
         flushing.close()
         live.close()
@@ -117,20 +111,20 @@ async def test_lines_the_journal_refuses_are_held_and_written_once_it_takes_writ
     try:
         pbx.write(ipo_line(0, 1_000_001))
         await pbx.drain()
-        await wait_until(lambda: records == ["1000001"])
+        await eventually(lambda: records == ["1000001"])
 
         other = sqlite3.connect(store.path, isolation_level=None)
         other.execute("ALTER TABLE journal RENAME TO journal_away")
         with capture_logs() as logs:
             pbx.write(ipo_line(1, 1_000_002))
             await pbx.drain()
-            await wait_until(lambda: any(entry["event"] == "store refuses writes; holding lines" for entry in logs))
+            await eventually(lambda: any(entry["event"] == "store refuses writes; holding lines" for entry in logs))
             pbx.write(ipo_line(2, 1_000_003))  # not read meanwhile: the connection waits, as the PBX buffers
             await pbx.drain()
             assert records == ["1000001"]
             other.execute("ALTER TABLE journal_away RENAME TO journal")
             other.close()
-            await wait_until(lambda: records == ["1000001", "1000002", "1000003"])  # nothing lost, in order
+            await eventually(lambda: records == ["1000001", "1000002", "1000003"])  # nothing lost, in order
             assert any(entry["event"] == "store takes writes again" for entry in logs)
     finally:
         pbx.close()
@@ -143,7 +137,7 @@ async def test_closing_mid_burst_parses_every_line_it_journalled(link_for, store
     pbx = await connect(unused_tcp_port)
     pbx.write(b"".join(ipo_line(index, 1_000_000 + index) for index in range(BURST_RECORDS)))
     await pbx.drain()
-    await wait_until(lambda: len(submitted) > 0)
+    await eventually(lambda: len(submitted) > 0)
     await link.close()  # with deliveries journalled and waiting, and unread bytes still in the socket
     pbx.close()
     journalled = await store.journal_entries("pbx", limit=BURST_RECORDS)
@@ -166,11 +160,11 @@ async def test_a_quarantine_row_the_store_refuses_is_written_once_it_takes_write
         with capture_logs() as logs:
             pbx.write(b"not a record\r\n")
             await pbx.drain()
-            await wait_until(lambda: any(entry["event"] == "store refuses writes; holding lines" for entry in logs))
+            await eventually(lambda: any(entry["event"] == "store refuses writes; holding lines" for entry in logs))
         other.execute("ALTER TABLE quarantine_away RENAME TO quarantine")
         pbx.write(ipo_line(0, 1_000_001))
         await pbx.drain()
-        await wait_until(lambda: records == ["1000001"])
+        await eventually(lambda: records == ["1000001"])
     finally:
         pbx.close()
         other.close()

@@ -8,8 +8,7 @@ from datetime import UTC, datetime, timedelta
 from drivers.smdr.link import SmdrLink
 from drivers.transport import FramedLine
 from gateway.config import LinkConfig
-from gateway.events import CallRecord, LinkProgress
-from gateway.ops import LinkHealth
+from gateway.events import CallRecord, LinkHealth, LinkProgress
 from gateway.store import Store
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -44,7 +43,9 @@ def make_link(store: Store, fmt: str, collected: Collected, name: str = "pbx") -
 
 
 async def journal(store: Store, link: str, *lines: bytes) -> list[int]:
-    return await store.append_journal_many_soon(link, [(T0 + timedelta(seconds=n), line) for n, line in enumerate(lines)])
+    return await store.append_journal_many_soon(
+        link, [(T0 + timedelta(seconds=n), line) for n, line in enumerate(lines)]
+    )
 
 
 async def commit_progress(store: Store, progress: LinkProgress) -> None:
@@ -106,7 +107,7 @@ async def test_a_page_header_read_before_the_crash_is_read_again_before_the_repl
     expected = []
     lines = ((header, PANASONIC_TA_HEADER), (first, PANASONIC_TA_1), (second, PANASONIC_TA_2))
     for n, (seq, line) in enumerate(lines):
-        records, _ = reference._reader.read(FramedLine(line, T0 + timedelta(seconds=n), "test"), seq)  # noqa: SLF001
+        records, _ = reference._reader.read(FramedLine(line, T0 + timedelta(seconds=n), "test"), seq)
         expected.extend(records)
     (record,) = collected.replayed
     assert (record.start, record.end) == (expected[-1].start, expected[-1].end)

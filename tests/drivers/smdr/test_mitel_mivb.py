@@ -19,10 +19,10 @@ RECEIVED = datetime(2024, 3, 6, 12, 0, tzinfo=UTC)
 
 # The anonymised real 207-character records of the spec, byte-exact (trailing blanks included).
 SAMPLE_207 = [
-    " 03/05 13:14:13             9999         9999999999           00000                                        001   98029                                   C0099410 A                                            ",  # noqa: E501
-    "+03/05 13:15:09  0000:00:21         0000 9999                        9907                                  001   9999999999           9999               A0097399 A                                            ",  # noqa: E501
-    "-03/05 13:38:35  0000:06:59 9999         9999999999           00000A                                       001   88029                                   A0099648 A                                            ",  # noqa: E501
-    " 03/05 15:42:52  0000:00:05         0007 9999                        9999                                  001   9999999999           9999               C0093299 A                                            ",  # noqa: E501
+    " 03/05 13:14:13             9999         9999999999           00000                                        001   98029                                   C0099410 A                                            ",
+    "+03/05 13:15:09  0000:00:21         0000 9999                        9907                                  001   9999999999           9999               A0097399 A                                            ",
+    "-03/05 13:38:35  0000:06:59 9999         9999999999           00000A                                       001   88029                                   A0099648 A                                            ",
+    " 03/05 15:42:52  0000:00:05         0007 9999                        9999                                  001   9999999999           9999               C0093299 A                                            ",
 ]
 # Real SX-2000 lines damaged by a forum (merged / collapsed spacing).
 FORUM_LINES = [
@@ -37,12 +37,35 @@ TEMPLATES = [
 
 # Standard 90-character record, first column of each field (vendor field table), written out independently.
 STANDARD_AT = {
-    "flag": 1, "date": 2, "start": 8, "duration": 15, "calling": 24, "attendant": 29, "answer": 30, "digits": 34,
-    "completion": 60, "forward": 61, "called": 62, "transfer": 66, "third": 68, "account": 73, "sflag": 85,
+    "flag": 1,
+    "date": 2,
+    "start": 8,
+    "duration": 15,
+    "calling": 24,
+    "attendant": 29,
+    "answer": 30,
+    "digits": 34,
+    "completion": 60,
+    "forward": 61,
+    "called": 62,
+    "transfer": 66,
+    "third": 68,
+    "account": 73,
+    "sflag": 85,
     "system": 86,
 }
-EXTENDED_AT = {"flag": 1, "date": 2, "start": 8, "duration": 15, "calling": 26, "attendant": 34, "answer": 35,
-               "digits": 39, "completion": 65, "called": 67}
+EXTENDED_AT = {
+    "flag": 1,
+    "date": 2,
+    "start": 8,
+    "duration": 15,
+    "calling": 26,
+    "attendant": 34,
+    "answer": 35,
+    "digits": 39,
+    "completion": 65,
+    "called": 67,
+}
 
 
 def place(width: int, at: dict[str, int], **values: str) -> str:
@@ -93,14 +116,27 @@ SAMPLE_207_EXPECTED = [
 ]
 
 
-@pytest.mark.parametrize("options", [{}, {"layout": "observed-207"}, {"layout": "207"}], ids=["auto", "preset", "alias"])
+@pytest.mark.parametrize(
+    "options", [{}, {"layout": "observed-207"}, {"layout": "207"}], ids=["auto", "preset", "alias"]
+)
 @pytest.mark.parametrize("trailing_blanks_lost", [False, True], ids=["exact", "rstripped"])
 @pytest.mark.parametrize(
     ("line", "wall", "duration_s", "ring_s", "calling", "called", "direction", "extension", "other", "answered"),
     SAMPLE_207_EXPECTED,
 )
 def test_observed_207_char_samples(
-    line, wall, duration_s, ring_s, calling, called, direction, extension, other, answered, options, trailing_blanks_lost
+    line,
+    wall,
+    duration_s,
+    ring_s,
+    calling,
+    called,
+    direction,
+    extension,
+    other,
+    answered,
+    options,
+    trailing_blanks_lost,
 ) -> None:
     if trailing_blanks_lost:
         line = line.rstrip()
@@ -166,8 +202,15 @@ def test_damaged_forum_lines_give_partial_records(line, wall, duration_s, callin
 
 @pytest.mark.parametrize(
     "line",
-    ["07", "hello world", "13/45 10:00 00:00:10 201", "02/30 10:00 00:00:10 201", "03/05 25:00 00:00:10 201",
-     "03/05 13:00p 00:00:10 201", *TEMPLATES],
+    [
+        "07",
+        "hello world",
+        "13/45 10:00 00:00:10 201",
+        "02/30 10:00 00:00:10 201",
+        "03/05 25:00 00:00:10 201",
+        "03/05 13:00p 00:00:10 201",
+        *TEMPLATES,
+    ],
 )
 def test_garbage_is_a_parse_error(line: str) -> None:
     with pytest.raises(SmdrParseError):
@@ -180,8 +223,17 @@ def test_separator_lines_are_skipped(line: str) -> None:
 
 
 def test_standard_outgoing_pm_call() -> None:
-    line = standard(date="06/13", start="11:42p", duration="00:08:29", calling="214", digits="6135952122",
-                    completion="A", called="T054", account="12345", system="000")
+    line = standard(
+        date="06/13",
+        start="11:42p",
+        duration="00:08:29",
+        calling="214",
+        digits="6135952122",
+        completion="A",
+        called="T054",
+        account="12345",
+        system="000",
+    )
     record = parse_one(line, received_at=datetime(2024, 6, 14, 8, 0, tzinfo=UTC))
     assert record.start == local(2024, 6, 13, 23, 42)  # CEST: 21:42 UTC
     assert record.start == datetime(2024, 6, 13, 21, 42, tzinfo=UTC)
@@ -199,8 +251,9 @@ def test_standard_outgoing_pm_call() -> None:
 
 
 def test_standard_incoming_call_with_time_to_answer() -> None:
-    line = standard(date="01/30", start="03:10P", duration="00:02:22", calling="T102", answer="008", digits="201",
-                    called="201")
+    line = standard(
+        date="01/30", start="03:10P", duration="00:02:22", calling="T102", answer="008", digits="201", called="201"
+    )
     record = parse_one(line)
     assert record.start == local(2024, 1, 30, 15, 10)
     assert record.direction is Direction.IN
@@ -224,8 +277,9 @@ def test_standard_incoming_with_ani() -> None:
 
 @pytest.mark.parametrize("stars", ["***", "*** "])
 def test_unanswered_incoming(stars: str) -> None:
-    line = standard(date="04/15", start="01:42P", duration="00:00:31", calling="T090", attendant="*", answer=stars,
-                    called="ATT2")
+    line = standard(
+        date="04/15", start="01:42P", duration="00:00:31", calling="T090", attendant="*", answer=stars, called="ATT2"
+    )
     record = parse_one(line)
     assert record.answered is False
     assert record.ring_s is None
@@ -235,8 +289,17 @@ def test_unanswered_incoming(stars: str) -> None:
 
 
 def test_internal_call_transfer_and_third_party() -> None:
-    line = standard(flag="%", date="03/01", start="10:00", duration="00:12:00", calling="2001", digits="2002",
-                    called="2002", transfer="T", third="2003")
+    line = standard(
+        flag="%",
+        date="03/01",
+        start="10:00",
+        duration="00:12:00",
+        calling="2001",
+        digits="2002",
+        called="2002",
+        transfer="T",
+        third="2003",
+    )
     record = parse_one(line)
     assert record.direction is Direction.INTERNAL
     assert record.extension == "2001"
@@ -256,16 +319,18 @@ def test_blank_duration_is_unanswered_and_has_no_end() -> None:
 
 
 def test_duration_overflow_99_99_99() -> None:
-    line = standard(flag="+", date="03/01", start="10:00", duration="99:99:99", calling="2001", called="T001",
-                    digits="123")
+    line = standard(
+        flag="+", date="03/01", start="10:00", duration="99:99:99", calling="2001", called="T001", digits="123"
+    )
     record = parse_one(line)
     assert record.duration_s == 100 * 3600
     assert record.extra["duration_overflow"] is True
 
 
 def test_short_line_missing_trailing_blanks_and_leading_blank_column() -> None:
-    line = standard(date="03/01", start="10:00", duration="00:00:10", calling="2001", digits="0612345678",
-                    called="T001").rstrip()
+    line = standard(
+        date="03/01", start="10:00", duration="00:00:10", calling="2001", digits="0612345678", called="T001"
+    ).rstrip()
     assert line.startswith(" 03/01")
     record = parse_one(line)
     assert record.trunk == "T001"
@@ -273,8 +338,14 @@ def test_short_line_missing_trailing_blanks_and_leading_blank_column() -> None:
 
 
 def test_metering_splits_digits_and_pulses() -> None:
-    line = standard(date="03/01", start="10:00", duration="00:01:00", calling="2001",
-                    digits="0612345678".ljust(21) + "00012", called="T001")
+    line = standard(
+        date="03/01",
+        start="10:00",
+        duration="00:01:00",
+        calling="2001",
+        digits="0612345678".ljust(21) + "00012",
+        called="T001",
+    )
     record = parse_one(line, metering=True)
     assert record.other_number == "0612345678"
     assert record.extra["meter_pulses"] == "00012"
@@ -282,8 +353,9 @@ def test_metering_splits_digits_and_pulses() -> None:
 
 def test_seconds_in_start_time_shift_later_columns() -> None:
     at = {name: first + 3 if first >= 14 else first for name, first in STANDARD_AT.items()}
-    line = place(93, at, date="03/05", start="01:14:13p", duration="00:00:42", calling="2001", digits="0612345678",
-                 called="T001")
+    line = place(
+        93, at, date="03/05", start="01:14:13p", duration="00:00:42", calling="2001", digits="0612345678", called="T001"
+    )
     for options in ({}, {"seconds_in_time": True}, {"layout": "standard", "seconds_in_time": True}):
         record = parse_one(line, **options)
         assert record.start == local(2024, 3, 5, 13, 14, 13)
@@ -294,8 +366,17 @@ def test_seconds_in_start_time_shift_later_columns() -> None:
 
 @pytest.mark.parametrize("options", [{}, {"layout": "extended"}], ids=["auto", "explicit"])
 def test_extended_digit_length(options) -> None:
-    line = place(101, EXTENDED_AT, date="03/05", start="09:30", duration="0102:03:04", calling="T1234", answer="012",
-                 digits="4455", called="22001")
+    line = place(
+        101,
+        EXTENDED_AT,
+        date="03/05",
+        start="09:30",
+        duration="0102:03:04",
+        calling="T1234",
+        answer="012",
+        digits="4455",
+        called="22001",
+    )
     record = parse_one(line, **options)
     assert record.start == local(2024, 3, 5, 9, 30)
     assert record.duration_s == 102 * 3600 + 3 * 60 + 4
@@ -307,8 +388,7 @@ def test_extended_digit_length(options) -> None:
 
 def test_extended_time_to_answer_option() -> None:
     at = dict(STANDARD_AT, attendant=28, answer=29)
-    line = place(90, at, date="03/05", start="09:30", duration="00:01:00", calling="T001", answer="0125",
-                 called="2001")
+    line = place(90, at, date="03/05", start="09:30", duration="00:01:00", calling="T001", answer="0125", called="2001")
     assert parse_one(line, extended_time_to_answer=True).ring_s == 125
 
 
@@ -381,7 +461,11 @@ def test_validate_options_refuses(options: dict, key: str) -> None:
 
 def test_validate_options_accepts_presets_and_transport_keys() -> None:
     for options in (
-        {}, {"layout": "standard"}, {"layout": "Extended"}, {"layout": "observed-207"}, {"layout": "auto"},
+        {},
+        {"layout": "standard"},
+        {"layout": "Extended"},
+        {"layout": "observed-207"},
+        {"layout": "auto"},
         {"clock": 12, "seconds_in_time": False, "columns": {"account": [73, 84], "extra_code": 90}},
         {"idle_timeout": 300.0, "keepalive": "\n", "encoding": "latin-1"},
     ):

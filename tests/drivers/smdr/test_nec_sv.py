@@ -94,19 +94,58 @@ def test_spec_sample_report():
     ("line", "start", "extension", "other", "direction", "duration", "account", "answered"),
     [
         (SAMPLE_POT, utc(2024, 12, 9, 10, 52), "2001", "2142623801", Direction.OUT, 10, "08754", None),
-        ("PIN 10:53 12/09 003 00:01:10 2002 2142623801", utc(2024, 12, 9, 10, 53), "2002", "2142623801",
-         Direction.IN, 70, None, True),
-        ("PIN 10:55 12/09 003 2142623801 NO ANSWER", utc(2024, 12, 9, 10, 55), None, "2142623801", Direction.IN,
-         None, None, False),
+        (
+            "PIN 10:53 12/09 003 00:01:10 2002 2142623801",
+            utc(2024, 12, 9, 10, 53),
+            "2002",
+            "2142623801",
+            Direction.IN,
+            70,
+            None,
+            True,
+        ),
+        (
+            "PIN 10:55 12/09 003 2142623801 NO ANSWER",
+            utc(2024, 12, 9, 10, 55),
+            None,
+            "2142623801",
+            Direction.IN,
+            None,
+            None,
+            False,
+        ),
         ("PIN 10:56 12/09 003 NO ANSWER", utc(2024, 12, 9, 10, 56), None, None, Direction.IN, None, None, False),
-        ("ICM 11:00 00:00:45 2001 2002", utc(2024, 12, 9, 11, 0), "2001", "2002", Direction.INTERNAL, 45, None,
-         True),
-        ("IVOTP 11:01 12/09 010 00:02:00 2003 0012125551234 4711", utc(2024, 12, 9, 11, 1), "2003",
-         "0012125551234", Direction.OUT, 120, "4711", None),
-        ("PTRS 11:02 12/09 002 00:00:30 2004 2142623801", utc(2024, 12, 9, 11, 2), "2004", "2142623801",
-         Direction.UNKNOWN, 30, None, None),
-        ("BRD 11:03 12/09 002 00:00:00 2005 0900123456", utc(2024, 12, 9, 11, 3), "2005", "0900123456",
-         Direction.OUT, 0, None, False),
+        ("ICM 11:00 00:00:45 2001 2002", utc(2024, 12, 9, 11, 0), "2001", "2002", Direction.INTERNAL, 45, None, True),
+        (
+            "IVOTP 11:01 12/09 010 00:02:00 2003 0012125551234 4711",
+            utc(2024, 12, 9, 11, 1),
+            "2003",
+            "0012125551234",
+            Direction.OUT,
+            120,
+            "4711",
+            None,
+        ),
+        (
+            "PTRS 11:02 12/09 002 00:00:30 2004 2142623801",
+            utc(2024, 12, 9, 11, 2),
+            "2004",
+            "2142623801",
+            Direction.UNKNOWN,
+            30,
+            None,
+            None,
+        ),
+        (
+            "BRD 11:03 12/09 002 00:00:00 2005 0900123456",
+            utc(2024, 12, 9, 11, 3),
+            "2005",
+            "0900123456",
+            Direction.OUT,
+            0,
+            None,
+            False,
+        ),
     ],
 )
 def test_token_mode_records(line, start, extension, other, direction, duration, account, answered):
@@ -139,10 +178,19 @@ def test_exact_column_records():
     assert pin.extension == "Front Desk" and pin.account is None
     assert pin.extra["caller_name"] == "NECinfrontia Corp."
     assert (no_answer.answered, no_answer.account, no_answer.duration_s, no_answer.extension) == (
-        False, None, None, None)
+        False,
+        None,
+        None,
+        None,
+    )
     assert no_answer.end is None
     assert (icm.direction, icm.trunk, icm.account, icm.extension, icm.other_number) == (
-        Direction.INTERNAL, None, None, "2001", "2002")
+        Direction.INTERNAL,
+        None,
+        None,
+        "2001",
+        "2002",
+    )
     assert icm.extra["date_inferred"] is True and icm.start == utc(2024, 12, 9, 11, 0)
     assert (ivotp.direction, ivotp.trunk, ivotp.extra["class"]) == (Direction.OUT, "010", "IVOTP")
 
@@ -153,7 +201,11 @@ def test_date_off_layout():
     record = one(p, line, RECEIVED)
     assert record.extra["mode"] == "columns"
     assert (record.trunk, record.extension, record.other_number, record.account) == (
-        "0002", "2001", "2142623801", "08754")
+        "0002",
+        "2001",
+        "2142623801",
+        "08754",
+    )
     assert record.start == utc(2024, 12, 9, 10, 52) and record.extra["date_inferred"] is True
 
 
@@ -164,13 +216,17 @@ def test_year_from_page_header_and_change_between_pages():
     received = utc(2025, 3, 1, 12, 0)  # long after: the page header still gives the year
     p = parser()
     assert p.feed(page_header("12/31/2024"), received) == []
-    records = feed_all(p, [
-        "POT 23:58 12/31 002 00:00:10 2001 123",
-        "POT 00:01 01/01 002 00:00:10 2001 456",  # still on the 12/31 page: next year
-        page_header("01/01/2025", 2),
-        "POT 23:59 12/31 002 00:00:10 2001 789",  # late record on the new year's page
-        "POT 00:02 01/01 002 00:00:10 2001 012",
-    ], received)
+    records = feed_all(
+        p,
+        [
+            "POT 23:58 12/31 002 00:00:10 2001 123",
+            "POT 00:01 01/01 002 00:00:10 2001 456",  # still on the 12/31 page: next year
+            page_header("01/01/2025", 2),
+            "POT 23:59 12/31 002 00:00:10 2001 789",  # late record on the new year's page
+            "POT 00:02 01/01 002 00:00:10 2001 012",
+        ],
+        received,
+    )
     assert [record.start.year for record in records] == [2024, 2025, 2024, 2025]
 
 
@@ -248,9 +304,20 @@ def test_reset_keeps_the_held_record():
 @pytest.mark.parametrize(
     "line",
     [
-        page_header(), SAMPLE_TITLES, "CLASS  TIME  DATE  LINE DURATION", "-" * 79, "=" * 79, "   ",
-        "OUTGOING CALL/COST SUMMARY FOR DAY OF 12/09", "TOTAL NO. OF CALLS     12", "ATZ",
-        "ALB 10:52 12/09 3", "BFL 10:52 12/09", "SDTA 10:52 12/09 002 00:00:10 2001", "SAD 10:52", "WAD 10:52",
+        page_header(),
+        SAMPLE_TITLES,
+        "CLASS  TIME  DATE  LINE DURATION",
+        "-" * 79,
+        "=" * 79,
+        "   ",
+        "OUTGOING CALL/COST SUMMARY FOR DAY OF 12/09",
+        "TOTAL NO. OF CALLS     12",
+        "ATZ",
+        "ALB 10:52 12/09 3",
+        "BFL 10:52 12/09",
+        "SDTA 10:52 12/09 002 00:00:10 2001",
+        "SAD 10:52",
+        "WAD 10:52",
         "NEXT orphan name",
     ],
 )
@@ -268,8 +335,14 @@ def test_events_are_counted():
 
 
 def test_summary_block_is_skipped():
-    lines = ["OUTGOING CALL/COST SUMMARY FOR DAY OF 12/09", "LINE 001      3 CALLS   00:10:00   1.20",
-             "LINE 002      1 CALLS   00:00:40   0.10", "TOTAL NO. OF CALLS 4", page_header(), SAMPLE_POT]
+    lines = [
+        "OUTGOING CALL/COST SUMMARY FOR DAY OF 12/09",
+        "LINE 001      3 CALLS   00:10:00   1.20",
+        "LINE 002      1 CALLS   00:00:40   0.10",
+        "TOTAL NO. OF CALLS 4",
+        page_header(),
+        SAMPLE_POT,
+    ]
     assert [record.raw for record in feed_all(parser(), lines)] == [SAMPLE_POT]
 
 

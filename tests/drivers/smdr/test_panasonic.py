@@ -43,8 +43,17 @@ def pattern_a(date="06/24/97", time="10:03AM", ext="11", co="01", dial="", ring=
 
 
 def test_header_matches_the_column_table():
-    columns = {"Date": (0, 8), "Time": (9, 16), "Ext": (17, 22), "CO": (23, 25), "Dial Number": (26, 51),
-               "Ring": (52, 56), "Duration": (57, 65), "Acc code": (66, 76), "CD": (77, 80)}
+    columns = {
+        "Date": (0, 8),
+        "Time": (9, 16),
+        "Ext": (17, 22),
+        "CO": (23, 25),
+        "Dial Number": (26, 51),
+        "Ring": (52, 56),
+        "Duration": (57, 65),
+        "Acc code": (66, 76),
+        "CD": (77, 80),
+    }
     assert len(HEADER) == 80
     for name, (first, stop) in columns.items():
         assert HEADER[first:stop].strip() == name
@@ -55,36 +64,138 @@ def test_header_matches_the_column_table():
 # (line, options, start, end, extension, trunk, other_number, direction, duration_s, account, extra subset)
 SAMPLES = [
     # KX-TD308: time is the END of the call
-    ("06/24/97 10:03AM 11 1 1234567890123456789012345 00:05'12 1234567890", {},
-     utc(1997, 6, 24, 9, 57, 48), utc(1997, 6, 24, 10, 3), "11", "1", "1234567890123456789012345", Direction.OUT,
-     312, "1234567890", {}),
-    ("06/24/97 10:07AM 13 2 <I> 00:00'56", {},
-     utc(1997, 6, 24, 10, 6, 4), utc(1997, 6, 24, 10, 7), "13", "2", None, Direction.IN, 56, None, {}),
-    ("06/24/97 10:08AM 15 1 <I> 00:10'01 431211 TR", {},
-     utc(1997, 6, 24, 9, 57, 59), utc(1997, 6, 24, 10, 8), "15", "1", None, Direction.IN, 601, "431211",
-     {"cd": "TR"}),
-    ("06/24/97 10:09AM 18 1 10222P1-202-346-7890 00:09'18 001 FW", {},
-     utc(1997, 6, 24, 9, 59, 42), utc(1997, 6, 24, 10, 9), "18", "1", "1022212023467890", Direction.OUT, 558, "001",
-     {"cd": "FW", "dial_number": "10222P1-202-346-7890"}),
-    ("06/24/97 10:20AM 12 3 <I>4312111 00:21'46", {},
-     utc(1997, 6, 24, 9, 58, 14), utc(1997, 6, 24, 10, 20), "12", "3", "4312111", Direction.IN, 1306, None, {}),
+    (
+        "06/24/97 10:03AM 11 1 1234567890123456789012345 00:05'12 1234567890",
+        {},
+        utc(1997, 6, 24, 9, 57, 48),
+        utc(1997, 6, 24, 10, 3),
+        "11",
+        "1",
+        "1234567890123456789012345",
+        Direction.OUT,
+        312,
+        "1234567890",
+        {},
+    ),
+    (
+        "06/24/97 10:07AM 13 2 <I> 00:00'56",
+        {},
+        utc(1997, 6, 24, 10, 6, 4),
+        utc(1997, 6, 24, 10, 7),
+        "13",
+        "2",
+        None,
+        Direction.IN,
+        56,
+        None,
+        {},
+    ),
+    (
+        "06/24/97 10:08AM 15 1 <I> 00:10'01 431211 TR",
+        {},
+        utc(1997, 6, 24, 9, 57, 59),
+        utc(1997, 6, 24, 10, 8),
+        "15",
+        "1",
+        None,
+        Direction.IN,
+        601,
+        "431211",
+        {"cd": "TR"},
+    ),
+    (
+        "06/24/97 10:09AM 18 1 10222P1-202-346-7890 00:09'18 001 FW",
+        {},
+        utc(1997, 6, 24, 9, 59, 42),
+        utc(1997, 6, 24, 10, 9),
+        "18",
+        "1",
+        "1022212023467890",
+        Direction.OUT,
+        558,
+        "001",
+        {"cd": "FW", "dial_number": "10222P1-202-346-7890"},
+    ),
+    (
+        "06/24/97 10:20AM 12 3 <I>4312111 00:21'46",
+        {},
+        utc(1997, 6, 24, 9, 58, 14),
+        utc(1997, 6, 24, 10, 20),
+        "12",
+        "3",
+        "4312111",
+        Direction.IN,
+        1306,
+        None,
+        {},
+    ),
     # KX-TA616: time is the START of the call
-    ("12/31/98 12:52PM 103 05 12345678901234567890123456789012 00:00'16 ....", {"time_is": "start"},
-     utc(1998, 12, 31, 12, 52), utc(1998, 12, 31, 12, 52, 16), "103", "05", "12345678901234567890123456789012",
-     Direction.OUT, 16, None, {}),
-    ("12/31/98 *12:54PM 101 02 < incoming > 00:07'48 ....", {"time_is": "start"},
-     utc(1998, 12, 31, 12, 54), utc(1998, 12, 31, 13, 1, 48), "101", "02", None, Direction.IN, 468, None,
-     {"transferred": True}),
-    ("12/31/98 1:04PM 102 05 < DISA incoming > 00:00'09 .... 0", {"time_is": "start"},
-     utc(1998, 12, 31, 13, 4), utc(1998, 12, 31, 13, 4, 9), "102", "05", None, Direction.IN, 9, None,
-     {"incoming_type": "DISA", "unknown_tokens": ["0"]}),
+    (
+        "12/31/98 12:52PM 103 05 12345678901234567890123456789012 00:00'16 ....",
+        {"time_is": "start"},
+        utc(1998, 12, 31, 12, 52),
+        utc(1998, 12, 31, 12, 52, 16),
+        "103",
+        "05",
+        "12345678901234567890123456789012",
+        Direction.OUT,
+        16,
+        None,
+        {},
+    ),
+    (
+        "12/31/98 *12:54PM 101 02 < incoming > 00:07'48 ....",
+        {"time_is": "start"},
+        utc(1998, 12, 31, 12, 54),
+        utc(1998, 12, 31, 13, 1, 48),
+        "101",
+        "02",
+        None,
+        Direction.IN,
+        468,
+        None,
+        {"transferred": True},
+    ),
+    (
+        "12/31/98 1:04PM 102 05 < DISA incoming > 00:00'09 .... 0",
+        {"time_is": "start"},
+        utc(1998, 12, 31, 13, 4),
+        utc(1998, 12, 31, 13, 4, 9),
+        "102",
+        "05",
+        None,
+        Direction.IN,
+        9,
+        None,
+        {"incoming_type": "DISA", "unknown_tokens": ["0"]},
+    ),
     # KX-TD612E UK: DD.MM.YY, 24 h end time, Dept and Cost
-    ("24.03.94 10:03 201 12345 01 12345678901234567 00:05'12 00007. 00 12345", {},
-     utc(1994, 3, 24, 9, 57, 48), utc(1994, 3, 24, 10, 3), "201", "01", "12345678901234567", Direction.OUT, 312,
-     "12345", {"dept": "12345", "cost": "00007.00"}),
-    ("24.03.94 10:08 205 05 <I>MARY WARD 00:10'01 00000. 00 43212 T", {},
-     utc(1994, 3, 24, 9, 57, 59), utc(1994, 3, 24, 10, 8), "205", "05", None, Direction.IN, 601, "43212",
-     {"caller_name": "MARY WARD", "cost": "00000.00", "cd": "T"}),
+    (
+        "24.03.94 10:03 201 12345 01 12345678901234567 00:05'12 00007. 00 12345",
+        {},
+        utc(1994, 3, 24, 9, 57, 48),
+        utc(1994, 3, 24, 10, 3),
+        "201",
+        "01",
+        "12345678901234567",
+        Direction.OUT,
+        312,
+        "12345",
+        {"dept": "12345", "cost": "00007.00"},
+    ),
+    (
+        "24.03.94 10:08 205 05 <I>MARY WARD 00:10'01 00000. 00 43212 T",
+        {},
+        utc(1994, 3, 24, 9, 57, 59),
+        utc(1994, 3, 24, 10, 8),
+        "205",
+        "05",
+        None,
+        Direction.IN,
+        601,
+        "43212",
+        {"caller_name": "MARY WARD", "cost": "00000.00", "cd": "T"},
+    ),
 ]
 
 
@@ -147,11 +258,19 @@ def test_exact_column_line():
 def test_page_with_header_dashes_blank_lines_and_noise():
     p = parser()
     lines = [
-        "Enter password:", "SMDR", "AT&F", "ATZ", HEADER, DASHES,
+        "Enter password:",
+        "SMDR",
+        "AT&F",
+        "ATZ",
+        HEADER,
+        DASHES,
         pattern_a(ext="101", co="02", dial="0123456789", duration="00:01'00", acc="...."),
         pattern_a(time="10:05AM", ext="102", co="", dial="105EXT", duration="00:00'30"),
-        "", "   ", "=" * 40,
-        HEADER, DASHES,
+        "",
+        "   ",
+        "=" * 40,
+        HEADER,
+        DASHES,
         pattern_a(time="10:09AM", ext="103", co="03", dial="<D>5551234<I>06201234567", ring="0'12"),
     ]
     records = [record for line in lines for record in p.feed(line, RECEIVED)]
@@ -184,7 +303,12 @@ def test_misaligned_line_falls_back_to_tokens():
     record = one(parser(), line)
     assert record.extra["mode"] == "tokens"
     assert (record.extension, record.trunk, record.other_number, record.ring_s, record.account) == (
-        "11", "01", "0123456789", 5, "42")
+        "11",
+        "01",
+        "0123456789",
+        5,
+        "42",
+    )
 
 
 # ---- times
@@ -312,9 +436,21 @@ def test_non_ascii_pound_in_header(pound):
 
 @pytest.mark.parametrize(
     "line",
-    [HEADER, DASHES, "=" * 80, "", "AT&F0", "ATE0Q1", "login:", "Enter password:", "Panasonic KX-TDA100 SMDR",
-     "06/24/97 10:03AM 101 LOG IN", "06/24/97 10:05AM 101 LOG OUT", "06/24/97 10:05AM 101 Check in",
-     "06/24/97 10:05AM 101 Timed Reminder/Start"],
+    [
+        HEADER,
+        DASHES,
+        "=" * 80,
+        "",
+        "AT&F0",
+        "ATE0Q1",
+        "login:",
+        "Enter password:",
+        "Panasonic KX-TDA100 SMDR",
+        "06/24/97 10:03AM 101 LOG IN",
+        "06/24/97 10:05AM 101 LOG OUT",
+        "06/24/97 10:05AM 101 Check in",
+        "06/24/97 10:05AM 101 Timed Reminder/Start",
+    ],
 )
 def test_skipped_lines(line):
     assert parser().feed(line, RECEIVED) == []
@@ -338,9 +474,7 @@ def test_garbage_raises_parse_error(line):
         parser().feed(line, RECEIVED)
 
 
-@pytest.mark.parametrize(
-    "options", [{"time_is": "middle"}, {"date_order": "ydm"}, {"layout": "Z"}, {"dept": "maybe"}]
-)
+@pytest.mark.parametrize("options", [{"time_is": "middle"}, {"date_order": "ydm"}, {"layout": "Z"}, {"dept": "maybe"}])
 def test_bad_options_are_refused(options):
     with pytest.raises(ValueError, match=next(iter(options))):
         PanasonicParser.validate_options(options)
@@ -354,9 +488,12 @@ def test_trunk_to_trunk_legs_are_keyed_by_the_extension_that_sent_the_call_out_u
     """Incoming legs and TR/FW legs carry the extension's key (the tracker joins an incoming and an outgoing leg
     of one extension that meet in time); a plain outgoing record is no leg."""
     received = datetime(1997, 6, 24, 10, 15, tzinfo=timezone.utc)
-    lines = ("06/24/97 10:08AM 15 1 <I> 00:10'01 431211 TR", "06/24/97 10:09AM 18 1 10222P1-202-346-7890 00:09'18 001 FW",
-             "06/24/97 10:03AM 11 1 1234567890123456789012345 00:05'12 1234567890",
-             "06/24/97 10:09AM 18 2 <I>0123456 00:09'20")
+    lines = (
+        "06/24/97 10:08AM 15 1 <I> 00:10'01 431211 TR",
+        "06/24/97 10:09AM 18 1 10222P1-202-346-7890 00:09'18 001 FW",
+        "06/24/97 10:03AM 11 1 1234567890123456789012345 00:05'12 1234567890",
+        "06/24/97 10:09AM 18 2 <I>0123456 00:09'20",
+    )
     parser = PanasonicParser("pbx", tz=timezone.utc)
     legs = [(record.leg_key, record.joins_leg) for line in lines for record in parser.feed(line, received)]
     assert legs == [("co-transfer 15", True), ("co-transfer 18", True), (None, False), ("co-transfer 18", True)]

@@ -38,32 +38,67 @@ COMMON_ORDER_SAMPLES = [
     pytest.param(
         "Call 1001,00000C1A2B3C4D5E_101,00:02:15,2024/03/05 09:15:02,2024/03/05 09:15:09,2024/03/05 09:17:24,"
         "TerminatedBySrc,+36301234567,Ext.101,10000,101,,,Ext.101,101,,,,,Chain: +36301234567;Ext.101;",
-        utc(2024, 3, 5, 9, 15, 2), utc(2024, 3, 5, 9, 17, 24), "101", "+36301234567", Direction.IN, "1001", True, 135,
+        utc(2024, 3, 5, 9, 15, 2),
+        utc(2024, 3, 5, 9, 17, 24),
+        "101",
+        "+36301234567",
+        Direction.IN,
+        "1001",
+        True,
+        135,
         id="inbound",
     ),
     pytest.param(
         "Call 1002,00000C1A2B3C4D5E_102,00:00:48,2024/03/05 10:00:00,2024/03/05 10:00:12,2024/03/05 10:01:00,"
         "TerminatedByDst,Ext.102,0612345678,102,10000,0612345678,,0612345678,10000,**SALES,1,0.05,Local,"
         "Chain: Ext.102;0612345678;",
-        utc(2024, 3, 5, 10, 0, 0), utc(2024, 3, 5, 10, 1, 0), "102", "0612345678", Direction.OUT, "1002", True, 48,
+        utc(2024, 3, 5, 10, 0, 0),
+        utc(2024, 3, 5, 10, 1, 0),
+        "102",
+        "0612345678",
+        Direction.OUT,
+        "1002",
+        True,
+        48,
         id="outbound",
     ),
     pytest.param(
         "Call 1003,00000C1A2B3C4D5E_103,00:01:00,2024/03/05 11:00:00,2024/03/05 11:00:03,2024/03/05 11:01:03,"
         "TerminatedBySrc,Ext.103,Ext.104,103,104,104,,Ext.104,104,,,,,Chain: Ext.103;Ext.104;",
-        utc(2024, 3, 5, 11, 0, 0), utc(2024, 3, 5, 11, 1, 3), "104", "103", Direction.INTERNAL, "1003", True, 60,
+        utc(2024, 3, 5, 11, 0, 0),
+        utc(2024, 3, 5, 11, 1, 3),
+        "104",
+        "103",
+        Direction.INTERNAL,
+        "1003",
+        True,
+        60,
         id="internal",
     ),
     pytest.param(
         "Call 1004,00000C1A2B3C4D5E_104,,2024/03/05 11:30:00,,2024/03/05 11:30:20,TerminatedBySrc,+441632960000,"
         "Ext.105,10001,105,,,Ext.105,105,,,,,Chain: +441632960000;Ext.105;",
-        utc(2024, 3, 5, 11, 30, 0), utc(2024, 3, 5, 11, 30, 20), "105", "+441632960000", Direction.IN, "1004",
-        False, 0, id="unanswered-inbound",
+        utc(2024, 3, 5, 11, 30, 0),
+        utc(2024, 3, 5, 11, 30, 20),
+        "105",
+        "+441632960000",
+        Direction.IN,
+        "1004",
+        False,
+        0,
+        id="unanswered-inbound",
     ),
     pytest.param(
         "Call 1005,00000C1A2B3C4D5E_105,00:00:00,2024/03/05 11:40:00, ,2024/03/05 11:40:09,Failed,Ext.106,"
         "0036123456,106,10000,0036123456,,,,,,,,Chain: Ext.106;0036123456;",
-        utc(2024, 3, 5, 11, 40, 0), utc(2024, 3, 5, 11, 40, 9), "106", "0036123456", Direction.OUT, "1005", False, 0,
+        utc(2024, 3, 5, 11, 40, 0),
+        utc(2024, 3, 5, 11, 40, 9),
+        "106",
+        "0036123456",
+        Direction.OUT,
+        "1005",
+        False,
+        0,
         id="failed-outbound-blank-answer",
     ),
 ]
@@ -73,7 +108,9 @@ COMMON_ORDER_SAMPLES = [
     ("line", "start", "end", "extension", "other_number", "direction", "platform_call_id", "answered", "duration_s"),
     COMMON_ORDER_SAMPLES,
 )
-def test_common_order_samples(line, start, end, extension, other_number, direction, platform_call_id, answered, duration_s):
+def test_common_order_samples(
+    line, start, end, extension, other_number, direction, platform_call_id, answered, duration_s
+):
     record = only(line)
     assert record.format == "3cx"
     assert record.source == "pbx-3cx"
@@ -180,7 +217,10 @@ def test_type_values_compared_case_insensitively() -> None:
     )
     record = only(outbound, fields=ALL_FIELDS)
     assert (record.direction, record.extension, record.other_number, record.trunk) == (
-        Direction.OUT, "1013", "+3611234567", "10020",
+        Direction.OUT,
+        "1013",
+        "+3611234567",
+        "10020",
     )
 
 
@@ -244,7 +284,11 @@ def test_blank_lines_are_skipped(line: str) -> None:
     [
         ({}, "this is not a 3CX record at all", "1 items, but 20 fields"),
         ({}, "Call 1,abc,00:00:10,2024/03/05 09:00:00,,2024/03/05 09:00:10,Failed,Ext.100,555", "9 items, but 20"),
-        ({"fields": ["historyid", "chain", "time-start"]}, "Call 1,Chain: a;b,c;,2024/03/05 09:00:00", "4 items, but 3"),
+        (
+            {"fields": ["historyid", "chain", "time-start"]},
+            "Call 1,Chain: a;b,c;,2024/03/05 09:00:00",
+            "4 items, but 3",
+        ),
         (
             {},
             COMMON_ORDER_SAMPLES[0].values[0].replace("2024/03/05 09:15:02", "05.03.2024 09:15:02"),

@@ -26,10 +26,13 @@ def layouts(output: list[str]) -> list[str]:
 
 
 def test_tap_shows_the_panasonic_reading_and_each_change_a_line_makes():
-    output = tap_output("panasonic", [
-        "Date     Time    Ext. CO Dial number                      Duration  Code",
-        "31/12/98 12:52PM 103  05 0612345678                       00:00'16  ....",
-    ])
+    output = tap_output(
+        "panasonic",
+        [
+            "Date     Time    Ext. CO Dial number                      Duration  Code",
+            "31/12/98 12:52PM 103  05 0612345678                       00:00'16  ....",
+        ],
+    )
     assert layouts(output) == [
         "Panasonic: end times (default; no header seen yet), m/d/y (from the separator, not yet confirmed), layout A",
         "Panasonic: start times (KX-TA/TEA header: `Code`, no `Acc code`/`CD`), m/d/y (from the separator, not yet "
@@ -44,7 +47,9 @@ def test_the_time_is_option_is_named_as_the_reason():
 
 
 def test_check_names_each_links_reading(tmp_path):
-    from gateway.config import describe_config, load_config
+    from drivers.smdr import SMDR_FORMATS
+    from gateway.config.describe import describe_config
+    from gateway.config.load import load_config
 
     source = tmp_path / "gateway.yaml"
     source.write_text(
@@ -52,6 +57,6 @@ def test_check_names_each_links_reading(tmp_path):
         "  - {name: pana, format: panasonic, url: 'listen://127.0.0.1:9101', timezone: UTC, options: {time_is: start}}\n"
         "  - {name: ipo, format: avaya-ipo, url: 'listen://127.0.0.1:9102', timezone: UTC}\n"
     )
-    text = describe_config(load_config(source))
+    text = describe_config(load_config(source, SMDR_FORMATS), SMDR_FORMATS)
     assert "    reads lines as: Panasonic: start times (time_is option)" in text
     assert "    reads lines as: IP Office: CSV by field index" in text

@@ -1,4 +1,5 @@
 """`gateway demo`: the gateway on a configuration (the bundled default) with simulators in place of hardware.
+It runs the whole application (gateway.service), so it lives here with the simulators, not in the core.
 
 Every `tcp://` recorder of the file gets a trunk recorder simulator listening on its address; every
 `listen://` link gets a PBX simulator that connects to it, every `tcp://` link one that listens on its
@@ -73,7 +74,10 @@ class DemoExamples:
                 "KeepCall: start recording it" if self.manual_record else "KeepCall: protect it from deletion",
                 {"action": "KeepCall", **by_extension, **keep},
             ),
-            ("GetCallInformation: its record, as JSON", {"action": "GetCallInformation", **by_extension, "responseType": "JSON"}),
+            (
+                "GetCallInformation: its record, as JSON",
+                {"action": "GetCallInformation", **by_extension, "responseType": "JSON"},
+            ),
         ]
 
     def curl_lines(self) -> list[str]:
@@ -132,7 +136,9 @@ class Demo:
     async def start(self) -> None:
         key = _open_key(self.config.api.keys)
         if key is None:
-            raise DemoError("no API key works without a token from 127.0.0.1: the examples need one in the configuration")
+            raise DemoError(
+                "no API key works without a token from 127.0.0.1: the examples need one in the configuration"
+            )
         if not self.config.extensions:
             raise DemoError("the configuration has no extensions: the examples need one")
         try:
@@ -193,9 +199,13 @@ class Demo:
                     self.skipped.append(f"link {link.name}: {link.url} is a serial port, no simulator for it")
                 continue
             pbx = PbxSimulator(link.format, tz=link_timezone(link), name=f"pbx-{link.name}")
-            needed = {key: value for key, value in pbx.profile.gateway_options.items() if link.options.get(key) != value}
+            needed = {
+                key: value for key, value in pbx.profile.gateway_options.items() if link.options.get(key) != value
+            }
             if needed:
-                self.notes.append(f"link {link.name}: the {link.format} simulator's records need these link options: {needed}")
+                self.notes.append(
+                    f"link {link.name}: the {link.format} simulator's records need these link options: {needed}"
+                )
             if link.url.startswith("listen://"):
                 await pbx.connect(*address)
             else:
@@ -217,10 +227,11 @@ class Demo:
             for number, extension in recorded.items()
             if extension.mode in (RecordingMode.CONTROLLED, RecordingMode.CONTROLLED_AUTOSTART)
         ]
-        self.pinned_extension = (controlled or list(recorded) or [None])[0]
+        self.pinned_extension = controlled[0] if controlled else next(iter(recorded), None)
         configured = [extension.number for extension in self.config.extensions]
         extensions = configured + [number for number in DEMO_EXTRA_EXTENSIONS if number not in configured]
         pbx_links = [link.name for link in self.config.links if link.name in self.pbxs]  # in the file's order
+        pinned_extension = self.pinned_extension
         for index, link_name in enumerate(pbx_links or [None]):
             first = index == 0
             model = TrafficModel(
@@ -229,13 +240,15 @@ class Demo:
                 talk_median_s=DEMO_TALK_MEDIAN_S,
                 extensions=extensions,
                 transfer_extensions=[number for number in extensions if number not in recorded],
-                pinned={self.pinned_extension: PINNED_CALL_S} if first and self.pinned_extension else None,
+                pinned={pinned_extension: PINNED_CALL_S} if first and pinned_extension else None,
             )
             site = Site(
                 model.calls(),
                 pbx=self.pbxs[link_name] if link_name else None,
                 recorder=self.recorders[first_recorder] if first and first_recorder else None,
-                channels={number: extension.channel for number, extension in recorded.items()} if first else None,
+                channels={number: extension.channel for number, extension in recorded.items() if extension.channel}
+                if first
+                else None,
                 speed=self.speed,
                 first_pbx_call_id=first_call_id_from_clock(),
                 history=SITE_HISTORY,

@@ -1,0 +1,121 @@
+"""What `gateway check` prints and checks: the configuration as it would run, and the problems a valid file can
+still have on this machine (serial ports, TLS files, the store's folder)."""
+
+from __future__ import annotations
+
+import os
+import ssl
+
+from gateway.config import RETENTION_FOREVER, GatewayConfig, LinkConfig, LinkFormats, SerialSettings
+from gateway.config.yaml_nodes import _format_duration
+
+
+def describe_config(config: GatewayConfig, formats: LinkFormats) -> str:
+    """What the configuration would run, for `gateway check`; never shows a key, a hash or a login text."""
+    http = config.http
+    scheme = "https" if http.tls else "http"
+    host = f"[{http.host}]" if ":" in http.host else http.host
+    lines = [f"configuration: {config.source}", f"HTTP API: {scheme}://{host}:{http.port}/"]
+    if http.tls:
+        lines.append(f"  TLS certificate: {http.tls.certfile}, key: {http.tls.keyfile}")
+    lines.append(f"store: {config.store.path} (sync: {config.store.sync})")
+    retention = config.store.retention
+    kept = [
+        f"{name} {RETENTION_FOREVER if seconds is None else _format_duration(seconds)}"
+        for name, seconds in (
+            ("calls", retention.calls_s),
+            ("journal", retention.journal_s),
+            ("quarantine", retention.quarantine_s),
+        )
+    ]
+    lines.append(f"  retention: {', '.join(kept)}")
+    api = config.api
+    lines.append(f"API: token TTL {api.token_ttl_s} s, status=next window {api.next_window_s:g} s")
+    lines.append(f"  keys ({len(api.keys)}):")
+    for key in api.keys:
+        networks = ", ".join(str(network) for network in key.networks) if key.networks is not None else "any address"
+        token = "token required" if key.require_token else "no token"
+        lines.append(f"    {key.name}: {token}; from {networks}")
+    lines.append(f"  users ({len(api.users)}):")
+    for user in api.users:
+        lines.append(f"    {user.name} (timezone {user.timezone})")
+    lines.append(f"on-demand retention: {_format_duration(config.on_demand.retention_s)}")
+    lines.append(f"recorders ({len(config.recorders)}):")
+    for recorder in config.recorders:
+        serial = f", {_describe_serial(recorder.serial)}" if recorder.serial else ""
+        lines.append(f"  {recorder.name}: {recorder.url} (timeout {recorder.timeout_s:g} s{serial})")
+    lines.append(f"links ({len(config.links)}):")
+    for link in config.links:
+        details = [f"timezone {link.timezone or 'of this machine'}"]
+        if link.serial:
+            details.append(_describe_serial(link.serial))
+        if link.login:
+            details.append(f"{len(link.login)} login steps")
+        if link.options:
+            details.append("options: " + ", ".join(sorted(link.options)))
+        lines.append(f"  {link.name}: {link.format} at {link.url} ({'; '.join(details)})")
+        lines.append(f"    reads lines as: {_describe_link_variant(formats, link)}")
+    lines.append(f"extensions ({len(config.extensions)}):")
+    for extension in config.extensions:
+        where = "no recorder channel"
+        if extension.channel:
+            where = f"recorder {extension.recorder} channel {extension.channel}"
+        lines.append(f"  {extension.number}: {extension.mode.value}, {where}")
+    lines.append(f"log: {config.log.level}, {config.log.format}")
+    return "\n".join(lines)
+
+
+def _describe_link_variant(formats: LinkFormats, link: LinkConfig) -> str:
+    try:
+        return formats.describe(link)
+    except Exception as error:  # a description must not make `check` fail; validation reports real problems
+        return f"unknown ({type(error).__name__}: {error})"
+
+
+def _describe_serial(serial: SerialSettings) -> str:
+    flow = [name for name in ("xonxoff", "rtscts") if getattr(serial, name)]
+    text = f"{serial.baudrate} {serial.bytesize}{serial.parity}{serial.stopbits:g}"
+    return f"{text} {'+'.join(flow)}" if flow else text
+
+
+def check_config(config: GatewayConfig) -> list[str]:
+    """Problems a valid file can still have on this machine: missing serial ports, unusable TLS files, store folder."""
+    problems: list[str] = []
+    devices = [(f"links[{i}] {link.name}", link.url) for i, link in enumerate(config.links)]
+    devices += [(f"recorders[{i}] {recorder.name}", recorder.url) for i, recorder in enumerate(config.recorders)]
+    for label, url in devices:
+        if not url.startswith("/"):
+            continue
+        if not os.path.exists(url):
+            problems.append(f"{label}: serial port {url} does not exist")
+        elif not os.access(url, os.R_OK | os.W_OK):
+            problems.append(
+                f"{label}: no read/write permission on serial port {url} (is this user in the dialout group?)"
+            )
+    tls = config.http.tls
+    if tls is not None:
+        unreadable = False
+        for label, file in (("http.tls.certfile", tls.certfile), ("http.tls.keyfile", tls.keyfile)):
+            try:
+                with open(file, "rb"):
+                    pass
+            except OSError as exc:
+                unreadable = True
+                problems.append(f"{label}: cannot read {file}: {exc.strerror or exc}")
+        if not unreadable:
+            try:
+                # An empty password makes an encrypted key fail here instead of prompting on the terminal.
+                context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                context.load_cert_chain(tls.certfile, tls.keyfile, password="")
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                problems.append(f"http.tls: cannot use {tls.certfile} with {tls.keyfile}: {exc}")
+    store_path = config.store.path
+    if store_path.is_dir():
+        problems.append(f"store.path: {store_path} is a folder, not a database file")
+    else:
+        folder = store_path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not os.access(folder, os.W_OK | os.X_OK):
+            problems.append(f"store.path: cannot create {store_path}: {folder} is not writable")
+    return problems
