@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from gateway.config import LinkConfig
 from gateway.service import Gateway
-from tests.integration.test_smdr_links import make_config, wait_until
+from tests.conftest import eventually
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 RUN_MARKER = "<!-- test: run -->"
@@ -32,13 +32,13 @@ def test_the_simulators_guide_has_a_runnable_example() -> None:
 
 
 @pytest.mark.parametrize(("name", "code"), runnable_blocks(), ids=[name for name, _ in runnable_blocks()])
-async def test_a_runnable_docs_example_runs_as_written(name: str, code: str, tmp_path, unused_tcp_port) -> None:
+async def test_a_runnable_docs_example_runs_as_written(name: str, code: str, gateway_config, unused_tcp_port) -> None:
     namespace: dict[str, object] = {}
     exec(compile(textwrap.dedent(code), f"docs/{name}", "exec"), namespace)  # noqa: S102 — our own docs
     tests = [value for key, value in namespace.items() if key.startswith("test_") and callable(value)]
     assert tests, f"docs/{name}: a runnable example defines an async test_… function to run"
     link = LinkConfig("pbx", "avaya-ipo", f"listen://127.0.0.1:{unused_tcp_port}", timezone="Europe/Budapest")
-    gateway = Gateway(make_config(tmp_path, (link,)))
+    gateway = Gateway(gateway_config(links=(link,)))
     await gateway.start()
     try:
         with capture_logs() as logs:
@@ -46,6 +46,6 @@ async def test_a_runnable_docs_example_runs_as_written(name: str, code: str, tmp
                 await test(gateway_link_port=unused_tcp_port)  # type: ignore[operator]
         # Every record the example's PBX printed reached the gateway: nothing left in flight at its stop().
         assert not [entry for entry in logs if entry["event"] == "kept unsent lines for the next link"]
-        await wait_until(lambda: gateway.links["pbx"].records > 0)
+        await eventually(lambda: gateway.links["pbx"].records > 0)
     finally:
         await gateway.stop()
