@@ -26,7 +26,7 @@ def health_report(
 
     Retention failures do not degrade the status: nothing is lost while pruning waits, and they are counted.
     """
-    recorder_states = {name: {"state": "up" if recorder.connected else "down"} for name, recorder in recorders.items()}
+    recorder_states = {name: {"state": _recorder_state(recorder)} for name, recorder in recorders.items()}
     all_up = all(link.state is LinkState.UP for link in links.values()) and all(
         state["state"] == "up" for state in recorder_states.values()
     )
@@ -40,3 +40,11 @@ def health_report(
     if retention is not None:
         report["retention"] = retention.as_dict()
     return report
+
+
+def _recorder_state(recorder: RecorderControl) -> str:
+    """up; down (not connected); unresponsive: connected, but its last request timed out — it is dropped and
+    reconnected after three in a row, and KeepCall answers 504 meanwhile."""
+    if not recorder.connected:
+        return "down"
+    return "unresponsive" if getattr(recorder, "missed_replies", 0) else "up"

@@ -139,6 +139,11 @@ class TrunkRecorderClient:
     # ---- RecorderControl
 
     @property
+    def missed_replies(self) -> int:
+        """Requests in a row the device let time out; 0 again at the next reply in time or a new session."""
+        return self._missed_replies
+
+    @property
     def connected(self) -> bool:
         return self.state is RecorderState.READY
 

@@ -169,6 +169,10 @@ async def test_silent_recorder_is_504_within_its_timeout(gateway, http, sim):
     status, code, _, _ = await api(http, action="KeepCall", callID=call_id, type="manualRecord")
     assert (status, code) == (504, 2)
     assert loop.time() - started < RECORDER_TIMEOUT_S + 0.5
+    # Still connected, but not answering: /healthz says so at once, not only when the link is dropped.
+    async with http.get("/healthz") as response:
+        report = await response.json()
+    assert report["recorders"] == {"trunk1": {"state": "unresponsive"}} and report["status"] == "degraded"
 
 
 async def test_recorder_gone_is_503(gateway, http, sim):
