@@ -272,6 +272,7 @@ SELECT_OPEN_CALL_IDS = (
 )
 SELECT_LINK_PROGRESS = "SELECT link, applied_seq, replay_from_seq, context_seqs FROM link_progress"
 SELECT_STORE_INSTANCE = "SELECT value FROM store_meta WHERE key = 'instance_id'"
+SELECT_EXISTING_CALL_IDS = "SELECT call_id FROM calls WHERE call_id IN ({})"
 SELECT_JOURNAL_SEQS = "SELECT seq, link, received_at, raw, framing_error FROM journal WHERE seq IN ({})"
 COUNT_CALLS = "SELECT count(*) FROM calls"
 COUNT_ONGOING_CALLS = "SELECT count(*) FROM calls WHERE state = 0"
@@ -1103,22 +1104,22 @@ class Store:
 
     async def journal_lines(self, seqs: Sequence[int]) -> list[JournalEntry]:
         """The journal lines with these seqs (those still there), in seq order."""
-        entries: list[JournalEntry] = []
-        for start in range(0, len(seqs), SQLITE_MIN_VARIABLE_LIMIT):
-            chunk = list(seqs[start : start + SQLITE_MIN_VARIABLE_LIMIT])
-            sql = SELECT_JOURNAL_SEQS.format(", ".join("?" * len(chunk)))
-            rows = await self._read(self._read_rows, sql, chunk)
-            entries.extend(_journal_entries(rows))
-        return sorted(entries, key=lambda entry: entry.seq)
+        rows = await self._rows_where_in(SELECT_JOURNAL_SEQS, seqs)
+        return sorted(_journal_entries(rows), key=lambda entry: entry.seq)
 
     async def existing_call_ids(self, call_ids: Sequence[str]) -> set[str]:
         """Which of these calls the store holds."""
-        found: set[str] = set()
-        for start in range(0, len(call_ids), SQLITE_MIN_VARIABLE_LIMIT):
-            chunk = list(call_ids[start : start + SQLITE_MIN_VARIABLE_LIMIT])
-            sql = f"SELECT call_id FROM calls WHERE call_id IN ({', '.join('?' * len(chunk))})"
-            found.update(await self._read(self._read_ids, sql, chunk))
-        return found
+        rows = await self._rows_where_in(SELECT_EXISTING_CALL_IDS, call_ids)
+        return {call_id for (call_id,) in rows}
+
+    async def _rows_where_in(self, sql_template: str, values: Sequence[Any]) -> list[Any]:
+        """The rows of `sql_template` (its `{}` an IN list) for all `values`, a statement per
+        SQLITE_MIN_VARIABLE_LIMIT of them."""
+        rows: list[Any] = []
+        for start in range(0, len(values), SQLITE_MIN_VARIABLE_LIMIT):
+            chunk = list(values[start : start + SQLITE_MIN_VARIABLE_LIMIT])
+            rows.extend(await self._read(self._read_rows, sql_template.format(", ".join("?" * len(chunk))), chunk))
+        return rows
 
     async def count_calls(self) -> int:
         # count(*) walks the narrowest index: linear, but off the loop and only for status pages.
