@@ -235,12 +235,7 @@ class CallTracker:
         """Apply records read again from the journal after a restart; a record whose call the store already
         holds (it was applied before the crash) is skipped, so a line never makes a second call. The count
         applied."""
-        instance = self._store.instance_id
-        ids = {
-            index: record_call_id(instance, record.origin_seq, record.origin_index)
-            for index, record in enumerate(records)
-            if record.origin_seq is not None
-        }
+        ids = {index: call_id for index, record in enumerate(records) if (call_id := self._record_call_id(record))}
         existing = await self._store.existing_call_ids(list(ids.values())) if ids else set()
         applied = 0
         for index, record in enumerate(records):
@@ -313,7 +308,8 @@ class CallTracker:
 
     def _retry_later(self, calls: dict[str, Call]) -> None:
         """Queue the calls of a failed batch again (unless changed since: then they are queued already), with
-        the progress of that moment, SAVE_RETRY_S from now. Progress is never committed without them."""
+        the progress of that moment, SAVE_RETRY_S from now — or sooner, with the next batch. (A batch already
+        queued when this one failed still carries its own progress: a narrow window under store faults.)"""
         for call_id, call in calls.items():
             self._dirty.setdefault(call_id, call)
         if self._retry_handle is None and calls:
@@ -693,6 +689,13 @@ class CallTracker:
             else:
                 self._note_ended(call)
 
+    def _record_call_id(self, record: CallRecord) -> str | None:
+        """The callID a call made from this record gets: derived from the journal line it began on, so that
+        read again after a crash the record makes this same callID (None: not journalled)."""
+        if record.origin_seq is None:
+            return None
+        return record_call_id(self._store.instance_id, record.origin_seq, record.origin_index)
+
     def _call_from_record(self, record: CallRecord) -> Call:
         start, end = self._record_times(record)
         if record.direction is Direction.IN:
@@ -702,10 +705,7 @@ class CallTracker:
         answered = record.answered if record.answered is not None else bool(record.duration_s)
         extension_config = self.extension_config(record.extension)
         call = Call(
-            # From the journal line: read again after a crash, the record makes this same callID.
-            call_id=new_id()
-            if record.origin_seq is None
-            else record_call_id(self._store.instance_id, record.origin_seq, record.origin_index),
+            call_id=self._record_call_id(record) or new_id(),
             start_time=start,
             state=CallState.FINISHED,
             direction=record.direction,
