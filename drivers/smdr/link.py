@@ -16,6 +16,7 @@ from datetime import timedelta
 
 import structlog
 
+from drivers.backoff import Backoff
 from drivers.smdr import create_parser
 from drivers.smdr.base import RecordParser, SmdrParseError
 from drivers.transport import FramedLine, LineTransport, create_transport
@@ -103,7 +104,8 @@ class SmdrLink:
         # The newest journal line parsed: every line of this link up to it has been parsed (journal order).
         self._parsed_seq = 0
         self._reported_seq = 0  # the newest one `progress()` has reported
-        self._store_retry_s = 0.0  # the pause before the next write attempt while the store refuses writes
+        # Pauses between write attempts while the store refuses writes; None while it takes them.
+        self._store_retry: Backoff | None = None
         self.health = health
         self._transport_factory = transport_factory
         self._reader = LineReader(config)
@@ -174,8 +176,8 @@ class SmdrLink:
     # ---- progress and recovery
 
     def progress(self) -> LinkProgress | None:
-        """How far this link's journal is applied (None: nothing new since the last answer). Asked when the
-        call tracker snapshots a batch: every record of the lines up to `applied_seq` has been handed in."""
+        """How far this link's journal is applied (None: no line parsed yet). Asked when the call tracker
+        snapshots a batch: every record of the lines up to `applied_seq` has been handed in."""
         if self._parsed_seq == 0:
             return None
         held_since = self._parser.held_since_seq()
@@ -201,14 +203,15 @@ class SmdrLink:
             if not entries:
                 break
             records: list[CallRecord] = []
-            quarantined = []
+            quarantined: list[tuple[FramedLine, str, int]] = []
             for entry in entries:
-                found, reason = self._reader.read(self._framed(entry), entry.seq)
+                line = self._framed(entry)
+                found, reason = self._reader.read(line, entry.seq)
                 if entry.seq <= progress.applied_seq:
                     continue  # applied before the crash: read only to rebuild what the parser held
                 replayed += 1
                 if reason is not None:
-                    quarantined.append(self._journal.quarantine(name, entry.received_at, entry.raw, reason, entry.seq))
+                    quarantined.append((line, reason, entry.seq))
                 else:
                     records.extend(found)
             self.health.replayed += len(records)
@@ -216,7 +219,7 @@ class SmdrLink:
                 await self._submit_replayed(records)
             self._parsed_seq = max(self._parsed_seq, entries[-1].seq, progress.applied_seq)
             if quarantined:
-                await asyncio.gather(*quarantined)
+                await self._quarantine_all(quarantined)
             after_seq = entries[-1].seq
         self._parsed_seq = max(self._parsed_seq, progress.applied_seq)
         if replayed:
@@ -245,8 +248,7 @@ class SmdrLink:
             except Exception as error:
                 # Held, not lost: written again after a pause, behind the deliveries queued meanwhile (their
                 # seqs are lower, and lines are parsed in journal order). Its connection stays paused.
-                self._store_failing(error)
-                await asyncio.sleep(self._store_retry_s)
+                await asyncio.sleep(self._store_failing(error))
                 delivery.journalled = self._append_to_journal(delivery.lines)
                 self._backlog.append(delivery)
                 continue
@@ -284,21 +286,21 @@ class SmdrLink:
             if not failed:
                 self._store_ok()
                 return
-            self._store_failing(next(outcome for outcome in outcomes if isinstance(outcome, BaseException)))
-            await asyncio.sleep(self._store_retry_s)
+            error = next(outcome for outcome in outcomes if isinstance(outcome, BaseException))
+            await asyncio.sleep(self._store_failing(error))
             rows = failed
 
-    def _store_failing(self, error: BaseException) -> None:
-        if self._store_retry_s == 0:
+    def _store_failing(self, error: BaseException) -> float:
+        """The pause before the next attempt (one WARNING per spell of failures)."""
+        if self._store_retry is None:
             self._log.warning("store refuses writes; holding lines", error=str(error))
-            self._store_retry_s = STORE_RETRY_FIRST_S
-        else:
-            self._store_retry_s = min(self._store_retry_s * 2, STORE_RETRY_MAX_S)
+            self._store_retry = Backoff(STORE_RETRY_FIRST_S, STORE_RETRY_MAX_S)
+        return self._store_retry.next_delay()
 
     def _store_ok(self) -> None:
-        if self._store_retry_s:
+        if self._store_retry is not None:
             self._log.info("store takes writes again")
-            self._store_retry_s = 0.0
+            self._store_retry = None
 
     def _parse(self, line: FramedLine, seq: int) -> str | None:
         """Parse one journalled line and hand on its records; the reason when it must be quarantined."""
