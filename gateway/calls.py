@@ -28,6 +28,14 @@ from gateway.events import (
     RecordingStarted,
     RecordingStopped,
 )
+from gateway.feed import (
+    CALL_CONNECTED,
+    CALL_ENDED,
+    CALL_STARTED,
+    CALL_UPDATED,
+    RECORDING_STARTED,
+    RECORDING_STOPPED,
+)
 from gateway.model import Call, CallState, Direction, Recording, RecordingMode, new_id, record_call_id, utc_now
 from gateway.store import Store
 
@@ -67,6 +75,8 @@ LEG_WINDOW = timedelta(hours=4)
 SAVE_RETRY_S = 1.0
 
 CallListener = Callable[[DriverEvent, Call], None]
+# `listener(change, call, detail)` for each change the event feed reports (gateway.feed names: call.started …).
+ChangeListener = Callable[[str, Call, Mapping[str, object]], None]
 ProgressSource = Callable[[], LinkProgress | None]
 
 
@@ -169,6 +179,7 @@ class CallTracker:
         self._dirty: dict[str, Call] = {}  # changed this loop turn, not yet snapshotted
         self._dirty_batch: asyncio.Future[None] | None = None  # the future of this turn's batch
         self._listeners: list[CallListener] = []
+        self._change_listeners: list[ChangeListener] = []
         # Asked at each batch: how far each SMDR link has applied its journal, committed with the batch.
         self._progress_sources: list[ProgressSource] = []
         self._retry_handle: asyncio.TimerHandle | None = None
@@ -249,6 +260,18 @@ class CallTracker:
     def subscribe(self, listener: CallListener) -> None:
         """Call `listener(event, call)` after each event is applied. Listeners must not block."""
         self._listeners.append(listener)
+
+    def on_change(self, listener: ChangeListener) -> None:
+        """Call `listener(change, call, detail)` for every change to a call as it happens (in memory; the save
+        is queued): started, connected, ended, recording started/stopped, completed by a PBX record, kept."""
+        self._change_listeners.append(listener)
+
+    def changed(self, change: str, call: Call, **detail: object) -> None:
+        for listener in self._change_listeners:
+            try:
+                listener(change, call, detail)
+            except Exception:  # a listener bug must not stop the tracker
+                log.exception("change listener failed", change=change, call_id=call.call_id)
 
     # ---- counts for health
 
@@ -390,6 +413,7 @@ class CallTracker:
             self._remember_uncorrelated(call)
         self.save_soon(call)
         self._wake_next_waiters(call)
+        self.changed(CALL_STARTED, call)
         log.debug("call started", call_id=call.call_id, recorder=event.recorder, channel=event.channel)
         return call
 
@@ -420,6 +444,7 @@ class CallTracker:
         if call.connect_time is None:
             call.connect_time = event.at
             self.save_soon(call)
+            self.changed(CALL_CONNECTED, call)
         return call
 
     def _call_ended(self, event: CallEnded) -> Call | None:
@@ -433,7 +458,7 @@ class CallTracker:
     def _finish(self, call: Call, at: datetime) -> None:
         for recording in call.recordings:
             if recording.active:  # the device stops recordings itself when a call ends
-                self._end_recording(recording, at)
+                self._end_recording(recording, at, call)
         call.state = CallState.FINISHED
         call.end_time = at
         if call.duration_s is None and call.connect_time is not None:
@@ -442,6 +467,7 @@ class CallTracker:
         self._remember_finished(call)
         self._note_ended(call)
         self.save_soon(call)
+        self.changed(CALL_ENDED, call)
 
     def _recording_event_started(self, event: RecordingStarted) -> Call | None:
         call = None
@@ -481,6 +507,7 @@ class CallTracker:
             call.recordings.append(recording)
             if recording.active:
                 self._active_recordings[(recorder, native_id)] = recording
+            self.changed(RECORDING_STARTED, call, recordingID=recording.recording_id, manual=manual)
         elif manual and not recording.manual:
             recording.manual = True
         self.save_soon(call)
@@ -491,7 +518,7 @@ class CallTracker:
         if recording is None:
             return None  # already stopped (STOP's reply came first) or never seen
         call = self._call_in_memory(recording.call_id)
-        self._end_recording(recording, event.at)
+        self._end_recording(recording, event.at, call)
         if call is not None:
             self.save_soon(call)
         return call
@@ -499,13 +526,15 @@ class CallTracker:
     def end_recording(self, call: Call, recording: Recording, at: datetime) -> None:
         """A recording of the call ended (the reply to STOP); the STOPPED event that follows finds nothing to do."""
         if recording.end_time is None:
-            self._end_recording(recording, at)
+            self._end_recording(recording, at, call)
             self.save_soon(call)
 
-    def _end_recording(self, recording: Recording, at: datetime) -> None:
+    def _end_recording(self, recording: Recording, at: datetime, call: Call | None) -> None:
         recording.end_time = at
         if recording.recorder and recording.native_id:
             self._active_recordings.pop((recording.recorder, recording.native_id), None)
+        if call is not None:
+            self.changed(RECORDING_STOPPED, call, recordingID=recording.recording_id)
 
     def _recorder_synced(self, event: RecorderSynced) -> None:
         """Calls and recordings this recorder did not replay ended while the link was down."""
@@ -515,8 +544,8 @@ class CallTracker:
                 self._finish(call, event.at)
         for (recorder, native_id), recording in list(self._active_recordings.items()):
             if recorder == event.recorder and native_id not in event.live_recording_native_ids:
-                self._end_recording(recording, event.at)
                 recorded_call = self._call_in_memory(recording.call_id)
+                self._end_recording(recording, event.at, recorded_call)
                 if recorded_call is not None:
                     self.save_soon(recorded_call)
 
@@ -550,6 +579,7 @@ class CallTracker:
                 self._platform_groups.pop(group_key, None)
                 call.open_group = None
         self.save_soon(call)
+        self.changed(CALL_UPDATED, call)
         return call
 
     def _earlier_leg(self, record: CallRecord) -> Call | None:
@@ -813,6 +843,18 @@ class CallTracker:
             self._last_ended.clear()  # a memo only: everything is re-read from the store on demand
 
     # ---- lookups
+
+    def ongoing_calls(self) -> list[Call]:
+        return list(self._ongoing_by_id.values())
+
+    def recent_finished(self, limit: int) -> list[Call]:
+        """The calls that finished last (those still cached in memory), newest first."""
+        found: list[Call] = []
+        for call in reversed(self._finished_by_id.values()):
+            if len(found) >= limit:
+                break
+            found.append(call)
+        return found
 
     def ongoing_calls_of(self, number: str) -> list[Call]:
         return list(self._ongoing_by_party.get(number, {}).values())

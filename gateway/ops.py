@@ -26,7 +26,7 @@ def health_report(
 
     Retention failures do not degrade the status: nothing is lost while pruning waits, and they are counted.
     """
-    recorder_states = {name: {"state": _recorder_state(recorder)} for name, recorder in recorders.items()}
+    recorder_states = {name: {"state": recorder_state(recorder)} for name, recorder in recorders.items()}
     all_up = all(link.state is LinkState.UP for link in links.values()) and all(
         state["state"] == "up" for state in recorder_states.values()
     )
@@ -42,7 +42,7 @@ def health_report(
     return report
 
 
-def _recorder_state(recorder: RecorderControl) -> str:
+def recorder_state(recorder: RecorderControl) -> str:
     """up; down (not connected); unresponsive: connected, but its last request timed out — it is dropped and
     reconnected after three in a row, and KeepCall answers 504 meanwhile."""
     if not recorder.connected:

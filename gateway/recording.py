@@ -13,6 +13,7 @@ import structlog
 from gateway.calls import CallTracker, recording_mode_of
 from gateway.errors import GatewayError, RecorderError, RecorderNotConnected
 from gateway.events import CallConnected
+from gateway.feed import CALL_KEPT
 from gateway.model import Call, RecordingMode, utc_now
 
 log = structlog.get_logger(__name__)
@@ -80,12 +81,14 @@ class RecordingService:
             raise KeepRefused("Unable to keep the call, because the call was not recorded.")
         if call.kept != (not unmark):
             call.kept = not unmark
+            self._tracker.changed(CALL_KEPT, call, type="keep", unmark=unmark)
             await self._tracker.save(call)
 
     async def protect(self, call: Call, *, unmark: bool) -> None:
         """do_not_delete: the Protected flag; retention never deletes a protected call."""
         if call.do_not_delete != (not unmark):
             call.do_not_delete = not unmark
+            self._tracker.changed(CALL_KEPT, call, type="do_not_delete", unmark=unmark)
             await self._tracker.save(call)
 
     async def manual_record(self, call: Call, *, stop: bool) -> None:

@@ -18,7 +18,7 @@ import structlog
 from gateway.config import RetentionConfig
 from gateway.errors import StoreError
 from gateway.model import utc_now
-from gateway.store import PRUNE_CALLS, PRUNE_JOURNAL, PRUNE_QUARANTINE, Store
+from gateway.store import PRUNE_CALLS, PRUNE_EVENTS, PRUNE_JOURNAL, PRUNE_QUARANTINE, Store
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +44,7 @@ VACUUM_PAGES_PER_STEP = 256
 # get the rest; a backlog of 50,000 calls, 50,000 journal and 50,000 quarantined lines clears in about 4 s.
 BATCH_PAUSE_S = 0.005
 
-TABLES = (PRUNE_CALLS, PRUNE_JOURNAL, PRUNE_QUARANTINE)
+TABLES = (PRUNE_CALLS, PRUNE_JOURNAL, PRUNE_QUARANTINE, PRUNE_EVENTS)
 
 
 @dataclass(slots=True)
@@ -95,11 +95,13 @@ class RetentionPruner:
             PRUNE_CALLS: retention.calls_s,
             PRUNE_JOURNAL: retention.journal_s,
             PRUNE_QUARANTINE: retention.quarantine_s,
+            PRUNE_EVENTS: retention.events_s,
         }
         self._batch = {
             PRUNE_CALLS: CALLS_PER_BATCH,
             PRUNE_JOURNAL: JOURNAL_LINES_PER_BATCH,
             PRUNE_QUARANTINE: QUARANTINE_LINES_PER_BATCH,
+            PRUNE_EVENTS: QUARANTINE_LINES_PER_BATCH,
         }
         self._interval_s = interval_s
         self._first_delay_s = first_delay_s

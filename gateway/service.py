@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import sys
+from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import structlog
@@ -13,15 +15,19 @@ from drivers.smdr.link import SmdrLink
 from drivers.trunkrec.client import TrunkRecorderClient
 from gateway.api.app import ApiServices, create_app, create_runner, ssl_context
 from gateway.api.auth import Authenticator
+from gateway.api.operator import OperatorServices, add_routes
 from gateway.api.verba import ActionContext
 from gateway.calls import CallTracker
 from gateway.config import GatewayConfig
 from gateway.events import DriverEvent, LinkHealth
+from gateway.feed import RECORDER_STATE, EventFeed
 from gateway.model import Call
-from gateway.ops import health_report
+from gateway.ops import health_report, recorder_state
 from gateway.recording import RecorderControl, RecordingPolicy, RecordingService
 from gateway.retention import RetentionPruner
+from gateway.status import status_snapshot
 from gateway.store import PRUNE_CALLS, Store
+from gateway.watch import LinkWatch
 
 log = structlog.get_logger(__name__)
 
@@ -61,11 +67,18 @@ class Gateway:
                 if "correlation_window" in link.options
             },
         )
-        self.recorder_clients = [TrunkRecorderClient(recorder, self.submit) for recorder in config.recorders]
+        self.feed = EventFeed(self.store)
+        self.tracker.on_change(self._publish_change)
+        self.recorder_clients = [
+            TrunkRecorderClient(recorder, self.submit, on_change=partial(self._recorder_changed, recorder.name))
+            for recorder in config.recorders
+        ]
+        self._recorder_states: dict[str, str] = {}
         self.recorders: dict[str, RecorderControl] = (
             recorders if recorders is not None else {client.name: client for client in self.recorder_clients}
         )
         self.links: dict[str, LinkHealth] = {link.name: LinkHealth(link.name) for link in config.links}
+        self.watch = LinkWatch(self.feed)
         self.smdr_links = [
             SmdrLink(
                 link,
@@ -74,6 +87,7 @@ class Gateway:
                 self.links[link.name],
                 submit_replayed=self.tracker.apply_replayed,
                 note_progress=self.tracker.note_progress,
+                watcher=self.watch,
             )
             for link in config.links
         ]
@@ -89,6 +103,17 @@ class Gateway:
                 actions=ActionContext(self.tracker, self.recording, config.api.next_window_s),
                 health=self.health,
             )
+        )
+        add_routes(
+            self.app,
+            OperatorServices(
+                feed=self.feed,
+                watch=self.watch,
+                link_names=frozenset(self.links),
+                status=self.status,
+                quarantine=self.store.quarantined_page,
+            ),
+            self.auth,
         )
         self._runner: web.AppRunner | None = None
         self._stored_calls_at_start = 0
@@ -106,6 +131,25 @@ class Gateway:
         """Where drivers hand in what they saw."""
         return self.tracker.apply(event)
 
+    def _publish_change(self, change: str, call: Call, detail: Mapping[str, object]) -> None:
+        self.feed.publish_call(change, call, **detail)
+
+    def _recorder_changed(self, name: str) -> None:
+        """recorder.state when the state /healthz shows changes (up, down, unresponsive) or a span alarm does."""
+        recorder = self.recorders.get(name)
+        if recorder is None:
+            return
+        state = recorder_state(recorder)
+        alarms = dict(getattr(recorder, "span_alarms", {}))
+        key = f"{state} {sorted(alarms.items())}"
+        if self._recorder_states.get(name) != key:
+            self._recorder_states[name] = key
+            self.feed.publish(RECORDER_STATE, {"recorder": name, "state": state, "spanAlarms": alarms})
+
+    async def status(self) -> dict[str, Any]:
+        """The status page's starting point; the event stream from `lastEventId` on keeps it current."""
+        return await status_snapshot(self)
+
     async def health(self) -> dict[str, Any]:
         return health_report(
             self.links,
@@ -121,6 +165,7 @@ class Gateway:
     async def start(self) -> None:
         await self.store.open()
         try:
+            await self.feed.start()
             await self.tracker.start()
             # Before any link or recorder is open: what the journal holds past each link's committed progress
             # (journalled before a crash, not yet applied) becomes calls again, with the callIDs it had.
@@ -163,6 +208,8 @@ class Gateway:
         return sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        self.feed.end_streams()  # event streams and taps never end by themselves: the server would wait for them
+        self.watch.end_taps()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -174,5 +221,6 @@ class Gateway:
             await client.close()
         await self.tracker.flush()
         self.tracker.close()
+        await self.feed.close()
         await self.store.close()
         log.info("gateway stopped")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -21,6 +22,7 @@ import structlog
 
 from gateway.errors import StoreError
 from gateway.events import LinkProgress
+from gateway.feed import FeedEvent
 from gateway.journal import JournalEntry
 from gateway.model import Call, CallState, Direction, Recording, RecordingMode
 
@@ -169,6 +171,18 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX calls_prunable ON calls(end_time) WHERE state = 1 AND do_not_delete = 0;
     """,
+    # 4: the event feed (gateway/feed.py) behind GET /events. AUTOINCREMENT: an id is never given twice, even
+    # after retention has deleted every event (clients resume with Last-Event-ID). Pruned oldest first by seq.
+    """
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        name TEXT NOT NULL,
+        extension TEXT,
+        parties TEXT NOT NULL,
+        data TEXT NOT NULL
+    );
+    """,
 ]
 
 _CALL_COLUMNS = (
@@ -217,6 +231,7 @@ _UPSERT_CALL = _upsert("calls", _CALL_COLUMNS, "call_id")
 _UPSERT_RECORDING = _upsert("recordings", _RECORDING_COLUMNS, "recording_id")
 _DELETE_PARTIES = _RowsStatement("DELETE FROM call_parties WHERE call_id IN (", 1, ")", row_open="", row_close="")
 _INSERT_PARTY = _RowsStatement("INSERT INTO call_parties (call_id, number, end_time) VALUES ", 3)
+_INSERT_EVENTS = _RowsStatement("INSERT OR REPLACE INTO events (seq, at, name, extension, parties, data) VALUES ", 6)
 _INSERT_JOURNAL = _RowsStatement("INSERT INTO journal (link, received_at, raw, framing_error) VALUES ", 4)
 # Rows per statement, largest first: a batch of n rows takes a handful of statements, and only these few
 # shapes are ever prepared (each is cached by the connection). Capped by SQLite's variable limit per statement.
@@ -296,6 +311,14 @@ DELETE_JOURNAL_OF_LINK_UP_TO = "DELETE FROM journal WHERE link = ? AND seq <= ?"
 DELETE_JOURNAL_OF_LINK_UP_TO_BUT = "DELETE FROM journal WHERE link = ? AND seq <= ? AND seq NOT IN ({})"
 SELECT_OLDEST_QUARANTINE = "SELECT seq, received_at FROM quarantine ORDER BY seq LIMIT ?"
 DELETE_QUARANTINE_UP_TO = "DELETE FROM quarantine WHERE seq <= ?"
+SELECT_EVENTS_AFTER = "SELECT seq, at, name, extension, parties, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+SELECT_LAST_EVENT_SEQ = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
+SELECT_OLDEST_EVENTS = "SELECT seq, at FROM events ORDER BY seq LIMIT ?"
+DELETE_EVENTS_UP_TO = "DELETE FROM events WHERE seq <= ?"
+SELECT_QUARANTINE_PAGE = (
+    "SELECT seq, journal_seq, link, received_at, raw, reason FROM quarantine WHERE link = ? AND seq < ?"
+    " ORDER BY seq DESC LIMIT ?"
+)
 SELECT_SPACE = "SELECT * FROM pragma_page_count(), pragma_freelist_count(), pragma_auto_vacuum(), pragma_page_size()"
 SELECT_QUARANTINE_BY_LINK = (
     "SELECT seq, journal_seq, link, received_at, raw, reason FROM quarantine WHERE link = ? ORDER BY seq LIMIT ?"
@@ -552,7 +575,8 @@ _APPEND_JOURNAL_MANY = 4
 # else the writer commits at that moment, like every other op.
 _PRUNE = 5
 _VACUUM = 6
-PRUNE_CALLS, PRUNE_JOURNAL, PRUNE_QUARANTINE = "calls", "journal", "quarantine"
+_APPEND_EVENTS = 7
+PRUNE_CALLS, PRUNE_JOURNAL, PRUNE_QUARANTINE, PRUNE_EVENTS = "calls", "journal", "quarantine", "events"
 AUTO_VACUUM_INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
 
 # (kind, payload, future); the future is None only for the stop marker.
@@ -719,9 +743,41 @@ class Store:
     async def prune(self, table: str, older_than: datetime, limit: int) -> int:
         """Delete up to `limit` rows of one table (PRUNE_CALLS, PRUNE_JOURNAL or PRUNE_QUARANTINE) older than the
         cutoff, oldest first, in one short write; how many went. A call goes with its parties and recordings."""
-        if table not in (PRUNE_CALLS, PRUNE_JOURNAL, PRUNE_QUARANTINE):
+        if table not in (PRUNE_CALLS, PRUNE_JOURNAL, PRUNE_QUARANTINE, PRUNE_EVENTS):
             raise ValueError(f"cannot prune {table!r}")
         return await self._submit(_PRUNE, (table, _epoch(older_than), limit))
+
+    # ---- the event feed (gateway.feed.EventLog)
+
+    def append_events_soon(self, events: Sequence[FeedEvent]) -> asyncio.Future[None]:
+        """Queue events (their seqs given) as one write; resolves once committed. Written again with the same
+        seqs after a failure, an event replaces itself."""
+        rows = [
+            (
+                event.seq,
+                _epoch(event.at),
+                event.name,
+                event.extension,
+                json.dumps(sorted(event.parties)),
+                event.data_json(),
+            )
+            for event in events
+        ]
+        return self._submit(_APPEND_EVENTS, rows)
+
+    async def events_after(self, seq: int, limit: int) -> list[FeedEvent]:
+        rows = await self._read(self._read_rows, SELECT_EVENTS_AFTER, (seq, limit))
+        return [
+            FeedEvent(
+                seq_, name, datetime.fromtimestamp(at, UTC), json.loads(data), extension, frozenset(json.loads(parties))
+            )
+            for seq_, at, name, extension, parties, data in rows
+        ]
+
+    async def last_event_seq(self) -> int:
+        """The highest event seq ever given (0: none), also when every event has been pruned since."""
+        rows = await self._read(self._read_rows, SELECT_LAST_EVENT_SEQ, ())
+        return int(rows[0][0]) if rows else 0
 
     async def incremental_vacuum(self, pages: int) -> int:
         """Give up to `pages` free pages back to the OS (a no-op without incremental auto-vacuum); pages still free."""
@@ -951,6 +1007,9 @@ class Store:
         if kind == _QUARANTINE:
             cursor.execute(_INSERT_QUARANTINE, payload)
             return None
+        if kind == _APPEND_EVENTS:
+            _execute_rows(cursor, _INSERT_EVENTS, payload, self._max_variables)
+            return None
         if kind == _PRUNE:
             return self._prune(cursor, *payload)
         if kind == _VACUUM:
@@ -1002,11 +1061,16 @@ class Store:
                         cursor.execute(DELETE_JOURNAL_OF_LINK_UP_TO, (link, last[0]))
                     deleted += last[1]
             return deleted
-        if table == PRUNE_QUARANTINE:
-            last = _last_of_old_prefix(cursor.execute(SELECT_OLDEST_QUARANTINE, (limit,)), cutoff)
+        if table in (PRUNE_QUARANTINE, PRUNE_EVENTS):
+            select, delete = (
+                (SELECT_OLDEST_QUARANTINE, DELETE_QUARANTINE_UP_TO)
+                if table == PRUNE_QUARANTINE
+                else (SELECT_OLDEST_EVENTS, DELETE_EVENTS_UP_TO)
+            )
+            last = _last_of_old_prefix(cursor.execute(select, (limit,)), cutoff)
             if last is None:
                 return 0
-            cursor.execute(DELETE_QUARANTINE_UP_TO, (last[0],))
+            cursor.execute(delete, (last[0],))
             return last[1]
         raise AssertionError(f"unknown table to prune: {table}")
 
@@ -1148,6 +1212,15 @@ class Store:
             rows = await self._read(self._read_rows, SELECT_QUARANTINE, (limit,))
         else:
             rows = await self._read(self._read_rows, SELECT_QUARANTINE_BY_LINK, (link, limit))
+        return [
+            QuarantineEntry(seq, journal_seq, link_, datetime.fromtimestamp(at, UTC), bytes(raw), reason)
+            for seq, journal_seq, link_, at, raw, reason in rows
+        ]
+
+    async def quarantined_page(self, link: str, before_seq: int | None, limit: int) -> list[QuarantineEntry]:
+        """A link's quarantined lines, newest first, with seq below `before_seq` (None: from the newest)."""
+        before = before_seq if before_seq is not None else 2**63 - 1
+        rows = await self._read(self._read_rows, SELECT_QUARANTINE_PAGE, (link, before, limit))
         return [
             QuarantineEntry(seq, journal_seq, link_, datetime.fromtimestamp(at, UTC), bytes(raw), reason)
             for seq, journal_seq, link_, at, raw, reason in rows
@@ -1325,6 +1398,8 @@ def _describe(kind: int, payload: Any) -> str:
         return f"prune of {payload[0]}"
     if kind == _VACUUM:
         return f"incremental vacuum of {payload} pages"
+    if kind == _APPEND_EVENTS:
+        return f"append of {len(payload)} events"
     if kind == _SAVE_CALLS:
         snapshots = payload[0]
         return f"save call {snapshots[0].call_id}" if len(snapshots) == 1 else f"save {len(snapshots)} calls"

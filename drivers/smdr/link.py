@@ -13,6 +13,7 @@ import collections
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Protocol
 
 import structlog
 
@@ -45,6 +46,17 @@ STORE_RETRY_FIRST_S = 0.1
 STORE_RETRY_MAX_S = 5.0
 # Journal lines read per query when replaying after a restart: one read, then its records applied together.
 REPLAY_PAGE_LINES = 2000
+
+
+class LinkWatcher(Protocol):
+    """Who watches a link besides the journal: the event feed (state changes, quarantined lines) and live taps
+    (every line beside what the parser made of it). Called on the event loop; must not block."""
+
+    def state_changed(self, link: str, state: LinkState) -> None: ...
+
+    def line_quarantined(self, link: str, line: FramedLine, reason: str, seq: int) -> None: ...
+
+    def line_read(self, link: str, line: FramedLine, records: Sequence[CallRecord], reason: str | None) -> None: ...
 
 
 @dataclass(slots=True)
@@ -95,8 +107,10 @@ class SmdrLink:
         transport_factory: Callable[..., LineTransport] = create_transport,
         submit_replayed: Callable[[Sequence[CallRecord]], Awaitable[object]] | None = None,
         note_progress: Callable[[], None] | None = None,
+        watcher: LinkWatcher | None = None,
     ) -> None:
         self.config = config
+        self._watcher = watcher
         self._journal = journal  # gateway.store.Store in the gateway; any Journal will do
         self._submit = submit
         self._submit_replayed = submit_replayed
@@ -149,7 +163,10 @@ class SmdrLink:
     def _on_state(self, state: LinkState) -> None:
         if state is LinkState.UP and self.health.state is not LinkState.UP:
             self._parser.reset()
+        changed = state is not self.health.state
         self.health.state = state
+        if changed and self._watcher is not None:
+            self._watcher.state_changed(self.config.name, state)
 
     async def _deliver(self, lines: list[FramedLine]) -> None:
         """Queue a connection's lines for the journal now and for parsing once committed; returns when their
@@ -271,6 +288,9 @@ class SmdrLink:
         if quarantined:
             self.health.errors += len(quarantined)
             await self._quarantine_all(quarantined)
+            if self._watcher is not None:
+                for line, reason, seq in quarantined:
+                    self._watcher.line_quarantined(self.config.name, line, reason, seq)
 
     async def _quarantine_all(self, rows: list[tuple[FramedLine, str, int]]) -> None:
         """Write quarantine rows, again after a pause while the store refuses them (they are kept once)."""
@@ -306,6 +326,8 @@ class SmdrLink:
         """Parse one journalled line and hand on its records; the reason when it must be quarantined."""
         records, reason = self._reader.read(line, seq)
         self._parsed_seq = seq  # before the records go: a batch they cause reports this line as applied
+        if self._watcher is not None:  # keeps the last few for the status page: must stay cheap
+            self._watcher.line_read(self.config.name, line, records, reason)
         if reason is not None:
             self._log.info("line quarantined", reason=reason)
             self._log.debug("quarantined line", raw=line.raw)

@@ -100,8 +100,11 @@ class TrunkRecorderClient:
         ping_interval_s: float = PING_INTERVAL_S,
         backoff_initial_s: float = BACKOFF_INITIAL_S,
         backoff_max_s: float = BACKOFF_MAX_S,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.name = config.name
+        # Told when the link state, a span alarm or the missed-reply count changes (the event feed, the status page).
+        self._on_change = on_change
         self.timeout_s = config.timeout_s
         self._config = config
         self._submit = submit
@@ -216,6 +219,7 @@ class TrunkRecorderClient:
     def _reply_missed(self, verb: str) -> None:
         self._missed_replies += 1
         self._log.warning("recorder did not answer", verb=verb, missed=self._missed_replies)
+        self._changed()
         if self._missed_replies >= MAX_MISSED_REPLIES and self._transport is not None:
             self._log.warning("recorder unresponsive, reconnecting", missed=self._missed_replies)
             self._transport.close()
@@ -249,6 +253,14 @@ class TrunkRecorderClient:
     def _set_state(self, state: RecorderState) -> None:
         self.state = state
         self._state_changed.set()
+        self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            try:
+                self._on_change()
+            except Exception:  # a watcher's bug must not take the recorder link down
+                self._log.exception("recorder change listener failed")
 
     async def _run(self) -> None:
         """The link manager: connect (banner, replay) and watch the link, again and again, with backoff."""
@@ -379,7 +391,9 @@ class TrunkRecorderClient:
             if future is not None and not future.done():
                 # Only a reply in time proves the device alive: one that always answers after the timeout
                 # would otherwise keep a link up on which every request fails.
-                self._missed_replies = 0
+                if self._missed_replies:
+                    self._missed_replies = 0
+                    self._changed()
                 future.set_result(message)
             else:
                 self._log.debug("reply to no pending request", tag=message.tag)
@@ -442,3 +456,4 @@ class TrunkRecorderClient:
             if self.span_alarms.get(span) != state:
                 self._log.warning("span alarm", span=span, alarm=state)
             self.span_alarms[span] = state
+        self._changed()

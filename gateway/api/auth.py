@@ -258,14 +258,19 @@ class Authenticator:
 
     def check_token(self, key: ApiKeyConfig, token: str | None) -> TokenGrant:
         """The grant behind `token`; 401 when missing, unknown, issued for another key, or expired."""
+        grant = self._grant(token)
+        if not hmac.compare_digest(_secret_bytes(grant.api_key), _secret_bytes(key.key)):
+            raise ApiError(401, TOKEN_WRONG_KEY)
+        return grant
+
+    def _grant(self, token: str | None) -> TokenGrant:
+        """The live grant behind `token`; 401 when missing, unknown or expired."""
         if not token:
             raise ApiError(401, MISSING_TOKEN)
         digest = _token_digest(token)  # the table is keyed by hash: lookup timing reveals nothing usable
         grant = self._grants_by_digest.get(digest)
         if grant is None:
             raise ApiError(401, INVALID_TOKEN)
-        if not hmac.compare_digest(_secret_bytes(grant.api_key), _secret_bytes(key.key)):
-            raise ApiError(401, TOKEN_WRONG_KEY)
         if self._clock() >= grant.expires_at:
             self._grants_by_digest.pop(digest, None)
             raise ApiError(401, EXPIRED_TOKEN)
@@ -313,6 +318,30 @@ class Authenticator:
             return Principal(key, None)
         grant = self.check_token(key, supplied)  # a token that is given must be valid, required or not
         return Principal(key, grant.user)
+
+    async def authenticate_operator(
+        self, *, api_key: str | None, token: str | None, authorization: str | None, remote: str | None
+    ) -> Principal:
+        """The check for the operator pages (`/status`, `/events`, `/links/…`): an API key (parameter or
+        `X-Api-Key` header) under its network rules — with its token when the key requires one — or a token
+        alone, which stands for the key it was issued for."""
+        supplied = token or self.bearer_token(authorization)
+        if api_key or not supplied:
+            return await self.authenticate(api_key=api_key, token=token, authorization=authorization, remote=remote)
+        grant = self._grant(supplied)
+        key = self._key_of(grant)
+        await self.check_network(key, remote)
+        return Principal(key, grant.user)
+
+    def _key_of(self, grant: TokenGrant) -> ApiKeyConfig:
+        candidate = _secret_bytes(grant.api_key.lower())
+        found: ApiKeyConfig | None = None
+        for key_bytes, key in self._keys:
+            if hmac.compare_digest(candidate, key_bytes):
+                found = key
+        if found is None:  # not after a reload: keys and grants live and die with the process
+            raise ApiError(401, INVALID_TOKEN)
+        return found
 
     async def request_token(
         self,

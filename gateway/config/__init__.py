@@ -28,6 +28,7 @@ DAY_S = 86400
 DEFAULT_CALLS_RETENTION_S: float | None = None
 DEFAULT_JOURNAL_RETENTION_S: float | None = 90 * DAY_S
 DEFAULT_QUARANTINE_RETENTION_S: float | None = 90 * DAY_S
+DEFAULT_EVENTS_RETENTION_S: float | None = 7 * DAY_S
 RETENTION_FOREVER = "forever"
 DEFAULT_RECORDER_TIMEOUT_S = 2.0
 
@@ -58,6 +59,7 @@ class RetentionConfig:
     calls_s: float | None = DEFAULT_CALLS_RETENTION_S  # finished calls, by end time
     journal_s: float | None = DEFAULT_JOURNAL_RETENTION_S  # raw link lines, by arrival time
     quarantine_s: float | None = DEFAULT_QUARANTINE_RETENTION_S  # quarantined lines, by arrival time
+    events_s: float | None = DEFAULT_EVENTS_RETENTION_S  # the event feed (GET /events resumes within it)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ import ipaddress
 import itertools
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
 import pytest
@@ -74,6 +75,9 @@ async def matrix(tmp_path_factory) -> AsyncIterator[tuple[Gateway, dict[tuple[st
     config = hostile_config(
         tmp_path_factory.mktemp("matrix"), token_ttl_s=TOKEN_TTL_S, keys=(*KEYS.values(), OTHER_KEY)
     )
+    # One executor thread for the whole module, started here: a pool free to add a second worker would do so in
+    # whichever test raced its idle check, and the leftover-thread guard would blame that test.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=1))
     gateway = Gateway(config)
     await gateway.start()
     usable = [key for key in KEYS.values() if key.networks is not ELSEWHERE]

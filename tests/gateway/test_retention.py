@@ -13,9 +13,10 @@ import pytest
 from gateway import store as store_module
 from gateway.config import RetentionConfig
 from gateway.errors import StoreError
-from gateway.model import Call, CallState, Recording, RecordingMode
+from gateway.feed import FeedEvent
+from gateway.model import Call, CallState, Recording, RecordingMode, utc_now
 from gateway.retention import CALLS_PER_BATCH, RetentionPruner
-from gateway.store import PRUNE_CALLS, PRUNE_JOURNAL, PRUNE_QUARANTINE, Store
+from gateway.store import PRUNE_CALLS, PRUNE_EVENTS, PRUNE_JOURNAL, PRUNE_QUARANTINE, Store
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -76,7 +77,7 @@ async def test_old_finished_calls_go_with_their_parties_and_recordings(store: St
     young = finished_call("young", YOUNG)
     await store.save_calls_soon([old, young])
 
-    assert await pruner(store).prune_once() == {PRUNE_CALLS: 1, PRUNE_JOURNAL: 0, PRUNE_QUARANTINE: 0}
+    assert await pruner(store).prune_once() == {PRUNE_CALLS: 1, PRUNE_JOURNAL: 0, PRUNE_QUARANTINE: 0, PRUNE_EVENTS: 0}
 
     assert await store.get_call("old") is None
     assert await store.get_call("young") == young
@@ -222,7 +223,12 @@ async def test_forever_keeps_journal_and_quarantine(store: Store) -> None:
     set_replay_mark(store.path, "a", applied_seq=seqs[0], replay_from_seq=seqs[0] + 1)
     await store.quarantine("a", OLD, b"x", "reason")
     forever = RetentionConfig(calls_s=None, journal_s=None, quarantine_s=None)
-    assert await pruner(store, forever).prune_once() == {PRUNE_CALLS: 0, PRUNE_JOURNAL: 0, PRUNE_QUARANTINE: 0}
+    assert await pruner(store, forever).prune_once() == {
+        PRUNE_CALLS: 0,
+        PRUNE_JOURNAL: 0,
+        PRUNE_QUARANTINE: 0,
+        PRUNE_EVENTS: 0,
+    }
     assert len(await store.journal_entries()) == 1 and len(await store.quarantined()) == 1
 
 
@@ -361,3 +367,13 @@ async def test_a_large_call_backlog_is_pruned_in_small_batches_while_reads_answe
         f" median {sorted(read_latencies_s)[len(read_latencies_s) // 2] * 1000:.2f} ms, worst {worst_s * 1000:.2f} ms"
     )
     assert worst_s < WORST_READ_BOUND_S
+
+
+async def test_old_events_go_and_their_ids_are_never_given_again(store: Store) -> None:
+    old = [FeedEvent(seq, "link.state", OLD, {"link": "a", "state": "up"}) for seq in (1, 2)]
+    await store.append_events_soon(old)
+    await store.append_events_soon([FeedEvent(3, "link.state", utc_now(), {"link": "a", "state": "down"})])
+    assert (await pruner(store).prune_once())[PRUNE_EVENTS] == 2
+    assert [event.seq for event in await store.events_after(0, 10)] == [3]
+    assert (await pruner(store).prune_once())[PRUNE_EVENTS] == 0
+    assert await store.last_event_seq() == 3
