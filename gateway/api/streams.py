@@ -40,7 +40,7 @@ def sse_frame(seq: int | None, name: str, data_json: str) -> bytes:
 
 
 def event_frame(event: FeedEvent) -> bytes:
-    return sse_frame(event.seq, event.name, event.data_json())
+    return sse_frame(event.seq or None, event.name, event.data_json())
 
 
 def json_line(data: Mapping[str, Any]) -> str:
@@ -98,6 +98,8 @@ async def stream_events(request: web.Request, feed: EventFeed) -> web.StreamResp
             live = await subscription.next(KEEPALIVE_S)
             if live is None:
                 await write(response, b": keepalive\n\n")
+            elif live.seq == 0:
+                await write(response, event_frame(live))  # transient: no id, the cursor stays
             elif live.seq > cursor:
                 cursor = live.seq
                 await write(response, event_frame(live))
