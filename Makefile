@@ -24,7 +24,9 @@ run: install
 gateway: install
 	$(BIN)/gateway run --config $(CONFIG)
 
+# Real programs the tests drive (headless Chromium) are installed first when missing (.ci/ensure-packages).
 test: install
+	.ci/ensure-packages
 	$(BIN)/pytest -q
 
 # Each benchmark runs on its own: one that fails does not stop the others (the target fails at the end), and

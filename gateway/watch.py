@@ -91,7 +91,8 @@ class LinkWatch(LinkWatcher):
         self._counts_due.pop(link, None)
         health = self._health.get(link)
         if health is not None:
-            self._feed.publish_transient(LINK_COUNTS, {"link": link, **health.as_dict()})
+            lines = self.recent(link)["lines"]  # the page's "last lines", current without a tap of its own
+            self._feed.publish_transient(LINK_COUNTS, {"link": link, **health.as_dict(), "lines": lines})
 
     # ---- live taps
 
