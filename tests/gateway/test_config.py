@@ -214,6 +214,7 @@ def test_retention_defaults_keep_calls_for_ever_and_lines_90_days(tmp_path: Path
     for text in ("log: {level: info}\n", "store: {sync: normal}\n", "store:\n  retention: {}\n"):
         retention = load(tmp_path, text).store.retention
         assert (retention.calls_s, retention.journal_s, retention.quarantine_s) == (None, 90 * 86400, 90 * 86400)
+        assert retention.events_s == 7 * 86400
 
 
 def test_retention_keys_take_durations_and_forever(tmp_path: Path) -> None:
@@ -225,14 +226,17 @@ def test_retention_keys_take_durations_and_forever(tmp_path: Path) -> None:
             calls: 400d
             journal: 26w
             quarantine: forever
+            events: 30d
         """,
     )
     retention = config.store.retention
     assert (retention.calls_s, retention.journal_s, retention.quarantine_s) == (400 * 86400, 26 * 7 * 86400, None)
-    assert "  retention: calls 400d, journal 26w, quarantine forever" in describe_config(config, SMDR_FORMATS)
+    assert retention.events_s == 30 * 86400
+    described = describe_config(config, SMDR_FORMATS)
+    assert "  retention: calls 400d, journal 26w, quarantine forever, events 30d" in described
 
 
-@pytest.mark.parametrize("key", ["calls", "journal", "quarantine"])
+@pytest.mark.parametrize("key", ["calls", "journal", "quarantine", "events"])
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
