@@ -145,8 +145,16 @@ function renderLinks() {
       fact("errors", link.errors),
       fact("last record", when(link.last_record_at)),
     );
-    block.append(facts, el("h4", "Last lines"), lineList(link.lines || [], false, "lines recent"));
-    block.append(el("h4", "Last quarantined lines"), lineList(link.quarantined || [], true, "lines quarantined"));
+    const recent = el("div");
+    recent.append(el("h4", "Last lines"), lineList(link.lines || [], false, "lines recent"));
+    const quarantined = el("div");
+    quarantined.append(
+      el("h4", "Last quarantined lines"),
+      lineList(link.quarantined || [], true, "lines quarantined"),
+    );
+    const columns = el("div", null, { class: "columns" });
+    columns.append(recent, quarantined);
+    block.append(facts, columns);
     blocks.push(block);
   }
   if (!blocks.length) blocks.push(el("p", "No PBX links configured."));
