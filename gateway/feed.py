@@ -13,7 +13,7 @@ import asyncio
 import json
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -70,9 +70,13 @@ class FeedEvent:
     data: Mapping[str, Any]  # JSON-able; call events carry at least callID and extension
     extension: str | None = None  # the call's extension, what `?extension=` filters on
     parties: frozenset[str] = frozenset()  # every number of the call (filters match any of them)
+    # The JSON, made once: the store and every subscriber's stream use the same text.
+    _json: list[str] = field(default_factory=list, compare=False, repr=False)
 
     def data_json(self) -> str:
-        return json.dumps(self.data, separators=(",", ":"), ensure_ascii=False)
+        if not self._json:
+            self._json.append(json.dumps(self.data, separators=(",", ":"), ensure_ascii=False))
+        return self._json[0]
 
 
 class EventLog(Protocol):
@@ -148,6 +152,16 @@ class Subscription:
     @property
     def queued(self) -> int:
         return len(self._items)
+
+    async def next_batch(self, timeout_s: float) -> list[FeedEvent]:
+        """Every queued event, waiting up to timeout_s for the first; [] when none came (time for a keep-alive).
+        A stream writes them in one go: per-write costs are paid once per batch, not once per event."""
+        first = await self.next(timeout_s)
+        if first is None:
+            return []
+        batch = [first, *self._items]
+        self._items.clear()
+        return batch
 
     async def next(self, timeout_s: float) -> FeedEvent | None:
         """The next event; None when none came within timeout_s (time for a keep-alive)."""

@@ -95,14 +95,19 @@ async def stream_events(request: web.Request, feed: EventFeed) -> web.StreamResp
                 if event_filter.matches(event):
                     await write(response, event_frame(event))
         while True:
-            live = await subscription.next(KEEPALIVE_S)
-            if live is None:
+            batch = await subscription.next_batch(KEEPALIVE_S)
+            if not batch:
                 await write(response, b": keepalive\n\n")
-            elif live.seq == 0:
-                await write(response, event_frame(live))  # transient: no id, the cursor stays
-            elif live.seq > cursor:
-                cursor = live.seq
-                await write(response, event_frame(live))
+                continue
+            frames = []
+            for live in batch:
+                if live.seq == 0:
+                    frames.append(event_frame(live))  # transient: no id, the cursor stays
+                elif live.seq > cursor:
+                    cursor = live.seq
+                    frames.append(event_frame(live))
+            if frames:
+                await write(response, b"".join(frames))
     except (SubscriptionDropped, TimeoutError, ConnectionResetError):
         return response
     finally:
