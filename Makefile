@@ -31,7 +31,7 @@ test: install
 
 # Each benchmark runs on its own: one that fails does not stop the others (the target fails at the end), and
 # one whose tool is missing (wrk for the API) says so and is skipped.
-BENCHMARKS := api_bench control_bench ingest_bench retention_bench
+BENCHMARKS := api_bench control_bench ingest_bench events_bench retention_bench
 
 bench: install
 	@failed=""; for name in $(BENCHMARKS); do \
