@@ -91,7 +91,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, config.log.format, secrets=api_key_secrets(config))
     try:
         asyncio.run(
-            run_demo(config, sys.stdout, seed=args.seed, calls_per_minute=args.calls_per_minute, speed=args.speed)
+            run_demo(
+                config,
+                sys.stdout,
+                seed=args.seed,
+                calls_per_minute=args.calls_per_minute,
+                speed=args.speed,
+                keep_store=args.keep_store,
+            )
         )
     except DemoError as error:
         print(f"gateway: cannot demonstrate this configuration: {error}", file=sys.stderr)
@@ -204,10 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="site time per real second: 10 makes calls ten times shorter (%(default)s)",
     )
     demo.add_argument(
+        "--keep-store",
+        action="store_true",
+        help="keep the demo's own store (the configured one with -demo in its name) from the last run",
+    )
+    demo.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
         default="warning",
-        help="log level of the demo (%(default)s: the banner stays readable); the file's level is not used",
+        help="log level of the demo (%(default)s: the banner and the event lines stay readable); the file's level "
+        "is not used",
     )
     demo.set_defaults(handler=cmd_demo)
 
