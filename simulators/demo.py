@@ -30,6 +30,7 @@ from gateway.errors import GatewayError
 from gateway.feed import Subscription
 from gateway.lifecycle import stop_on_signals
 from gateway.model import RecordingMode
+from gateway.port_owner import port_in_use
 from gateway.service import Gateway, tune_interpreter
 from simulators.demo_events import print_events, subscribe
 from simulators.pbx import PbxSimulator
@@ -173,6 +174,13 @@ class Demo:
         if not self.config.extensions:
             raise DemoError("the configuration has no extensions: the examples need one")
         if not self.keep_store:
+            http = self.config.http
+            # A demo already running holds the API port and this store: leave its store alone and say why.
+            if await asyncio.to_thread(port_in_use, http.host, http.port):
+                raise DemoError(
+                    f"{http.host}:{http.port}: address already in use — is another gateway or demo running? "
+                    f"The demo store {self.store_path} is left as it is"
+                )
             await asyncio.to_thread(remove_store_files, self.store_path)
         try:
             # What the gateway connects to listens before it starts, so that its links come up at once.

@@ -247,6 +247,8 @@ async def test_demo_stands_in_for_every_network_link_and_recorder(tmp_path, unus
 async def test_a_port_in_use_is_refused_with_what_to_do(tmp_path, unused_tcp_port_factory):
     http_port = unused_tcp_port_factory()
     config = demo_config(tmp_path, http_port, unused_tcp_port_factory(), unused_tcp_port_factory())
+    running_demos_store = tmp_path / "demo-demo.db"  # what the demo holding the port is using
+    running_demos_store.write_bytes(b"in use")
     occupant = await asyncio.start_server(lambda reader, writer: writer.close(), "127.0.0.1", http_port)
     try:
         process = await asyncio.create_subprocess_exec(
@@ -266,6 +268,7 @@ async def test_a_port_in_use_is_refused_with_what_to_do(tmp_path, unused_tcp_por
         await occupant.wait_closed()
     assert process.returncode == 1
     assert "address already in use" in stderr.decode() and "is another gateway" in stderr.decode()
+    assert running_demos_store.read_bytes() == b"in use"  # not emptied for a demo that could not start
 
 
 async def test_the_demo_store_is_its_own_and_fresh_each_run_unless_kept(tmp_path, unused_tcp_port_factory):
