@@ -19,6 +19,7 @@ from gateway.errors import ConfigError
 from gateway.lifecycle import stop_on_signals
 from gateway.logs import configure_logging
 from gateway.passwords import hash_password
+from gateway.systemd import SystemdNotifier
 from simulators.cli import positive_float
 
 # The default configuration as shipped with the code, for `gateway demo` started outside the project folder.
@@ -57,14 +58,19 @@ async def _run_until_signalled(config_path: Path) -> int:
     config = load_config(config_path, SMDR_FORMATS)
     configure_logging(config.log.level, config.log.format, secrets=api_key_secrets(config))
     gateway = Gateway(config)
+    systemd = SystemdNotifier()  # does nothing unless started by systemd with Type=notify
     async with stop_on_signals() as stopping:
         await gateway.start()
         tune_interpreter()
         try:
+            systemd.ready(f"serving {gateway.url}")
+            systemd.start_watchdog()
             await stopping.wait()
             log.info("shutting down")
         finally:
+            await systemd.stopping()
             await gateway.stop()
+            await systemd.close()
     return EXIT_OK
 
 
