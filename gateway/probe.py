@@ -102,9 +102,8 @@ async def probe_connect(host: str, port: int) -> tuple[bool, str]:
 
 async def probe_listen(host: str, port: int) -> tuple[bool, str]:
     """Binds the port as the gateway would (SO_REUSEADDR, as asyncio's servers do) and lets it go at once."""
-    loop = asyncio.get_running_loop()
     try:
-        addresses = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        addresses = await _passive_addresses(host, port)
     except socket.gaierror as error:
         return False, f"cannot resolve {host}: {error.strerror}"
     family, kind, protocol, _, address = addresses[0]
@@ -125,6 +124,17 @@ async def probe_listen(host: str, port: int) -> tuple[bool, str]:
     finally:
         listener.close()
     return True, "free: the gateway can listen here"
+
+
+async def _passive_addresses(host: str, port: int) -> list[Any]:
+    """Where a server on HOST:PORT binds; an IP address is taken as it is, a host name is resolved off the loop."""
+    try:
+        return socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_NUMERICHOST
+        )
+    except socket.gaierror:
+        loop = asyncio.get_running_loop()
+        return await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
 
 
 async def probe_serial(url: str, settings: SerialSettings | None) -> tuple[bool, str]:
