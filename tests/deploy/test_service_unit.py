@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from drivers.smdr import SMDR_FORMATS
+from gateway.config.check import check_config
+from gateway.config.load import load_config
+
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "deploy" / "recorder-gateway.service"
 INSTALL_DOC = ROOT / "docs" / "install.md"
@@ -125,3 +129,17 @@ def test_systemd_analyze_verifies_the_unit_and_rates_it_well_protected(tmp_path:
         pytest.skip(f"this systemd-analyze cannot rate a unit offline: {security.stderr.strip()}")
     assert match, security.stdout
     assert float(match[1]) <= MAX_EXPOSURE, security.stdout
+
+
+def test_the_install_guide_configuration_loads_and_has_nothing_to_warn_about(tmp_path: Path) -> None:
+    guide = INSTALL_DOC.read_text()
+    match = re.search(r"<!-- install: gateway.yaml -->\n```yaml\n(.*?)```", guide, re.S)
+    assert match, "docs/install.md has no marked gateway.yaml"
+    path = tmp_path / "gateway.yaml"
+    path.write_text(match[1])
+    config = load_config(path, SMDR_FORMATS)
+    assert config.store.path == Path("/var/lib/recorder-gateway/gateway.db")
+    findings = [str(finding) for finding in check_config(config)]
+    # On this machine the adapter and /var/lib/recorder-gateway are missing; nothing else may be found.
+    assert all(("links[0].url" in finding or "store.path" in finding) for finding in findings), findings
+    assert not any("warning" in finding for finding in findings), findings
