@@ -9,19 +9,25 @@ import getpass
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from drivers.smdr import SMDR_FORMATS
 from gateway.config import GatewayConfig
-from gateway.config.describe import check_config, describe_config
+from gateway.config.check import check_config
+from gateway.config.describe import describe_config
 from gateway.config.load import load_config
 from gateway.config.locate import BUNDLED_CONFIG_PATH, CONFIG_ENV_VAR, LOOKUP_RULE, SEARCHED_PLACES, find_config
 from gateway.errors import ConfigError
 from gateway.lifecycle import stop_on_signals
 from gateway.logs import configure_logging
 from gateway.passwords import hash_password
+from gateway.systemd import SystemdNotifier
 from simulators.cli import positive_float
+
+if TYPE_CHECKING:
+    from gateway.probe import ProbeResult
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -57,14 +63,19 @@ async def _run_until_signalled(config: GatewayConfig) -> int:
 
     configure_logging(config.log.level, config.log.format, secrets=api_key_secrets(config))
     gateway = Gateway(config)
+    systemd = SystemdNotifier()  # does nothing unless started by systemd with Type=notify
     async with stop_on_signals() as stopping:
         await gateway.start()
         tune_interpreter()
         try:
+            systemd.ready(f"serving {gateway.url}")
+            systemd.start_watchdog()
             await stopping.wait()
             log.info("shutting down")
         finally:
+            await systemd.stopping()
             await gateway.stop()
+            await systemd.close()
     return EXIT_OK
 
 
@@ -114,12 +125,26 @@ def cmd_check(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     print(describe_config(config, SMDR_FORMATS))
-    problems = check_config(config)
-    for problem in problems:
-        print(f"problem: {problem}", file=sys.stderr)
+    findings = check_config(config)
+    for finding in findings:
+        print(finding, file=sys.stderr)
+    problems = [finding for finding in findings if not finding.warning]
+    results: list[ProbeResult] = []
+    if args.probe:
+        from gateway.probe import probe_config  # late: only --probe opens sockets and serial ports
+
+        print("probing each link and recorder (nothing is sent):")
+        results = asyncio.run(probe_config(config))
+        for result in results:
+            print(f"  {result}")
     if problems:
+        return EXIT_CONFIG
+    warned = len(findings)
+    print(f"configuration OK{f' ({warned} warnings)' if warned else ''}")
+    unreachable = sum(not result.reachable for result in results)
+    if unreachable:
+        print(f"{unreachable} of {len(results)} targets not reachable", file=sys.stderr)
         return EXIT_FAILURE
-    print("configuration OK")
     return EXIT_OK
 
 
@@ -190,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a configuration file and its serial ports")
     check.add_argument("--config", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
+    check.add_argument(
+        "--probe",
+        action="store_true",
+        help="also try each link's and recorder's address or serial port and say what answered (exit 1 if any did not)",
+    )
     check.set_defaults(handler=cmd_check)
 
     demo = commands.add_parser("demo", help="run the gateway with the PBX and trunk recorder simulators making calls")

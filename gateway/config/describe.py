@@ -1,10 +1,6 @@
-"""What `gateway check` prints and checks: the configuration as it would run, and the problems a valid file can
-still have on this machine (serial ports, TLS files, the store's folder)."""
+"""What `gateway check` prints: the configuration as it would run (gateway.config.check finds what is wrong with it)."""
 
 from __future__ import annotations
-
-import os
-import ssl
 
 from gateway.config import RETENTION_FOREVER, GatewayConfig, LinkConfig, LinkFormats, SerialSettings
 from gateway.config.yaml_nodes import _format_duration
@@ -77,46 +73,3 @@ def _describe_serial(serial: SerialSettings) -> str:
     flow = [name for name in ("xonxoff", "rtscts") if getattr(serial, name)]
     text = f"{serial.baudrate} {serial.bytesize}{serial.parity}{serial.stopbits:g}"
     return f"{text} {'+'.join(flow)}" if flow else text
-
-
-def check_config(config: GatewayConfig) -> list[str]:
-    """Problems a valid file can still have on this machine: missing serial ports, unusable TLS files, store folder."""
-    problems: list[str] = []
-    devices = [(f"links[{i}] {link.name}", link.url) for i, link in enumerate(config.links)]
-    devices += [(f"recorders[{i}] {recorder.name}", recorder.url) for i, recorder in enumerate(config.recorders)]
-    for label, url in devices:
-        if not url.startswith("/"):
-            continue
-        if not os.path.exists(url):
-            problems.append(f"{label}: serial port {url} does not exist")
-        elif not os.access(url, os.R_OK | os.W_OK):
-            problems.append(
-                f"{label}: no read/write permission on serial port {url} (is this user in the dialout group?)"
-            )
-    tls = config.http.tls
-    if tls is not None:
-        unreadable = False
-        for label, file in (("http.tls.certfile", tls.certfile), ("http.tls.keyfile", tls.keyfile)):
-            try:
-                with open(file, "rb"):
-                    pass
-            except OSError as exc:
-                unreadable = True
-                problems.append(f"{label}: cannot read {file}: {exc.strerror or exc}")
-        if not unreadable:
-            try:
-                # An empty password makes an encrypted key fail here instead of prompting on the terminal.
-                context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-                context.load_cert_chain(tls.certfile, tls.keyfile, password="")
-            except (ssl.SSLError, OSError, ValueError) as exc:
-                problems.append(f"http.tls: cannot use {tls.certfile} with {tls.keyfile}: {exc}")
-    store_path = config.store.path
-    if store_path.is_dir():
-        problems.append(f"store.path: {store_path} is a folder, not a database file")
-    else:
-        folder = store_path.parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        if not os.access(folder, os.W_OK | os.X_OK):
-            problems.append(f"store.path: cannot create {store_path}: {folder} is not writable")
-    return problems

@@ -10,7 +10,8 @@ import pytest
 
 from drivers.smdr import SMDR_FORMATS
 from gateway.config import MAX_ON_DEMAND_RETENTION_S, GatewayConfig, SerialSettings
-from gateway.config.describe import check_config, describe_config
+from gateway.config.check import check_config
+from gateway.config.describe import describe_config
 from gateway.config.load import load_config
 from gateway.errors import ConfigError
 from gateway.model import RecordingMode
@@ -1050,7 +1051,7 @@ def test_tls_paths_relative_to_the_config_folder(tmp_path: Path) -> None:
     assert config.http.tls is not None
     assert config.http.tls.certfile == tmp_path / "tls" / "cert.pem"
     problems = check_config(config)
-    assert any(problem.startswith("http.tls: cannot use") for problem in problems)
+    assert any(problem.key == "http.tls" and problem.message.startswith("cannot use") for problem in problems)
 
 
 # ---- check_config and describe_config
@@ -1072,7 +1073,9 @@ def test_check_reports_missing_serial_ports(tmp_path: Path) -> None:
             url: rfc2217://10.0.0.9:4001
         """,
     )
-    assert check_config(config) == ["links[0] a: serial port /dev/serial/by-id/no-such-adapter does not exist"]
+    (problem,) = [finding for finding in check_config(config) if not finding.warning]
+    assert (problem.line, problem.key, problem.warning) == (7, "links[0].url", False)
+    assert problem.message.startswith("serial port /dev/serial/by-id/no-such-adapter does not exist")
 
 
 def test_describe_never_shows_secrets(tmp_path: Path) -> None:
