@@ -384,6 +384,7 @@ class CallTracker:
 
     @property
     def next_waiter_count(self) -> int:
+        """status=next requests waiting now: the one sign that a waiter was registered, or left behind."""
         return self._next_waiters.count
 
     async def find_by_status(self, number: str, statuses: Iterable[str], next_window_s: float) -> Call:
