@@ -1,5 +1,7 @@
 """A PBX simulator: SMDR/CDR records in every supported format over every way a PBX is reached.
 
+Long for a reason: one device reached three ways (dialling out, serving a login, behind a pty), plus its command line.
+
 Records follow the formats of docs/smdr.md. The simulator connects to a gateway listen:// link, serves a
 tcp:// link behind the format's login, or sits behind a pty that a gateway serial link opens. Fault knobs:
 split writes, leading NULs, garbage, bursts, dropped links.

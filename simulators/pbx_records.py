@@ -1,5 +1,7 @@
 """What a PBX prints for a finished call, in each SMDR/CDR format the gateway reads (docs/smdr.md).
 
+Long for a reason: a writer per format, each laying out that format's fields column- or field-exact.
+
 One small writer per format turns a `CompletedCall` into that format's record line(s), laid out column- or
 field-exact to docs/smdr.md's format reference; `PROFILES` says how the device frames them (line ending, login,
 page headers). The PBX simulator (simulators/pbx.py) sends what this module writes; no I/O here.

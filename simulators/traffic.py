@@ -1,5 +1,7 @@
 """One seeded traffic model for both simulators: which calls a site makes, when, and how they go.
 
+Long for a reason: the traffic model and the YAML scenario files that pin a plan down are two views of one PlannedCall.
+
 The model plans calls (`PlannedCall`); the site (simulators/site.py) plays a plan through the trunk
 recorder simulator (live CALL events for calls on recorded extensions) and, when each call ends,
 hands the PBX simulator a `CompletedCall` to print as that PBX's record(s). Both simulators read the

@@ -1,5 +1,7 @@
 """The trunk recorder device side of TRUNKREC/1 (docs/trunkrec.md) over TCP or a pty.
 
+Long for a reason: one device, and every verb, event and fault knob of its side of the protocol is a method of it.
+
 It carries scripted or random call traffic and has fault knobs (delays, silence, forced errors,
 junk, split writes, dropped links) so that tests and the demo can exercise the gateway's client.
 """

@@ -1,5 +1,7 @@
 """Line links (docs/smdr.md, "Transports"): listen://, tcp:// and serial ports (pySerial URLs) turned into
-framed lines, with reconnection forever, backpressure, idle detection and keepalives. The PBX links use it."""
+framed lines, with reconnection forever, backpressure, idle detection and keepalives. The PBX links use it.
+
+Long for a reason: the connection protocol and the three line transports share one reconnect/backpressure core."""
 
 from __future__ import annotations
 

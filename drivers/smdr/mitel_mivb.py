@@ -1,4 +1,7 @@
-"""Mitel MiVoice Business / 3300 ICP (SX-2000 lineage) SMDR: one fixed-width line per call (docs/smdr.md)."""
+"""Mitel MiVoice Business / 3300 ICP (SX-2000 lineage) SMDR: one fixed-width line per call (docs/smdr.md).
+
+Long for a reason: a PBX format's parser, listing its fixed-width fields and their layouts.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """Panasonic KX-TD/TA/TDA/TDE/NCP/NS SMDR printer report → CallRecord (docs/smdr.md).
 
+Long for a reason: a PBX format's parser, listing its columns, tokens and call codes.
+
 Pattern A lines are read by column when they line up with the 80-column header, otherwise by token.
 """
 

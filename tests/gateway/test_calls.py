@@ -421,6 +421,6 @@ async def test_live_calls_waiting_for_a_record_are_bounded(tracker):
     for index in range(30):
         tracker.apply(setup_event(f"TRS{index}", at=T0 + timedelta(hours=index)))
         tracker.apply(release_event(f"TRS{index}", at=T0 + timedelta(hours=index, seconds=30)))
-    waiting = tracker._uncorrelated_live["8856"]
+    waiting = tracker._records.uncorrelated_live["8856"]
     assert len(waiting) <= 25  # only the last 24 hours are kept
     assert all(call.start_time >= T0 + timedelta(hours=29) - timedelta(hours=24) for call in waiting.values())

@@ -169,13 +169,13 @@ async def test_a_parameter_longer_than_any_real_value_is_refused_before_any_look
     params = {"action": "GetCallID", "apiKey": HOSTILE_OPEN_KEY, name: "9" * (MAX_CHARS_BY_PARAMETER[name] + 1)}
     body = "&".join(f"{key}={value}" for key, value in params.items()).encode()
     tracker = hostile_gateway.tracker
-    memo_before = len(tracker._last_ended)
+    memo_before = len(tracker._last_ended.by_number)
     response = await raw_exchange(
         hostile_gateway.port, raw_request("POST", "/verba/api", headers={"Content-Type": FORM}, body=body)
     )
     assert_refusal(response, 400)
     assert f"'{name}' is too long" in ET.fromstring(response.body).find("Response/ErrorMessage").text
-    assert len(tracker._last_ended) == memo_before  # nothing was looked up, so nothing memoised
+    assert len(tracker._last_ended.by_number) == memo_before  # nothing was looked up, so nothing memoised
 
 
 async def test_values_at_the_limit_are_served(hostile_gateway):

@@ -13,14 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from gateway import store as store_module
 from gateway.errors import StoreError
 from gateway.journal import JournalEntry
 from gateway.model import Call, CallState, Direction, Recording, RecordingMode
-from gateway.store import QuarantineEntry, Store
+from gateway.store import QuarantineEntry, Store, checkpointer, queries, schema, writer, writes
 
 T0 = datetime(2024, 3, 1, 9, 30, 15, 123456, tzinfo=UTC)
 KILLED_PROCESS_TIMEOUT_S = 20
+
+
+async def append_line(store: Store, link: str, received_at: datetime, raw: bytes) -> int:
+    """Journal one line; its seq."""
+    (seq,) = await store.append_journal_many_soon(link, [(received_at, raw)])
+    return seq
 
 
 def make_call(call_id: str, **fields: object) -> Call:
@@ -224,13 +229,12 @@ async def test_load_ongoing_calls_returns_full_objects(store: Store) -> None:
     loaded = await store.load_ongoing_calls()
 
     assert sorted(loaded, key=lambda call: call.call_id) == [ongoing_a, ongoing_b]
-    assert await store.count_ongoing_calls() == 2
+    assert len(await store.load_ongoing_calls()) == 2
     assert await store.count_calls() == 3
 
     ongoing_a.state = CallState.FINISHED
     await store.save_call(ongoing_a)
     assert [call.call_id for call in await store.load_ongoing_calls()] == ["ongoing-b"]
-    assert await store.count_ongoing_calls() == 1
 
 
 async def test_expired_on_demand_call_ids_finds_only_unkept_ended_undeleted_recordings(store: Store) -> None:
@@ -268,9 +272,9 @@ async def test_expired_on_demand_call_ids_finds_only_unkept_ended_undeleted_reco
 
 async def test_journal_appends_in_order_and_pages_by_link(store: Store) -> None:
     seqs = [
-        await store.append_journal("ipo", T0, b"line 1\r\n"),
-        await store.append_journal("panasonic", T0 + timedelta(seconds=1), bytearray(b"line 2")),
-        await store.append_journal("ipo", T0 + timedelta(seconds=2), b"\xff\x00 binary"),
+        await append_line(store, "ipo", T0, b"line 1\r\n"),
+        await append_line(store, "panasonic", T0 + timedelta(seconds=1), bytearray(b"line 2")),
+        await append_line(store, "ipo", T0 + timedelta(seconds=2), b"\xff\x00 binary"),
     ]
     assert seqs == sorted(seqs) and len(set(seqs)) == 3
 
@@ -286,25 +290,25 @@ async def test_journal_appends_in_order_and_pages_by_link(store: Store) -> None:
 
 
 async def test_gathered_journal_appends_get_increasing_seqs(store: Store) -> None:
-    seqs = await asyncio.gather(*(store.append_journal_soon("ipo", T0, b"%d" % n) for n in range(500)))
+    seqs = await asyncio.gather(*(append_line(store, "ipo", T0, b"%d" % n) for n in range(500)))
     assert seqs == sorted(seqs) and len(set(seqs)) == 500
     entries = await store.journal_entries(limit=1000)
     assert [entry.raw for entry in entries] == [b"%d" % n for n in range(500)]
 
 
 async def test_quarantine_counts_and_entries(store: Store) -> None:
-    seq = await store.append_journal("ipo", T0, b"garbage")
+    seq = await append_line(store, "ipo", T0, b"garbage")
     await store.quarantine("ipo", T0, b"garbage", "no parser matched", journal_seq=seq)
     await store.quarantine("ipo", T0, b"more garbage", "bad time")
     await store.quarantine("panasonic", T0, b"???", "short line")
 
     assert await store.quarantine_counts() == {"ipo": 2, "panasonic": 1}
-    ipo = await store.quarantined("ipo")
-    assert [(q.journal_seq, q.raw, q.reason) for q in ipo] == [(seq, b"garbage", "no parser matched"),
-                                                              (None, b"more garbage", "bad time")]  # fmt: skip
+    ipo = await store.quarantined_page("ipo")  # newest first
+    assert [(q.journal_seq, q.raw, q.reason) for q in ipo] == [(None, b"more garbage", "bad time"),
+                                                              (seq, b"garbage", "no parser matched")]  # fmt: skip
     assert isinstance(ipo[0], QuarantineEntry) and ipo[0].link == "ipo" and ipo[0].received_at == T0
-    assert len(await store.quarantined()) == 3
-    assert len(await store.quarantined(limit=1)) == 1
+    assert [q.raw for q in await store.quarantined_page("ipo", limit=1)] == [b"more garbage"]
+    assert [q.raw for q in await store.quarantined_page("ipo", before_seq=ipo[0].seq)] == [b"garbage"]
 
 
 # ---- the writer: batches, failures, close
@@ -316,13 +320,13 @@ async def test_a_failing_op_fails_only_its_own_future(store: Store) -> None:
     blocker = sqlite3.connect(store.path, isolation_level=None)
     try:
         blocker.execute("BEGIN IMMEDIATE")
-        plug = store.append_journal_soon("plug", T0, b"plug")
-        while not store._queue.empty():  # the writer has taken the plug and is waiting for the lock
+        plug = store.append_journal_many_soon("plug", [(T0, b"plug")])
+        while not store._writer.queue.empty():  # the writer has taken the plug and is waiting for the lock
             await asyncio.sleep(0.001)
         good_before = store.save_call_soon(make_call("good-before"))
         bad = store.save_call_soon(make_call("bad", start_time=None))  # violates NOT NULL start_time
-        bad_journal = store.append_journal_soon(None, T0, b"x")  # type: ignore[arg-type]
-        good_after = store.append_journal_soon("ipo", T0, b"after")
+        bad_journal = store.append_journal_many_soon(None, [(T0, b"x")])  # type: ignore[arg-type]
+        good_after = store.append_journal_many_soon("ipo", [(T0, b"after")])
         blocker.execute("ROLLBACK")
     finally:
         blocker.close()
@@ -331,7 +335,7 @@ async def test_a_failing_op_fails_only_its_own_future(store: Store) -> None:
 
     assert isinstance(results[2], StoreError) and "bad" in str(results[2])
     assert isinstance(results[3], StoreError)
-    assert results[1] is None and isinstance(results[4], int)
+    assert results[1] is None and isinstance(results[4], list) and len(results[4]) == 1
     assert await store.get_call("good-before") is not None
     assert await store.get_call("bad") is None
     assert [entry.raw for entry in await store.journal_entries("ipo")] == [b"after"]
@@ -375,7 +379,7 @@ async def test_close_is_idempotent_and_everything_after_it_raises(tmp_path: Path
     with pytest.raises(StoreError):
         await store.save_call(make_call("too-late"))
     with pytest.raises(StoreError):
-        store.append_journal_soon("ipo", T0, b"x")
+        store.append_journal_many_soon("ipo", [(T0, b"x")])
     with pytest.raises(StoreError):
         await store.quarantine("ipo", T0, b"x", "reason")
     for read in (
@@ -386,10 +390,9 @@ async def test_close_is_idempotent_and_everything_after_it_raises(tmp_path: Path
         store.expired_on_demand_call_ids(T0, 10),
         store.load_ongoing_calls(),
         store.count_calls(),
-        store.count_ongoing_calls(),
         store.quarantine_counts(),
         store.journal_entries(),
-        store.quarantined(),
+        store.quarantined_page("ipo"),
     ):
         with pytest.raises(StoreError):
             await read
@@ -419,8 +422,8 @@ async def test_open_creates_the_folder_and_uses_wal(tmp_path: Path) -> None:
 async def test_migrations_run_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "store.db"
     # A second migration that would fail (table exists) or double the row if it ever ran twice.
-    migrations = [*store_module.MIGRATIONS, "CREATE TABLE marker (n INTEGER); INSERT INTO marker VALUES (1);"]
-    monkeypatch.setattr(store_module, "MIGRATIONS", migrations)
+    migrations = [*schema.MIGRATIONS, "CREATE TABLE marker (n INTEGER); INSERT INTO marker VALUES (1);"]
+    monkeypatch.setattr(schema, "MIGRATIONS", migrations)
     for _ in range(2):
         store = Store(path)
         await store.open()
@@ -464,7 +467,7 @@ async def test_acknowledged_writes_survive_a_killed_process(tmp_path: Path) -> N
             store = Store({str(path)!r})
             await store.open()
             await store.save_call(Call(call_id="durable", start_time=datetime.now(timezone.utc), extension="100"))
-            seq = await store.append_journal("ipo", datetime.now(timezone.utc), b"raw line")
+            (seq,) = await store.append_journal_many_soon("ipo", [(datetime.now(timezone.utc), b"raw line")])
             print("saved", seq, flush=True)
             os.kill(os.getpid(), signal.SIGKILL)  # no close(), no atexit, no flush of anything
 
@@ -491,22 +494,21 @@ async def test_acknowledged_writes_survive_a_killed_process(tmp_path: Path) -> N
 # ---- query plans: every lookup stays an index search at millions of rows
 
 LOOKUPS = {
-    "get_call": store_module.SELECT_CALL,
-    "get_call parties": store_module.SELECT_CALL_PARTIES,
-    "get_call recordings": store_module.SELECT_CALL_RECORDINGS,
-    "load_ongoing_calls": store_module.SELECT_ONGOING_CALLS,
-    "load_ongoing_calls parties": store_module.SELECT_ONGOING_PARTIES,
-    "load_ongoing_calls recordings": store_module.SELECT_ONGOING_RECORDINGS,
-    "by platform call id": store_module.SELECT_BY_PLATFORM_CALL_ID,
-    "by native id": store_module.SELECT_BY_NATIVE_ID,
-    "last ended": store_module.SELECT_LAST_ENDED,
-    "expired on-demand": store_module.SELECT_DISCARDABLE,
-    "count ongoing": store_module.COUNT_ONGOING_CALLS,
-    "journal": store_module.SELECT_JOURNAL,
-    "journal by link": store_module.SELECT_JOURNAL_BY_LINK,
-    "quarantined by link": store_module.SELECT_QUARANTINE_BY_LINK,
-    "upsert: replace parties": store_module._DELETE_PARTIES.sql(1),
-    "upsert: replace parties of 64 calls": store_module._DELETE_PARTIES.sql(64),
+    "get_call": queries.SELECT_CALL,
+    "get_call parties": queries.SELECT_CALL_PARTIES,
+    "get_call recordings": queries.SELECT_CALL_RECORDINGS,
+    "load_ongoing_calls": queries.SELECT_ONGOING_CALLS,
+    "load_ongoing_calls parties": queries.SELECT_ONGOING_PARTIES,
+    "load_ongoing_calls recordings": queries.SELECT_ONGOING_RECORDINGS,
+    "by platform call id": queries.SELECT_BY_PLATFORM_CALL_ID,
+    "by native id": queries.SELECT_BY_NATIVE_ID,
+    "last ended": queries.SELECT_LAST_ENDED,
+    "expired on-demand": queries.SELECT_DISCARDABLE,
+    "journal": queries.SELECT_JOURNAL,
+    "journal by link": queries.SELECT_JOURNAL_BY_LINK,
+    "quarantined page": queries.SELECT_QUARANTINE_PAGE,
+    "upsert: replace parties": writes.DELETE_PARTIES.sql(1),
+    "upsert: replace parties of 64 calls": writes.DELETE_PARTIES.sql(64),
 }
 
 
@@ -523,10 +525,10 @@ def test_last_ended_walks_the_party_index_newest_first(tmp_path: Path) -> None:
     path = tmp_path / "plan.db"
     connection = sqlite3.connect(path)
     try:
-        connection.executescript(store_module.MIGRATIONS[0])
+        connection.executescript(schema.MIGRATIONS[0])
     finally:
         connection.close()
-    plan = query_plan(path, store_module.SELECT_LAST_ENDED)
+    plan = query_plan(path, queries.SELECT_LAST_ENDED)
     assert "call_parties_number_end" in plan[0] and not any("TEMP B-TREE" in step for step in plan), plan
 
 
@@ -552,7 +554,7 @@ async def test_a_large_batch_goes_in_multi_row_statements_and_reads_back(store: 
 
 async def test_batched_journal_appends_return_their_seqs_in_order(store: Store) -> None:
     now = datetime.now(UTC)
-    first = await store.append_journal("pbx", now, b"one")
+    first = await append_line(store, "pbx", now, b"one")
     seqs = await store.append_journal_many_soon("pbx", [(now, b"two"), (now, b"three"), (now, b"four")])
     assert seqs == [first + 1, first + 2, first + 3]
     entries = await store.journal_entries("pbx")
@@ -570,14 +572,14 @@ async def test_writes_queued_together_get_their_own_results(store: Store) -> Non
     queued = [
         store.append_journal_many_soon("pbx", [(now, b"a1"), (now, b"a2"), (now, b"a3")]),
         store.save_calls_soon([first_version]),
-        store.append_journal_soon("pbx-2", now, b"b1"),
+        store.append_journal_many_soon("pbx-2", [(now, b"b1")]),
         store.append_journal_many_soon("pbx", []),
         store.save_calls_soon([make_call("other"), last_version]),
         store.append_journal_many_soon("pbx", [(now, b"a4"), (now, b"a5")]),
     ]
     many_a, _, single, empty, _, many_b = await asyncio.gather(*queued)
     first = many_a[0]
-    assert (many_a, single, empty, many_b) == ([first, first + 1, first + 2], first + 3, [], [first + 4, first + 5])
+    assert (many_a, single, empty, many_b) == ([first, first + 1, first + 2], [first + 3], [], [first + 4, first + 5])
     entries = {entry.seq: (entry.link, entry.raw) for entry in await store.journal_entries()}
     assert [entries[seq] for seq in range(first, first + 6)] == [
         ("pbx", b"a1"), ("pbx", b"a2"), ("pbx", b"a3"), ("pbx-2", b"b1"), ("pbx", b"a4"), ("pbx", b"a5"),
@@ -597,13 +599,13 @@ async def test_a_thread_checkpoints_the_wal_while_the_store_is_open(tmp_path: Pa
         size_before = path.stat().st_size
         await opened.save_calls_soon([full_call(f"call-{index}") for index in range(500)])
         wal_bytes = (tmp_path / "store.db-wal").stat().st_size
-        assert wal_bytes < store_module.WAL_AUTOCHECKPOINT_PAGES * 4096  # the writer has no reason to checkpoint
+        assert wal_bytes < writer.WAL_AUTOCHECKPOINT_PAGES * 4096  # the writer has no reason to checkpoint
 
         async def copied() -> None:
             while path.stat().st_size < size_before + 100_000:
-                await asyncio.sleep(store_module.CHECKPOINT_INTERVAL_S / 5)
+                await asyncio.sleep(checkpointer.CHECKPOINT_INTERVAL_S / 5)
 
-        await asyncio.wait_for(copied(), store_module.CHECKPOINT_INTERVAL_S * 40)
+        await asyncio.wait_for(copied(), checkpointer.CHECKPOINT_INTERVAL_S * 40)
     finally:
         await opened.close()
     assert not (tmp_path / "store.db-wal").exists() or (tmp_path / "store.db-wal").stat().st_size == 0

@@ -115,7 +115,7 @@ async def test_ip_office_pushed_to_listen(tmp_path, started, unused_tcp_port, ga
     # Everything read was journalled, the garbage too, with its reason in quarantine.
     journal = await gateway.store.journal_entries("pbx-main")
     assert len(journal) == 7
-    reasons = [entry.reason for entry in await gateway.store.quarantined("pbx-main")]
+    reasons = [entry.reason for entry in reversed(await gateway.store.quarantined_page("pbx-main"))]
     assert len(reasons) == 2 and any("4096" in reason for reason in reasons)
 
 

@@ -142,7 +142,7 @@ async def test_closing_mid_burst_parses_every_line_it_journalled(link_for, store
     pbx.close()
     journalled = await store.journal_entries("pbx", limit=BURST_RECORDS)
     # Each journalled line became a record or was quarantined (the line cut off at the close, if any).
-    quarantined = {entry.journal_seq for entry in await store.quarantined("pbx")}
+    quarantined = {entry.journal_seq for entry in await store.quarantined_page("pbx")}
     assert len(quarantined) == link.health.errors <= 1
     parsed = [entry.raw.split(b",")[9].decode() for entry in journalled if entry.seq not in quarantined]
     assert 0 < len(submitted) < BURST_RECORDS and submitted == parsed
@@ -169,5 +169,5 @@ async def test_a_quarantine_row_the_store_refuses_is_written_once_it_takes_write
         pbx.close()
         other.close()
     assert link.health.errors == 1
-    (entry,) = await store.quarantined("pbx")
+    (entry,) = await store.quarantined_page("pbx")
     assert entry.raw == b"not a record"

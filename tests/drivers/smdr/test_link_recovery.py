@@ -122,7 +122,7 @@ async def test_a_line_quarantined_before_the_crash_is_quarantined_once(store: St
 
     assert await link.recover() == 1
 
-    assert len(await store.quarantined("pbx")) == 1
+    assert len(await store.quarantined_page("pbx")) == 1
     assert collected.replayed == []
 
 
@@ -134,5 +134,5 @@ async def test_a_partial_line_is_replayed_as_the_partial_line_it_was(store: Stor
     await link.recover()
 
     assert collected.replayed == []
-    (entry,) = await store.quarantined("pbx")
+    (entry,) = await store.quarantined_page("pbx")
     assert (entry.journal_seq, entry.reason) == (seq, "partial line at disconnect")
