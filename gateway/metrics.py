@@ -75,7 +75,9 @@ class _StateCollector(Collector):
             "gateway_link_records", "Records parsed from lines the link read since start-up.", labels=["link"]
         )
         errors = CounterMetricFamily(
-            "gateway_link_errors", "Lines of the link quarantined (the store's count at start-up on).", labels=["link"]
+            "gateway_link_errors",
+            "Lines of the link quarantined (counted on from the store's total at start-up).",
+            labels=["link"],
         )
         reconnects = CounterMetricFamily(
             "gateway_link_reconnects",
