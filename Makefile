@@ -24,12 +24,14 @@ run: install
 gateway: install
 	$(BIN)/gateway run --config $(CONFIG)
 
+# Real programs the tests drive (headless Chromium) are installed first when missing (.ci/ensure-packages).
 test: install
-	$(BIN)/pytest -q
+	.ci/ensure-packages
+	$(BIN)/pytest -q -n 2
 
 # Each benchmark runs on its own: one that fails does not stop the others (the target fails at the end), and
 # one whose tool is missing (wrk for the API) says so and is skipped.
-BENCHMARKS := api_bench control_bench ingest_bench retention_bench
+BENCHMARKS := api_bench control_bench ingest_bench events_bench retention_bench
 
 bench: install
 	@failed=""; for name in $(BENCHMARKS); do \

@@ -860,10 +860,12 @@ class CallTracker:
         return list(self._ongoing_by_party.get(number, {}).values())
 
     async def last_calls_of(self, number: str) -> list[Call]:
-        """The most recently ended call(s) of a number: more than one only when they ended at the same moment."""
+        """The most recently ended call(s) of a number: more than one only when they ended at the same moment.
+        A call ending in the future (a PBX clock ahead of ours, a sped-up demo) is not the last one until then."""
+        now = utc_now()
         entry = self._last_ended.get(number)
         if entry is None or not entry.merged_with_store:
-            stored = await self._store.last_ended_call_ids(number, limit=2)
+            stored = await self._store.last_ended_call_ids(number, limit=2, ended_by=now)
             entry = self._last_ended.get(number)  # may have changed while the store answered
             if entry is None:
                 entry = self._last_ended[number] = _LastEnded(None, [], merged_with_store=True)
@@ -873,8 +875,16 @@ class CallTracker:
                     entry.end_time, entry.call_ids = end_time, [call_id]
                 elif end_time == entry.end_time and call_id not in entry.call_ids:
                     entry.call_ids.append(call_id)
+        if entry.end_time is not None and entry.end_time > now:
+            # The memo keeps only the newest end, so the last one up to now is the store's (saves committed first).
+            await self.flush()
+            stored = await self._store.last_ended_call_ids(number, limit=2, ended_by=now)
+            return await self._calls([call_id for end_time, call_id in stored if end_time == stored[0][0]])
+        return await self._calls(list(entry.call_ids))
+
+    async def _calls(self, call_ids: Sequence[str]) -> list[Call]:
         calls = []
-        for call_id in list(entry.call_ids):
+        for call_id in call_ids:
             call = await self.get_call(call_id)
             if call is not None:
                 calls.append(call)

@@ -6,23 +6,22 @@ import argparse
 import asyncio
 import errno
 import getpass
+import os
 import sys
 from pathlib import Path
 
 import structlog
 
 from drivers.smdr import SMDR_FORMATS
-from gateway.config import DEFAULT_CONFIG_PATH, GatewayConfig
+from gateway.config import GatewayConfig
 from gateway.config.describe import check_config, describe_config
 from gateway.config.load import load_config
+from gateway.config.locate import BUNDLED_CONFIG_PATH, CONFIG_ENV_VAR, LOOKUP_RULE, SEARCHED_PLACES, find_config
 from gateway.errors import ConfigError
 from gateway.lifecycle import stop_on_signals
 from gateway.logs import configure_logging
 from gateway.passwords import hash_password
 from simulators.cli import positive_float
-
-# The default configuration as shipped with the code, for `gateway demo` started outside the project folder.
-BUNDLED_CONFIG_PATH = Path(__file__).resolve().parent.parent / DEFAULT_CONFIG_PATH
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -42,19 +41,20 @@ def api_key_secrets(config: GatewayConfig) -> list[str]:
     return [key.key for key in config.api.keys]
 
 
-def _load_config(path: Path) -> GatewayConfig | None:
-    """The configuration, or None after printing why it was refused (FILE:LINE: KEY: message)."""
+def _load_config(given: Path | None, *, bundled_fallback: bool = False) -> GatewayConfig | None:
+    """The configuration found by the lookup rule (gateway.config.locate), or None after printing why it was
+    refused (FILE:LINE: KEY: message)."""
     try:
+        path = find_config(given, environ=os.environ, bundled_fallback=bundled_fallback)
         return load_config(path, SMDR_FORMATS)
     except ConfigError as error:
         print(f"gateway: configuration error: {error}", file=sys.stderr)
         return None
 
 
-async def _run_until_signalled(config_path: Path) -> int:
+async def _run_until_signalled(config: GatewayConfig) -> int:
     from gateway.service import Gateway, tune_interpreter  # late: `check` and `hash-password` need none of it
 
-    config = load_config(config_path, SMDR_FORMATS)
     configure_logging(config.log.level, config.log.format, secrets=api_key_secrets(config))
     gateway = Gateway(config)
     async with stop_on_signals() as stopping:
@@ -69,9 +69,12 @@ async def _run_until_signalled(config_path: Path) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    config = _load_config(args.config)
+    if config is None:
+        return EXIT_CONFIG
     try:
-        return asyncio.run(_run_until_signalled(args.config))
-    except ConfigError as error:
+        return asyncio.run(_run_until_signalled(config))
+    except ConfigError as error:  # found only on start-up (e.g. a TLS certificate that cannot be loaded)
         print(f"gateway: configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except OSError as error:  # e.g. the HTTP port is taken
@@ -82,16 +85,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from simulators.demo import DemoError, run_demo  # imported late: only the demo needs the simulators
 
-    config_path = args.config
-    if config_path is None:  # the bundled default: the folder's own config/, else the one shipped beside the code
-        config_path = DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else BUNDLED_CONFIG_PATH
-    config = _load_config(config_path)
+    config = _load_config(args.config, bundled_fallback=True)  # the demo alone may use the file shipped with the code
     if config is None:
         return EXIT_CONFIG
     configure_logging(args.log_level, config.log.format, secrets=api_key_secrets(config))
     try:
         asyncio.run(
-            run_demo(config, sys.stdout, seed=args.seed, calls_per_minute=args.calls_per_minute, speed=args.speed)
+            run_demo(
+                config,
+                sys.stdout,
+                seed=args.seed,
+                calls_per_minute=args.calls_per_minute,
+                speed=args.speed,
+                keep_store=args.keep_store,
+            )
         )
     except DemoError as error:
         print(f"gateway: cannot demonstrate this configuration: {error}", file=sys.stderr)
@@ -165,16 +172,24 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+CONFIG_HELP = f"configuration file; without it: ${CONFIG_ENV_VAR}, else {SEARCHED_PLACES}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description="Recorder-side telephony gateway")
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="Recorder-side telephony gateway",
+        epilog=f"Every command reads the configuration from {LOOKUP_RULE}; `gateway demo` alone then falls back to "
+        "the default shipped with the code.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the gateway until SIGINT/SIGTERM")
-    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="configuration file (%(default)s)")
+    run.add_argument("--config", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     run.set_defaults(handler=cmd_run)
 
     check = commands.add_parser("check", help="validate a configuration file and its serial ports")
-    check.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="configuration file (%(default)s)")
+    check.add_argument("--config", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     check.set_defaults(handler=cmd_check)
 
     demo = commands.add_parser("demo", help="run the gateway with the PBX and trunk recorder simulators making calls")
@@ -182,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         default=None,
-        help=f"configuration file (default: {DEFAULT_CONFIG_PATH} here, else the bundled one)",
+        metavar="FILE",
+        help=f"{CONFIG_HELP}, else the default shipped with the code ({BUNDLED_CONFIG_PATH})",
     )
     demo.add_argument("--seed", type=int, default=None, help="seed of the traffic, to replay a run")
     demo.add_argument(
@@ -195,15 +211,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="site time per real second: 10 makes calls ten times shorter (%(default)s)",
     )
     demo.add_argument(
+        "--keep-store",
+        action="store_true",
+        help="keep the demo's own store (the configured one with -demo in its name) from the last run",
+    )
+    demo.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
         default="warning",
-        help="log level of the demo (%(default)s: the banner stays readable); the file's level is not used",
+        help="log level of the demo (%(default)s: the banner and the event lines stay readable); the file's level "
+        "is not used",
     )
     demo.set_defaults(handler=cmd_demo)
 
     tap = commands.add_parser("tap", help="show a link's raw lines and their parsed records live (stores nothing)")
-    tap.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="configuration file (%(default)s)")
+    tap.add_argument("--config", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     tap.add_argument("--link", required=True, help="the link's name in the configuration")
     tap.set_defaults(handler=cmd_tap)
 

@@ -13,7 +13,7 @@ import asyncio
 import json
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -33,6 +33,11 @@ CALL_KEPT = "call.kept"
 LINK_STATE = "link.state"
 RECORDER_STATE = "recorder.state"
 LINE_QUARANTINED = "line.quarantined"
+# A link's counters (records, errors, last record). Not stored and without an id: it says how things are now, so a
+# resumed stream has nothing to catch up on. Sent at most every LINK_COUNTS_INTERVAL_S per link, and only to a
+# subscriber that names it in `types` (the status page): a consumer asking for "everything" gets the durable events.
+LINK_COUNTS = "link.counts"
+TRANSIENT_NAMES = (LINK_COUNTS,)
 EVENT_NAMES = (
     CALL_STARTED,
     CALL_CONNECTED,
@@ -45,6 +50,7 @@ EVENT_NAMES = (
     RECORDER_STATE,
     LINE_QUARANTINED,
 )
+KNOWN_NAMES = EVENT_NAMES + TRANSIENT_NAMES
 
 # Events a subscriber may have queued before it counts as too slow and is dropped.
 SUBSCRIBER_QUEUE_EVENTS = 2_000
@@ -58,15 +64,19 @@ CLOSE_TIMEOUT_S = 5.0
 
 @dataclass(frozen=True, slots=True)
 class FeedEvent:
-    seq: int
+    seq: int  # 0 for a transient event (never stored, sent without an id)
     name: str
     at: datetime
     data: Mapping[str, Any]  # JSON-able; call events carry at least callID and extension
     extension: str | None = None  # the call's extension, what `?extension=` filters on
     parties: frozenset[str] = frozenset()  # every number of the call (filters match any of them)
+    # The JSON, made once: the store and every subscriber's stream use the same text.
+    _json: list[str] = field(default_factory=list, compare=False, repr=False)
 
     def data_json(self) -> str:
-        return json.dumps(self.data, separators=(",", ":"), ensure_ascii=False)
+        if not self._json:
+            self._json.append(json.dumps(self.data, separators=(",", ":"), ensure_ascii=False))
+        return self._json[0]
 
 
 class EventLog(Protocol):
@@ -87,6 +97,8 @@ class EventFilter:
     names: frozenset[str] = frozenset()
 
     def matches(self, event: FeedEvent) -> bool:
+        if event.seq == 0:
+            return event.name in self.names  # transient events go only to who asked for them by name
         if self.names and event.name not in self.names:
             return False
         if self.extensions:
@@ -98,12 +110,12 @@ def parse_filter(extensions: str | None, types: str | None) -> EventFilter:
     """The filter of a request; ValueError naming the unknown event type (a `call.*` prefix selects a family)."""
     names: set[str] = set()
     for item in _items(types):
-        if item.endswith(".*") and any(name.startswith(item[:-1]) for name in EVENT_NAMES):
-            names.update(name for name in EVENT_NAMES if name.startswith(item[:-1]))
-        elif item in EVENT_NAMES:
+        if item.endswith(".*") and any(name.startswith(item[:-1]) for name in KNOWN_NAMES):
+            names.update(name for name in KNOWN_NAMES if name.startswith(item[:-1]))
+        elif item in KNOWN_NAMES:
             names.add(item)
         else:
-            raise ValueError(f"unknown event type {item!r}; known: {', '.join(EVENT_NAMES)}")
+            raise ValueError(f"unknown event type {item!r}; known: {', '.join(KNOWN_NAMES)}")
     return EventFilter(frozenset(_items(extensions)), frozenset(names))
 
 
@@ -140,6 +152,16 @@ class Subscription:
     @property
     def queued(self) -> int:
         return len(self._items)
+
+    async def next_batch(self, timeout_s: float) -> list[FeedEvent]:
+        """Every queued event, waiting up to timeout_s for the first; [] when none came (time for a keep-alive).
+        A stream writes them in one go: per-write costs are paid once per batch, not once per event."""
+        first = await self.next(timeout_s)
+        if first is None:
+            return []
+        batch = [first, *self._items]
+        self._items.clear()
+        return batch
 
     async def next(self, timeout_s: float) -> FeedEvent | None:
         """The next event; None when none came within timeout_s (time for a keep-alive)."""
@@ -230,6 +252,16 @@ class EventFeed:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
+
+    def publish_transient(self, name: str, data: Mapping[str, Any]) -> None:
+        """To the live subscribers that asked for `name`, now; not stored, no sequence number."""
+        if self._closed:
+            return
+        event = FeedEvent(0, name, utc_now(), data)
+        for subscription in list(self._subscribers):
+            if subscription.filter.matches(event) and not subscription.offer(event):
+                log.info("event subscriber too slow; dropped", queued=subscription.queued)
+                self._drop(subscription)
 
     def publish_call(self, name: str, call: Call, **extra: Any) -> None:
         self.publish(name, {**call_data(call), **extra}, extension=call.extension, parties=call.parties)

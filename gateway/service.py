@@ -79,7 +79,7 @@ class Gateway:
             recorders if recorders is not None else {client.name: client for client in self.recorder_clients}
         )
         self.links: dict[str, LinkHealth] = {link.name: LinkHealth(link.name) for link in config.links}
-        self.watch = LinkWatch(self.feed)
+        self.watch = LinkWatch(self.feed, self.links)
         self.smdr_links = [
             SmdrLink(
                 link,
@@ -217,7 +217,7 @@ class Gateway:
 
     async def stop(self) -> None:
         self.feed.end_streams()  # event streams and taps never end by themselves: the server would wait for them
-        self.watch.end_taps()
+        self.watch.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

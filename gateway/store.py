@@ -277,9 +277,10 @@ SELECT_DISCARDABLE = "SELECT call_id FROM recordings WHERE discardable = 1 AND e
 SELECT_BY_PLATFORM_CALL_ID = "SELECT call_id FROM calls WHERE platform_call_id = ? LIMIT ?"
 SELECT_BY_NATIVE_ID = "SELECT call_id FROM calls WHERE native_id = ? LIMIT ?"
 # CROSS JOIN pins the plan: walk the party index newest end first, check each call's state by primary key.
+# `end_time <= ?` (now): a call ending in the future (a PBX clock ahead of ours, a sped-up demo) is nobody's last.
 SELECT_LAST_ENDED = (
     "SELECT p.end_time, p.call_id FROM call_parties AS p CROSS JOIN calls AS c ON c.call_id = p.call_id"
-    " WHERE p.number = ? AND p.end_time IS NOT NULL AND c.state = 1 ORDER BY p.end_time DESC LIMIT ?"
+    " WHERE p.number = ? AND p.end_time <= ? AND c.state = 1 ORDER BY p.end_time DESC LIMIT ?"
 )
 SELECT_OPEN_CALL_IDS = (
     "SELECT call_id FROM calls WHERE open_group IS NOT NULL OR open_leg_key IS NOT NULL"
@@ -1135,10 +1136,12 @@ class Store:
         return await self._read(self._read_calls_by, SELECT_BY_NATIVE_ID, (native_id, limit))
 
     async def last_ended_call_ids(
-        self, extension: str, limit: int = DEFAULT_LOOKUP_LIMIT
+        self, extension: str, limit: int = DEFAULT_LOOKUP_LIMIT, *, ended_by: datetime | None = None
     ) -> list[tuple[datetime, str]]:
-        """Finished calls that `extension` was a party to, newest end first."""
-        rows = await self._read(self._read_rows, SELECT_LAST_ENDED, (extension, limit))
+        """Finished calls that `extension` was a party to and that ended by `ended_by` (default: now), newest end
+        first."""
+        bound = _epoch(ended_by or datetime.now(UTC))
+        rows = await self._read(self._read_rows, SELECT_LAST_ENDED, (extension, bound, limit))
         return [(datetime.fromtimestamp(end_time, UTC), call_id) for end_time, call_id in rows]
 
     async def expired_on_demand_call_ids(self, ended_before: datetime, limit: int) -> list[str]:

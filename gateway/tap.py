@@ -1,8 +1,9 @@
 """`gateway tap`: one link's raw lines beside what its parser makes of them, live — for installers at the PBX.
 
 The tap opens the link itself (connects, listens or opens the serial port as configured), stores
-nothing, and stops on Ctrl-C. A gateway already holding the same port or device must be stopped
-first.
+nothing, and stops on Ctrl-C. When a running gateway already holds a listen:// link's port, the tap says
+so, names the process, and points to the gateway's own live tap (`GET /links/NAME/tap`); it keeps
+retrying until the port is free.
 """
 
 from __future__ import annotations
@@ -10,45 +11,19 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 from typing import TextIO
+from urllib.parse import urlsplit
 
 from drivers.smdr.base import RecordParser
 from drivers.smdr.link import HOLD_CHECK_INTERVAL_S, RELEASE_ALL, LineReader
-from drivers.transport import FramedLine, create_transport
+from drivers.smdr.show import describe, printable
+from drivers.transport import FramedLine, create_transport, host_port
 from gateway.config import GatewayConfig, LinkConfig
 from gateway.events import CallRecord, LinkState
 from gateway.lifecycle import stop_on_signals
 from gateway.model import utc_now
+from gateway.port_owner import PortOwner, listening_owner, port_in_use
 
-
-def printable(raw: bytes) -> str:
-    """The raw line as latin-1 text with control bytes shown as \\xNN, so the installer sees exactly what came."""
-    return "".join(ch if " " <= ch <= "~" or ch >= "\xa0" else f"\\x{ord(ch):02x}" for ch in raw.decode("latin-1"))
-
-
-def describe(record: CallRecord) -> str:
-    def when(value: datetime | None) -> str:
-        return value.isoformat(timespec="seconds") if value else "?"
-
-    parts = [
-        f"start={when(record.start)}",
-        f"end={when(record.end)}",
-        f"ext={record.extension or '-'}",
-        f"other={record.other_number or '-'}",
-        f"dir={record.direction.value}",
-    ]
-    if record.platform_call_id:
-        parts.append(f"pcid={record.platform_call_id}" + ("+" if record.more_follows else ""))
-    if record.duration_s is not None:
-        parts.append(f"talk={record.duration_s:g}s")
-    if record.ring_s is not None:
-        parts.append(f"ring={record.ring_s:g}s")
-    if record.trunk:
-        parts.append(f"trunk={record.trunk}")
-    if record.account:
-        parts.append(f"account={record.account}")
-    if record.answered is not None:
-        parts.append(f"answered={'yes' if record.answered else 'no'}")
-    return " ".join(parts)
+_ANY_ADDRESS = ("0.0.0.0", "::", "")
 
 
 class Tap:
@@ -97,6 +72,44 @@ class Tap:
         self.say("link", state.value)
 
 
+def _gateway_url(config: GatewayConfig) -> str:
+    """Where this configuration's gateway answers, as a client on this machine would write it."""
+    host = "127.0.0.1" if config.http.host in _ANY_ADDRESS else config.http.host
+    host = f"[{host}]" if ":" in host else host
+    return f"{'https' if config.http.tls else 'http'}://{host}:{config.http.port}"
+
+
+def _port_taken(host: str, port: int) -> tuple[bool, PortOwner | None]:
+    """Whether the port is held, and by which process when this user can see it (blocking: /proc)."""
+    if not port_in_use(host, port):
+        return False, None
+    return True, listening_owner(port)
+
+
+async def say_if_port_taken(tap: Tap, config: GatewayConfig) -> bool:
+    """For a listen:// link whose port is held (most likely by the running gateway): say so in the tap's output,
+    with what holds it and where the running gateway shows the same view. True when it was taken."""
+    if urlsplit(tap.link.url).scheme != "listen":
+        return False
+    host, port = host_port(tap.link.url)
+    taken, owner = await asyncio.to_thread(_port_taken, host, port)
+    if not taken:
+        return False
+    if owner is not None and not owner.is_gateway:
+        tap.say("busy", f"port {port} is taken by {owner}, not a gateway: stop it or change the link's port")
+    else:
+        holder = f"{owner}, the running gateway" if owner else "another program (not visible to this user)"
+        keys = ", ".join(key.name for key in config.api.keys) or "none configured"
+        tap.say("busy", f"port {port} is taken by {holder}: it holds this link")
+        tap.say(
+            "busy",
+            f"it shows the link live: curl -N '{_gateway_url(config)}/links/{tap.link.name}/tap?apiKey=KEY'"
+            f" (Server-Sent Events; KEY: one of the configuration's API keys: {keys})",
+        )
+    tap.say("busy", "this tap retries until the port is free, then shows 'link up'")
+    return True
+
+
 async def run_tap(config: GatewayConfig, link_name: str, out: TextIO) -> int:
     link = next((link for link in config.links if link.name == link_name), None)
     if link is None:
@@ -105,6 +118,7 @@ async def run_tap(config: GatewayConfig, link_name: str, out: TextIO) -> int:
     tap = Tap(link, out)
     tap.say("tap", f"{link.name}: {link.format} on {link.url} — Ctrl-C to stop")
     tap.say("layout", tap.variant)
+    await say_if_port_taken(tap, config)
     transport = create_transport(link, tap.deliver, on_state=tap.on_state)
     async with stop_on_signals() as stop:
         await transport.open()

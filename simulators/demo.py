@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlencode, urlsplit
 
@@ -26,9 +27,12 @@ from drivers.transport import host_port
 from drivers.trunkrec.protocol import parse_channel
 from gateway.config import ApiKeyConfig, GatewayConfig, RecorderConfig
 from gateway.errors import GatewayError
+from gateway.feed import Subscription
 from gateway.lifecycle import stop_on_signals
 from gateway.model import RecordingMode
+from gateway.port_owner import port_in_use
 from gateway.service import Gateway, tune_interpreter
+from simulators.demo_events import print_events, subscribe
 from simulators.pbx import PbxSimulator
 from simulators.site import Site, first_call_id_from_clock
 from simulators.traffic import TrafficModel
@@ -50,6 +54,29 @@ SITE_HISTORY = 1_000
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
 # Shorter talk than the model's default, so that records (written when a call ends) show in the first minute.
 DEMO_TALK_MEDIAN_S = 15.0
+
+
+# The demo's store beside the configured one, never the same file: a real gateway's calls stay apart from the
+# demo's (a sped-up demo makes calls that end in the future).
+DEMO_STORE_SUFFIX = "-demo"
+SQLITE_COMPANION_SUFFIXES = ("-wal", "-shm", "-journal")
+
+
+def demo_store_path(configured: Path) -> Path:
+    """`var/gateway.db` → `var/gateway-demo.db`."""
+    return configured.with_name(f"{configured.stem}{DEMO_STORE_SUFFIX}{configured.suffix}")
+
+
+def remove_store_files(path: Path) -> list[Path]:
+    """Delete a SQLite store and its companion files (blocking: run off the loop); the files that were there."""
+    removed = []
+    for file in [path, *(path.with_name(path.name + suffix) for suffix in SQLITE_COMPANION_SUFFIXES)]:
+        try:
+            file.unlink()
+            removed.append(file)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 class DemoError(GatewayError):
@@ -116,12 +143,15 @@ class Demo:
         seed: int | None = None,
         calls_per_minute: float = DEMO_CALLS_PER_MINUTE,
         speed: float = 1.0,
+        keep_store: bool = False,
     ) -> None:
-        self.config = config
+        self.store_path = demo_store_path(config.store.path)
+        self.keep_store = keep_store  # False: the demo's store starts empty each run
+        self.config = replace(config, store=replace(config.store, path=self.store_path))
         self.seed = seed
         self.calls_per_minute = calls_per_minute
         self.speed = speed  # site time runs this much faster than real time (calls shorter, records sooner)
-        self.gateway = Gateway(config)
+        self.gateway = Gateway(self.config)
         self.recorders: dict[str, TrunkRecorderSimulator] = {}
         self.pbxs: dict[str, PbxSimulator] = {}
         self.sites: list[Site] = []
@@ -130,6 +160,8 @@ class Demo:
         self._site_tasks: list[asyncio.Task[None]] = []
         self.pinned_extension: str | None = None
         self.examples: DemoExamples | None = None
+        self._event_printer: asyncio.Task[None] | None = None
+        self._events: Subscription | None = None
 
     # ---- life cycle
 
@@ -141,11 +173,21 @@ class Demo:
             )
         if not self.config.extensions:
             raise DemoError("the configuration has no extensions: the examples need one")
+        if not self.keep_store:
+            http = self.config.http
+            # A demo already running holds the API port and this store: leave its store alone and say why.
+            if await asyncio.to_thread(port_in_use, http.host, http.port):
+                raise DemoError(
+                    f"{http.host}:{http.port}: address already in use — is another gateway or demo running? "
+                    f"The demo store {self.store_path} is left as it is"
+                )
+            await asyncio.to_thread(remove_store_files, self.store_path)
         try:
             # What the gateway connects to listens before it starts, so that its links come up at once.
             await self._start_recorders()
             await self._start_pbxs(for_links_that_connect=True)
             await self.gateway.start()
+            self._events = subscribe(self.gateway.feed)  # before the traffic: the first calls are shown too
             await self._start_pbxs(for_links_that_connect=False)
             self._start_traffic()
             await self._wait_for_pinned_call()
@@ -157,7 +199,18 @@ class Demo:
         manual = mapped is not None and mapped.mode in (RecordingMode.CONTROLLED, RecordingMode.CONTROLLED_AUTOSTART)
         self.examples = DemoExamples(self.gateway.url, key.key, extension, manual)
 
+    def print_events(self, out: TextIO) -> None:
+        """From now on, a line on `out` per call started or ended, recording started or stopped, KeepCall."""
+        assert self._events is not None, "start() first"
+        self._event_printer = asyncio.create_task(
+            print_events(self.gateway.feed, self._events, out), name="demo-event-lines"
+        )
+
     async def stop(self) -> None:
+        if self._event_printer is not None:
+            self._event_printer.cancel()
+            await asyncio.gather(self._event_printer, return_exceptions=True)
+            self._event_printer = None
         for task in self._site_tasks:
             task.cancel()
         await asyncio.gather(*self._site_tasks, return_exceptions=True)  # sites release their recorder calls
@@ -288,20 +341,38 @@ class Demo:
         ]
         lines += [f"Not simulated: {what}" for what in self.skipped]
         lines += [f"Note: {note}" for note in self.notes]
-        lines += ["Press Ctrl-C to stop.", ""]
+        key = urlencode({"apiKey": self.examples.api_key})
+        kept = (
+            "kept between runs (--keep-store)" if self.keep_store else "emptied at each start (--keep-store keeps it)"
+        )
+        lines += [
+            f"Status page, live in a browser: {self.examples.url}/status?{key}",
+            f"Demo store: {self.store_path}, apart from a real gateway's, {kept}",
+            "Below: a line per call started and ended, recording started and stopped, KeepCall. More: the status",
+            f"  page, every event with  curl -N '{self.examples.url}/events?{key}', the log with --log-level info.",
+            "Press Ctrl-C to stop.",
+            "",
+        ]
         return "\n".join(lines)
 
 
 async def run_demo(
-    config: GatewayConfig, out: TextIO, *, seed: int | None = None, calls_per_minute: float, speed: float = 1.0
+    config: GatewayConfig,
+    out: TextIO,
+    *,
+    seed: int | None = None,
+    calls_per_minute: float,
+    speed: float = 1.0,
+    keep_store: bool = False,
 ) -> None:
-    """Run until SIGINT/SIGTERM; the banner goes to `out` once everything is up."""
-    demo = Demo(config, seed=seed, calls_per_minute=calls_per_minute, speed=speed)
+    """Run until SIGINT/SIGTERM; the banner goes to `out` once everything is up, then a line per event."""
+    demo = Demo(config, seed=seed, calls_per_minute=calls_per_minute, speed=speed, keep_store=keep_store)
     async with stop_on_signals() as stopping:
         try:
             await demo.start()
             tune_interpreter()
             print(demo.banner(), file=out, flush=True)
+            demo.print_events(out)
             await stopping.wait()
             log.info("demo stopping")
         finally:

@@ -40,7 +40,7 @@ def sse_frame(seq: int | None, name: str, data_json: str) -> bytes:
 
 
 def event_frame(event: FeedEvent) -> bytes:
-    return sse_frame(event.seq, event.name, event.data_json())
+    return sse_frame(event.seq or None, event.name, event.data_json())
 
 
 def json_line(data: Mapping[str, Any]) -> str:
@@ -95,12 +95,19 @@ async def stream_events(request: web.Request, feed: EventFeed) -> web.StreamResp
                 if event_filter.matches(event):
                     await write(response, event_frame(event))
         while True:
-            live = await subscription.next(KEEPALIVE_S)
-            if live is None:
+            batch = await subscription.next_batch(KEEPALIVE_S)
+            if not batch:
                 await write(response, b": keepalive\n\n")
-            elif live.seq > cursor:
-                cursor = live.seq
-                await write(response, event_frame(live))
+                continue
+            frames = []
+            for live in batch:
+                if live.seq == 0:
+                    frames.append(event_frame(live))  # transient: no id, the cursor stays
+                elif live.seq > cursor:
+                    cursor = live.seq
+                    frames.append(event_frame(live))
+            if frames:
+                await write(response, b"".join(frames))
     except (SubscriptionDropped, TimeoutError, ConnectionResetError):
         return response
     finally:

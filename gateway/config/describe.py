@@ -27,6 +27,7 @@ def describe_config(config: GatewayConfig, formats: LinkFormats) -> str:
             ("calls", retention.calls_s),
             ("journal", retention.journal_s),
             ("quarantine", retention.quarantine_s),
+            ("events", retention.events_s),
         )
     ]
     lines.append(f"  retention: {', '.join(kept)}")

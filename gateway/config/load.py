@@ -143,6 +143,8 @@ _CHANNEL = re.compile(r"([0-9]+)/([0-9]+)")
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _KEY_NAME_LENGTH = (3, 128)
 
+RETENTION_KINDS = ("calls", "journal", "quarantine", "events")  # store.retention's keys, as RetentionConfig's *_s
+
 
 def load_config(path: str | Path, formats: LinkFormats) -> GatewayConfig:
     """Read and validate a configuration file; any problem raises ConfigError naming file, line and key.
@@ -308,9 +310,10 @@ class _Reader(_NodeReader):
         return StoreConfig(path=_absolute(store_path), sync=sync, retention=retention)
 
     def retention(self, node: Node, path: str) -> RetentionConfig:
-        section = self.mapping(node, path, ("calls", "journal", "quarantine"))
+        """`store.retention`: calls, journal, quarantine, events — each `forever` or a duration."""
+        section = self.mapping(node, path, RETENTION_KINDS)
         periods: dict[str, float | None] = {}
-        for name in ("calls", "journal", "quarantine"):
+        for name in RETENTION_KINDS:
             if (value := section.get(name)) is not None:
                 with self.collecting():
                     periods[f"{name}_s"] = self.retention_period(value, section.key(name))

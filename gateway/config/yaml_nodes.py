@@ -30,19 +30,17 @@ _DURATION_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": DAY_S, "w": 7 * DAY_S}
 _DURATION_FORMS = "seconds, or a number with s, m, h, d or w (48h, 90m, 3600s, 90d, 26w)"
 
 
+# Constructs that open with a bracket or a quote: when one is never closed, the parser runs on and gives up lines
+# later (often at the next section), so the line that opened it is where the mistake is.
+_OPENED_BY_A_DELIMITER = ("flow sequence", "flow mapping", "flow node", "quoted scalar")
+
+
 def _compose(text: str, file: str) -> Node | None:
     """YAML text → node tree (with line marks); syntax errors become ConfigError."""
     try:
         return yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        problem = exc.problem or exc.context or "invalid YAML"
-        context = f" ({exc.context})" if exc.problem and exc.context else ""
-        lines = text.splitlines()
-        source_line = lines[line - 1] if line is not None and 0 < line <= len(lines) else ""
-        hint = '; an IPv6 address inside [...] must be quoted, e.g. ["::1"]' if "::" in source_line else ""
-        raise ConfigError(f"YAML syntax error: {problem}{context}{hint}", file=file, line=line) from None
+        raise _syntax_error(exc, text, file) from None
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
         character = exc.character if isinstance(exc.character, int) else ord(exc.character)
@@ -51,6 +49,38 @@ def _compose(text: str, file: str) -> Node | None:
         ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"YAML syntax error: {exc}", file=file) from None
+
+
+def _syntax_error(exc: yaml.MarkedYAMLError, text: str, file: str) -> ConfigError:
+    """Names both the line where the construct being read opened and the line where the parser gave up.
+
+    The error's line is the opening one for a bracket or quote left open (the parser only notices lines later),
+    and the line where it gave up otherwise (a block mapping 'opens' at the top of the file; the bad indentation
+    is where the parser stopped).
+    """
+    opened_line = exc.context_mark.line + 1 if exc.context_mark is not None else None
+    gave_up_line = exc.problem_mark.line + 1 if exc.problem_mark is not None else None
+    problem = exc.problem or exc.context or "invalid YAML"
+    context = exc.context if exc.problem else None
+    if context and opened_line is not None and opened_line != gave_up_line:
+        unclosed = any(construct in context for construct in _OPENED_BY_A_DELIMITER)
+        if unclosed and gave_up_line is not None:
+            line: int | None = opened_line
+            construct = context.removeprefix("while parsing ").removeprefix("while scanning ")
+            message = (
+                f"{construct} opened on line {opened_line} and not closed by line {gave_up_line},"
+                f" where the parser gave up: {problem}"
+            )
+        else:
+            line = gave_up_line or opened_line
+            message = f"{problem} ({context} that opened on line {opened_line})"
+    else:
+        line = gave_up_line or opened_line
+        message = f"{problem} ({context})" if context else problem
+    lines = text.splitlines()
+    source_lines = [lines[number - 1] for number in (opened_line, gave_up_line) if number and 0 < number <= len(lines)]
+    hint = '; an IPv6 address inside [...] must be quoted, e.g. ["::1"]' if any("::" in s for s in source_lines) else ""
+    return ConfigError(f"YAML syntax error: {message}{hint}", file=file, line=line)
 
 
 class _AlreadyReported(ConfigError):

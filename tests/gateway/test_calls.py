@@ -141,6 +141,22 @@ async def test_last_prefers_the_latest_end_and_survives_a_restart(tracker, store
     assert found.call_id == second.call_id != first.call_id
 
 
+async def test_a_call_ending_in_the_future_is_never_the_last_one(tracker, store):
+    # A sped-up demo's PBX clock runs ahead: its record says the call ends in five minutes.
+    now = datetime.now(timezone.utc)
+    ended = tracker.apply(setup_event("TRS1", at=now - timedelta(minutes=2)))
+    tracker.apply(release_event("TRS1", at=now - timedelta(minutes=1)))
+    tracker.apply(setup_event("TRS2", at=now - timedelta(seconds=30)))
+    tracker.apply(release_event("TRS2", at=now + timedelta(minutes=5)))
+    assert await tracker.find_by_status("8856", ["last"], 1) is ended
+    # Also after a restart, when the answer comes from the store alone.
+    await tracker.flush()
+    restarted = CallTracker(store, EXTENSIONS)
+    await restarted.start()
+    found = await restarted.find_by_status("8856", ["last"], 1)
+    assert found.call_id == ended.call_id
+
+
 async def test_last_tie_is_ambiguous(tracker):
     tracker.apply(setup_event("TRS1"))
     tracker.apply(setup_event("TRS2", channel="1/9", calling="555"))

@@ -215,6 +215,7 @@ def test_retention_defaults_keep_calls_for_ever_and_lines_90_days(tmp_path: Path
     for text in ("log: {level: info}\n", "store: {sync: normal}\n", "store:\n  retention: {}\n"):
         retention = load(tmp_path, text).store.retention
         assert (retention.calls_s, retention.journal_s, retention.quarantine_s) == (None, 90 * 86400, 90 * 86400)
+        assert retention.events_s == 7 * 86400
 
 
 def test_retention_keys_take_durations_and_forever(tmp_path: Path) -> None:
@@ -226,14 +227,17 @@ def test_retention_keys_take_durations_and_forever(tmp_path: Path) -> None:
             calls: 400d
             journal: 26w
             quarantine: forever
+            events: 30d
         """,
     )
     retention = config.store.retention
     assert (retention.calls_s, retention.journal_s, retention.quarantine_s) == (400 * 86400, 26 * 7 * 86400, None)
-    assert "  retention: calls 400d, journal 26w, quarantine forever" in describe_config(config, SMDR_FORMATS)
+    assert retention.events_s == 30 * 86400
+    described = describe_config(config, SMDR_FORMATS)
+    assert "  retention: calls 400d, journal 26w, quarantine forever, events 30d" in described
 
 
-@pytest.mark.parametrize("key", ["calls", "journal", "quarantine"])
+@pytest.mark.parametrize("key", ["calls", "journal", "quarantine", "events"])
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
@@ -1028,7 +1032,8 @@ REFUSALS = [
     ("log level", "log:\n  level: verbose\n", 2, "log.level", "expected one of: debug, info, warning, error"),
     ("log format", "log:\n  format: xml\n", 2, "log.format", "expected one of: console, json"),
     ("yaml syntax", "http:\n  host: 127.0.0.1\n port: 8010\n", 3, None, "YAML syntax error"),
-    ("yaml unclosed quote", 'http:\n  host: "127.0.0.1\n', 3, None, "YAML syntax error"),
+    # A quote or bracket left open: the line where it opened, not where the parser noticed.
+    ("yaml unclosed quote", 'http:\n  host: "127.0.0.1\n', 2, None, "quoted scalar opened on line 2"),
     ("top level a list", "- http\n- api\n", 1, None, "the top level must be a mapping"),
     ("top level a scalar", "hello\n", 1, None, "the top level must be a mapping"),
     ("empty file", "", 1, None, "the configuration is empty"),
@@ -1042,6 +1047,19 @@ REFUSALS = [
 def test_refused(tmp_path: Path, text: str, line: int, key: str | None, fragment: str) -> None:
     error = refused(tmp_path, text)
     assert_names(error, line, key, fragment)
+
+
+def test_an_unclosed_bracket_is_reported_where_it_opened_and_where_the_parser_gave_up(tmp_path: Path) -> None:
+    # The issue's case: `port: [8010` left open; the parser gives up only at the next section, lines later.
+    text = "http:\n  host: 127.0.0.1\n  port: [8010\n\n# The store\nstore:\n  path: var/gateway.db\n"
+    error = refused(tmp_path, text)
+    assert_names(error, 3, None, "a flow sequence opened on line 3 and not closed by line 6")
+    assert "expected ',' or ']'" in str(error)
+
+
+def test_bad_indentation_is_reported_where_the_parser_gave_up_naming_the_mapping_it_was_in(tmp_path: Path) -> None:
+    error = refused(tmp_path, "a: 1\nb:\n  c: 1\n  d: 2\n e: 3\n")
+    assert_names(error, 5, None, "(while parsing a block mapping that opened on line 1)")
 
 
 def test_all_problems_are_listed_first_one_first(tmp_path: Path) -> None:

@@ -185,6 +185,20 @@ async def test_last_ended_call_ids_orders_newest_first_and_matches_every_party(s
     assert await store.last_ended_call_ids("nobody") == []
 
 
+async def test_last_ended_call_ids_leaves_out_calls_ending_in_the_future(store: Store) -> None:
+    # A sped-up demo or a PBX clock ahead of ours: such a call has not ended yet, so it is nobody's last call.
+    now = datetime.now(UTC)
+    await store.save_call(
+        make_call("ended", extension="8856", state=CallState.FINISHED, end_time=now - timedelta(minutes=1))
+    )
+    await store.save_call(
+        make_call("future", extension="8856", state=CallState.FINISHED, end_time=now + timedelta(minutes=5))
+    )
+    assert [call_id for _, call_id in await store.last_ended_call_ids("8856")] == ["ended"]
+    later = now + timedelta(minutes=6)
+    assert [call_id for _, call_id in await store.last_ended_call_ids("8856", ended_by=later)] == ["future", "ended"]
+
+
 async def test_platform_and_native_lookups_report_every_hit_up_to_the_limit(store: Store) -> None:
     await store.save_call(make_call("first", platform_call_id="p-1", native_id="n-1"))
     await store.save_call(make_call("second", platform_call_id="p-1", native_id="n-2"))

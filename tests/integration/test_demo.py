@@ -11,6 +11,7 @@ import shlex
 import signal
 import sys
 import xml.etree.ElementTree as ET
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -110,6 +111,24 @@ async def test_banner_names_the_url_the_key_and_three_working_examples(demo):
     assert information["verbacdr"]["ccdrId"] == call_id
     assert information["verbacdr"]["manual"] == "1"  # the KeepCall above started a manual recording
     assert information["verbacdr"]["recordings"][-1]["endTime"] is None
+
+
+async def test_banner_shows_the_status_page_and_event_lines_follow_it(demo, tmp_path):
+    process, banner, url = demo
+    text = "\n".join(banner)
+    key = "6f1c2a7e-3b8d-4e59-9a41-0c2d7e5b8f13"
+    assert f"Status page, live in a browser: {url}/status?apiKey={key}" in text
+    assert f"curl -N '{url}/events?apiKey={key}'" in text and "--log-level info" in text
+    # Without --log-level: a line per call started (the pinned call's start is queued from before the banner).
+    line = (await asyncio.wait_for(process.stdout.readline(), BANNER_TIMEOUT_S)).decode()
+    while not line.strip():
+        line = (await asyncio.wait_for(process.stdout.readline(), BANNER_TIMEOUT_S)).decode()
+    assert re.fullmatch(r"\d\d:\d\d:\d\d  call started     ext \S+ .* callID \S+\n", line), line
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/status", params={"apiKey": key}) as response:
+        assert response.status == 200 and "text/html" in response.headers["Content-Type"]
+    # Its own store: the configured file stays untouched.
+    assert (tmp_path / "demo-demo.db").exists() and not (tmp_path / "demo.db").exists()
+    assert f"Demo store: {tmp_path / 'demo-demo.db'}" in text
 
 
 async def test_ctrl_c_stops_the_demo_cleanly(demo):
@@ -228,6 +247,8 @@ async def test_demo_stands_in_for_every_network_link_and_recorder(tmp_path, unus
 async def test_a_port_in_use_is_refused_with_what_to_do(tmp_path, unused_tcp_port_factory):
     http_port = unused_tcp_port_factory()
     config = demo_config(tmp_path, http_port, unused_tcp_port_factory(), unused_tcp_port_factory())
+    running_demos_store = tmp_path / "demo-demo.db"  # what the demo holding the port is using
+    running_demos_store.write_bytes(b"in use")
     occupant = await asyncio.start_server(lambda reader, writer: writer.close(), "127.0.0.1", http_port)
     try:
         process = await asyncio.create_subprocess_exec(
@@ -247,6 +268,41 @@ async def test_a_port_in_use_is_refused_with_what_to_do(tmp_path, unused_tcp_por
         await occupant.wait_closed()
     assert process.returncode == 1
     assert "address already in use" in stderr.decode() and "is another gateway" in stderr.decode()
+    assert running_demos_store.read_bytes() == b"in use"  # not emptied for a demo that could not start
+
+
+async def test_the_demo_store_is_its_own_and_fresh_each_run_unless_kept(tmp_path, unused_tcp_port_factory):
+    from drivers.smdr import SMDR_FORMATS
+    from gateway.config.load import load_config
+    from gateway.model import Call, CallState
+    from gateway.store import Store
+    from simulators.demo import Demo, demo_store_path
+
+    config = load_config(demo_config(tmp_path, *(unused_tcp_port_factory() for _ in range(3))), SMDR_FORMATS)
+    # What a sped-up run left: a call on the pinned extension that ends an hour from now.
+    earlier = Store(demo_store_path(config.store.path))
+    await earlier.open()
+    now = datetime.now(UTC)
+    await earlier.save_call(
+        Call(
+            call_id="from-the-last-run",
+            extension="8856",
+            start_time=now,
+            state=CallState.FINISHED,
+            end_time=now + timedelta(hours=1),
+        )
+    )
+    await earlier.close()
+
+    for keep_store, survives in ((True, True), (False, False)):
+        demo = Demo(config, seed=5, keep_store=keep_store)
+        await demo.start()
+        try:
+            assert demo.gateway.config.store.path == tmp_path / "demo-demo.db"
+            assert (await demo.gateway.store.get_call("from-the-last-run") is not None) is survives
+        finally:
+            await demo.stop()
+    assert not config.store.path.exists()  # the configured store (a real gateway's) is never opened
 
 
 def test_the_demo_outside_the_project_folder_uses_the_bundled_file(tmp_path):

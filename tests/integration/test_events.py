@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 
 from gateway.config import ExtensionConfig, LinkConfig, RecorderConfig
-from gateway.model import RecordingMode
+from gateway.feed import FeedEvent, parse_filter
+from gateway.model import RecordingMode, utc_now
 from tests.conftest import API_KEY, eventually
 
 WAIT_S = 5.0
@@ -167,6 +168,21 @@ async def test_a_garbage_line_is_quarantined_listed_and_announced(gateway, http,
     assert body["lines"][0]["reason"] == message.data["reason"]
     async with http.get(url(gateway, "/links/nope/quarantine"), params={"apiKey": API_KEY}) as response:
         assert response.status == 404
+
+
+async def test_link_counts_come_only_to_who_asks_without_an_id(gateway, http, unused_tcp_port):
+    async with http.get(url(gateway, "/events"), params={"apiKey": API_KEY, "types": "link.*"}) as events:
+        stream = read_events(events)
+        _, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
+        writer.write(b"garbage\r\n")
+        await writer.drain()
+        counts = await next_event(stream, "link.counts")
+        writer.close()
+    assert counts.id is None
+    assert counts.data["link"] == "pbx" and counts.data["errors"] == 1 and counts.data["state"] == "up"
+    transient = FeedEvent(0, "link.counts", utc_now(), counts.data)
+    assert not parse_filter(None, None).matches(transient)  # a consumer asking for everything gets durable events
+    assert not parse_filter(None, "line.quarantined,call.*").matches(transient)
 
 
 async def test_status_state_shows_links_recorders_and_calls(gateway, http, sim):

@@ -99,6 +99,15 @@ def request_shapes(key: str, token: str, password: str) -> list[bytes]:
         http("GET", b"/verba/api?" + secrets, b"Expect: <script>" + password.encode() + b"</script>\r\n"),
         http("GET", b"/verba/api/" + key.encode() + b"?" + secrets),
         http("PUT", b"/verba/api?" + secrets),
+        # the operator paths: the page, its state, the stream (refused before it opens), taps and quarantine
+        http("GET", b"/?" + secrets),
+        http("GET", b"/status?" + secrets),
+        http("GET", b"/status/state?" + secrets),
+        http("GET", b"/status/state", b"X-Api-Key: " + key.encode() + b"\r\n"),
+        http("GET", b"/events?types=nope&" + secrets),
+        http("GET", b"/events?lastEventId=x&" + secrets),
+        http("GET", b"/links/nope/tap?" + secrets),
+        http("GET", b"/links/nope/quarantine?before=x&" + secrets),
     ]
 
 

@@ -69,3 +69,46 @@ def test_tap_names_the_links_when_the_link_is_unknown(tmp_path):
         timeout=60,
     )
     assert result.returncode == 1 and "links: pbx" in result.stderr
+
+
+async def test_tap_on_a_port_the_running_gateway_holds_says_so_and_points_to_its_live_tap(
+    tmp_path, unused_tcp_port_factory
+):
+    http_port, link_port = unused_tcp_port_factory(), unused_tcp_port_factory()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"http: {{host: 127.0.0.1, port: {http_port}}}\n"
+        f"store: {{path: {tmp_path / 'gateway.db'}}}\n"
+        "api:\n  keys: [{key: 6f1c2a7e-3b8d-4e59-9a41-0c2d7e5b8f13, name: crm}]\n"
+        f"links:\n  - {{name: pbx, format: avaya-ipo, url: 'listen://127.0.0.1:{link_port}'}}\n"
+    )
+    gateway = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "run", "--config", str(config), cwd=ROOT, stderr=asyncio.subprocess.PIPE
+    )
+    tap = None
+    try:
+        await read_until(gateway.stderr, "gateway ready", [])
+        tap = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "tap",
+            "--config",
+            str(config),
+            "--link",
+            "pbx",
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        seen: list[str] = []
+        await read_until(tap.stdout, "retries until the port is free", seen)
+    finally:
+        for process in (tap, gateway):
+            if process is not None and process.returncode is None:
+                process.send_signal(signal.SIGINT)
+                await asyncio.wait_for(process.communicate(), WAIT_S)
+    output = "".join(seen)
+    assert f"port {link_port} is taken by process {gateway.pid} (gateway run), the running gateway" in output
+    assert f"curl -N 'http://127.0.0.1:{http_port}/links/pbx/tap?apiKey=KEY'" in output
+    assert "API keys: crm" in output and "6f1c2a7e" not in output  # key names, never key values
