@@ -402,7 +402,8 @@ class GatewayProcess:
             self._check_alive()
             try:
                 async with session.get("/healthz") as response:
-                    if response.status == 200 and (await response.json())["links"][LINK]["state"] == "up":
+                    # 503 is an answer too: the report says degraded while another link or the recorder is not up yet.
+                    if response.status in (200, 503) and (await response.json())["links"][LINK]["state"] == "up":
                         return time.monotonic() - self.started_at
             except (aiohttp.ClientError, OSError):
                 pass

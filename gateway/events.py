@@ -137,6 +137,9 @@ class LinkHealth:
     # start-up (not in `records`, which counts what the link itself read).
     replayed: int = 0
     last_record_at: datetime | None = None
+    # Times the link came up again after it had been up (a dropped TCP session, a PBX that connects per burst);
+    # the first connection is not one.
+    reconnects: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -144,6 +147,7 @@ class LinkHealth:
             "records": self.records,
             "errors": self.errors,
             "replayed": self.replayed,
+            "reconnects": self.reconnects,
             "last_record_at": self.last_record_at.isoformat() if self.last_record_at else None,
         }
 

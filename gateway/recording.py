@@ -3,20 +3,64 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from functools import partial
+from typing import Protocol, TypeVar
 
 import structlog
 
 from gateway.calls import CallTracker, recording_mode_of
-from gateway.errors import GatewayError, RecorderError, RecorderNotConnected
+from gateway.errors import GatewayError, RecorderError, RecorderNotConnected, RecorderTimeout
 from gateway.events import CallConnected
 from gateway.feed import CALL_KEPT
 from gateway.model import Call, RecordingMode, utc_now
 
 log = structlog.get_logger(__name__)
+
+
+# The commands the gateway gives a recorder, named by their TRUNKREC/1 verbs (docs/trunkrec.md): the `verb` label of
+# gateway_recorder_commands_total.
+VERB_START = "START"
+VERB_STOP = "STOP"
+VERB_DISCARD = "DISCARD"
+# How a command ended (the `result` label): answered ok, refused by the recorder, not answered in time, or not sent
+# because the recorder was not connected.
+RESULT_OK = "ok"
+RESULT_ERR = "err"
+RESULT_TIMEOUT = "timeout"
+RESULT_DOWN = "down"
+
+# (recorder, verb, result, seconds from sending to the end; None when it was not sent) → the metrics.
+CommandObserver = Callable[[str, str, str, float | None], None]
+_Reply = TypeVar("_Reply")
+
+
+def _ignore_command(_recorder: str, _verb: str, _result: str, _seconds: float | None) -> None:
+    pass
+
+
+async def issue_command(
+    observe: CommandObserver, recorder: str, verb: str, command: Callable[[], Awaitable[_Reply]]
+) -> _Reply:
+    """Runs one recorder command and tells `observe` how it ended and how long it took. A command cancelled on the
+    way (its API client went away) is not told: how it would have ended is not known."""
+    started = time.perf_counter()
+    try:
+        reply = await command()
+    except RecorderTimeout:
+        observe(recorder, verb, RESULT_TIMEOUT, time.perf_counter() - started)
+        raise
+    except RecorderNotConnected:  # the link dropped before the reply came
+        observe(recorder, verb, RESULT_DOWN, time.perf_counter() - started)
+        raise
+    except Exception:  # a refusal, or anything a driver may raise
+        observe(recorder, verb, RESULT_ERR, time.perf_counter() - started)
+        raise
+    observe(recorder, verb, RESULT_OK, time.perf_counter() - started)
+    return reply
 
 
 class RecorderControl(Protocol):
@@ -66,9 +110,16 @@ class KeepRefused(GatewayError):
 class RecordingService:
     """KeepCall's three types. Every change is committed before the method returns."""
 
-    def __init__(self, tracker: CallTracker, recorders: Mapping[str, RecorderControl]) -> None:
+    def __init__(
+        self,
+        tracker: CallTracker,
+        recorders: Mapping[str, RecorderControl],
+        *,
+        observe_command: CommandObserver = _ignore_command,
+    ) -> None:
         self._tracker = tracker
         self._recorders = recorders
+        self._observe_command = observe_command
         # One manual start/stop at a time per channel, so that "already recording?" and the command
         # it leads to cannot interleave with a second request for the same channel.
         self._channel_locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -105,6 +156,7 @@ class RecordingService:
             raise KeepRefused("Unable to control the recording, because the call is not in progress.")
         recorder = self._recorders.get(extension.recorder)
         if recorder is None or not recorder.connected:
+            self._observe_command(extension.recorder, VERB_STOP if stop else VERB_START, RESULT_DOWN, None)
             raise RecorderNotConnected(extension.recorder)
         lock = self._channel_locks.setdefault((extension.recorder, extension.channel), asyncio.Lock())
         async with lock:
@@ -115,7 +167,8 @@ class RecordingService:
             if not stop:
                 if active is not None:
                     return  # already recording: success without a second START
-                native_id = await recorder.start(extension.channel, ref=call.call_id)
+                start = partial(recorder.start, extension.channel, ref=call.call_id)
+                native_id = await issue_command(self._observe_command, recorder.name, VERB_START, start)
                 self._tracker.recording_started(
                     call, recorder.name, extension.channel, native_id, utc_now(), manual=True
                 )
@@ -123,7 +176,8 @@ class RecordingService:
             else:
                 if active is None:
                     return  # not recording: success without a STOP
-                native_id = await recorder.stop(extension.channel)
+                stop_command = partial(recorder.stop, extension.channel)
+                native_id = await issue_command(self._observe_command, recorder.name, VERB_STOP, stop_command)
                 # The channel records one thing at a time: what it stopped is our active recording.
                 self._tracker.end_recording(call, active, utc_now())
                 bound.info("manual recording stopped", rec=native_id)
@@ -146,14 +200,15 @@ class RecordingPolicy:
         *,
         retention_s: float,
         sweep_interval_s: float = RETENTION_SWEEP_INTERVAL_S,
+        observe_command: CommandObserver = _ignore_command,
     ) -> None:
         self._tracker = tracker
         self._recorders = recorders
         self._retention_s = retention_s
         self._sweep_interval_s = sweep_interval_s
+        self._observe_command = observe_command
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
-        self.autostart_failures = 0
         tracker.subscribe(self._on_event)
 
     # ---- start on connect
@@ -175,15 +230,15 @@ class RecordingPolicy:
         recorder = self._recorders.get(extension.recorder)
         bound = log.bind(call_id=call.call_id, recorder=extension.recorder, channel=extension.channel, mode=mode.value)
         if recorder is None or not recorder.connected:
-            self.autostart_failures += 1
+            self._observe_command(extension.recorder, VERB_START, RESULT_DOWN, None)
             bound.warning("cannot start recording: recorder not connected")
             return
         try:
-            native_id = await recorder.start(extension.channel, ref=call.call_id)
+            start = partial(recorder.start, extension.channel, ref=call.call_id)
+            native_id = await issue_command(self._observe_command, recorder.name, VERB_START, start)
         except RecorderError as error:
             if error.code == "ALREADY":
                 return  # the device records it already; its STARTED event tells us the id
-            self.autostart_failures += 1
             bound.warning("recording did not start", code=error.code, reason=error.text)
             return
         if call.ongoing:
@@ -214,7 +269,8 @@ class RecordingPolicy:
                     continue  # retried on the next sweep
                 try:
                     if recording.native_id:
-                        await recorder.discard(recording.native_id)
+                        discard = partial(recorder.discard, recording.native_id)
+                        await issue_command(self._observe_command, recorder.name, VERB_DISCARD, discard)
                 except RecorderError as error:
                     if error.code != "NOREC":  # NOREC: already gone at the recorder, mark it deleted too
                         log.warning("discard failed", call_id=call.call_id, rec=recording.native_id, code=error.code)

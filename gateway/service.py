@@ -21,6 +21,7 @@ from gateway.calls import CallTracker
 from gateway.config import GatewayConfig
 from gateway.events import DriverEvent, LinkHealth
 from gateway.feed import RECORDER_STATE, EventFeed
+from gateway.metrics import GatewayMetrics
 from gateway.model import Call
 from gateway.ops import health_report, recorder_state
 from gateway.recording import RecorderControl, RecordingPolicy, RecordingService
@@ -93,8 +94,12 @@ class Gateway:
         ]
         for smdr_link in self.smdr_links:
             self.tracker.add_progress_source(smdr_link.progress)
-        self.recording = RecordingService(self.tracker, self.recorders)
-        self.policy = RecordingPolicy(self.tracker, self.recorders, retention_s=config.on_demand.retention_s)
+        self.metrics = GatewayMetrics(self)  # this gateway's own registry: tests run several in one process
+        observe_command = self.metrics.observe_recorder_command
+        self.recording = RecordingService(self.tracker, self.recorders, observe_command=observe_command)
+        self.policy = RecordingPolicy(
+            self.tracker, self.recorders, retention_s=config.on_demand.retention_s, observe_command=observe_command
+        )
         self.retention = RetentionPruner(self.store, config.store.retention)
         self.auth = Authenticator(config.api)
         self.app: web.Application = create_app(
@@ -102,6 +107,9 @@ class Gateway:
                 auth=self.auth,
                 actions=ActionContext(self.tracker, self.recording, config.api.next_window_s),
                 health=self.health,
+                ops_networks=config.http.ops_networks,
+                metrics=self.metrics.handler,
+                observe_request=self.metrics.observe_api_request,
             )
         )
         add_routes(

@@ -125,6 +125,7 @@ class SmdrLink:
         self._reader = LineReader(config)
         self._parser: RecordParser = self._reader.parser
         self._transport: LineTransport | None = None
+        self._has_been_up = False  # a later UP is a reconnect
         self._hold_task: asyncio.Task[None] | None = None
         # Journalled or being journalled, not yet parsed, in arrival order = journal order. Connections still
         # take turns: each has at most one delivery waiting (it reads on when its parsing begins).
@@ -163,6 +164,9 @@ class SmdrLink:
     def _on_state(self, state: LinkState) -> None:
         if state is LinkState.UP and self.health.state is not LinkState.UP:
             self._parser.reset()
+            if self._has_been_up:
+                self.health.reconnects += 1
+            self._has_been_up = True
         changed = state is not self.health.state
         self.health.state = state
         if changed and self._watcher is not None:

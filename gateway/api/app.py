@@ -1,7 +1,10 @@
-"""The aiohttp application: `/verba/api` dispatch, error → envelope mapping, `/healthz`, and the server runner."""
+"""The aiohttp application: `/verba/api` dispatch, error → envelope mapping, the ops paths (`/healthz`, `/livez`,
+`/metrics`, for the networks in http.ops_networks), and the server runner."""
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
 import re
 import ssl
@@ -15,7 +18,7 @@ from aiohttp import web
 from multidict import MultiDict
 
 from gateway.api import connections
-from gateway.api.auth import Authenticator
+from gateway.api.auth import Authenticator, address_in_networks
 from gateway.api.connections import ApiRunner
 from gateway.api.render import (
     NoPayload,
@@ -49,6 +52,14 @@ log = structlog.get_logger(__name__)
 
 API_PATH = "/verba/api"
 HEALTH_PATH = "/healthz"
+LIVE_PATH = "/livez"
+METRICS_PATH = "/metrics"
+HEALTH_OK = "ok"  # health_report's status when nothing is degraded
+MESSAGE_OPS_NOT_ALLOWED = "Access from this address is not allowed (http.ops_networks)"
+# The `action` label of an API request whose action is missing or unknown: label values must be a bounded set.
+OTHER_ACTION = "other"
+# The `code` of an API request whose client went away before the answer (as nginx logs it): no status was sent.
+CLIENT_CLOSED_REQUEST = 499
 # Verba clients send URLs up to 4000 characters; GETs up to 8 KiB must work, so the request line
 # (method + URL + version) and header fields get twice that.
 MAX_REQUEST_LINE_BYTES = 16 * 1024
@@ -78,6 +89,10 @@ class ApiServices:
     auth: Authenticator
     actions: ActionContext
     health: Callable[[], Awaitable[dict[str, Any]]]
+    ops_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    metrics: Callable[[web.Request], Awaitable[web.StreamResponse]]  # GET /metrics
+    # (action: a known one or OTHER_ACTION, HTTP status, seconds) for each Verba API request answered
+    observe_request: Callable[[str, int, float], None]
 
 
 SERVICES = web.AppKey("services", ApiServices)
@@ -142,7 +157,7 @@ def _error(response_type: ResponseType, action: str, status: int, message: str) 
 
 async def verba_api(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    started = time.perf_counter() if request.app[TIMING_LOG] else 0.0
+    started = time.perf_counter()
     action = ""
     action_type = UNKNOWN_ACTION_TYPE
     response_type = _query_response_type(request)
@@ -200,18 +215,23 @@ async def verba_api(request: web.Request) -> web.Response:
     except RecorderError as error:
         reason = f"{error.code} {error.text}".strip()
         return _error(response_type, action_type, 200, f"The recorder refused the request: {reason}")
+    except asyncio.CancelledError:  # the client went away (a `status=next` wait it gave up on)
+        status = CLIENT_CLOSED_REQUEST
+        raise
     except Exception:
         status = 500
         log.exception("api request failed", action=action_type)
         return _error(response_type, action_type, status, MESSAGE_INTERNAL)
     finally:
-        if started:
+        elapsed_s = time.perf_counter() - started
+        services.observe_request(action if action in KNOWN_ACTIONS else OTHER_ACTION, status, elapsed_s)
+        if request.app[TIMING_LOG]:
             log.debug(
                 "api request",
                 action=action_type,
                 method=request.method,
                 status=status,
-                ms=round((time.perf_counter() - started) * 1000, 2),
+                ms=round(elapsed_s * 1000, 2),
             )
 
 
@@ -219,9 +239,38 @@ async def _no_sniffing(_request: web.Request, response: web.StreamResponse) -> N
     response.headers.update(NOSNIFF)
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def ops_only(handler: Handler) -> Handler:
+    """The ops paths need no key, so they answer only clients in http.ops_networks (by TCP peer address; a
+    `X-Forwarded-For` header proves nothing) and refuse the others with 403."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        if not address_in_networks(request.remote, request.app[SERVICES].ops_networks):
+            log.info("ops request refused", path=request.path, remote=request.remote)
+            return web.json_response(
+                {"error": MESSAGE_OPS_NOT_ALLOWED}, status=403, headers={"Cache-Control": "no-store"}
+            )
+        return await handler(request)
+
+    return guarded
+
+
 async def healthz(request: web.Request) -> web.Response:
+    """The health report; 503 while degraded, so that a monitor reading only the status code notices."""
     report = await request.app[SERVICES].health()
-    return web.json_response(report)
+    status = 200 if report.get("status") == HEALTH_OK else 503
+    return web.json_response(report, status=status, headers={"Cache-Control": "no-store"})
+
+
+async def livez(_request: web.Request) -> web.Response:
+    """200 while the process serves requests, whatever the state of its links, recorders and store."""
+    return web.json_response({"status": "live"}, headers={"Cache-Control": "no-store"})
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    return await request.app[SERVICES].metrics(request)
 
 
 def create_app(services: ApiServices) -> web.Application:
@@ -231,7 +280,9 @@ def create_app(services: ApiServices) -> web.Application:
     app[TIMING_LOG] = log.is_enabled_for(logging.DEBUG)
     app.router.add_route("GET", API_PATH, verba_api)
     app.router.add_route("POST", API_PATH, verba_api)
-    app.router.add_get(HEALTH_PATH, healthz)
+    app.router.add_get(HEALTH_PATH, ops_only(healthz))
+    app.router.add_get(LIVE_PATH, ops_only(livez))
+    app.router.add_get(METRICS_PATH, ops_only(metrics))
     return app
 
 

@@ -16,7 +16,7 @@ import ipaddress
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from zoneinfo import ZoneInfo
@@ -99,6 +99,16 @@ def _address_forms(address: _Address) -> tuple[_Address, ...]:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return (address.ipv4_mapped, address)
     return (address,)
+
+
+def address_in_networks(remote: str | None, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """Whether the client address (the TCP peer: never a forwarded-for header, which any client can write) is
+    in one of the networks; an IPv4-mapped IPv6 peer matches its IPv4 networks too."""
+    address = _parse_address(remote) if remote else None
+    if address is None:
+        return False
+    forms = _address_forms(address)
+    return any(form in network for network in networks for form in forms)
 
 
 class Authenticator:

@@ -18,6 +18,11 @@ from gateway.model import RecordingMode
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
 DEFAULT_HTTP_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8010
+# Who may read /healthz, /livez and /metrics without a key: this machine only, until the file names a monitor's network.
+DEFAULT_OPS_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
 DEFAULT_STORE_PATH = "var/gateway.db"
 DEFAULT_TOKEN_TTL_S = 3600
 DEFAULT_NEXT_WINDOW_S = 60.0
@@ -44,6 +49,8 @@ class HttpConfig:
     host: str = DEFAULT_HTTP_HOST
     port: int = DEFAULT_HTTP_PORT
     tls: TlsConfig | None = None
+    # The networks /healthz, /livez and /metrics answer (403 elsewhere): they need no key, and say how busy the site is.
+    ops_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = DEFAULT_OPS_NETWORKS
 
 
 STORE_SYNC_MODES = ("full", "normal")

@@ -14,6 +14,7 @@ def describe_config(config: GatewayConfig, formats: LinkFormats) -> str:
     lines = [f"configuration: {config.source}", f"HTTP API: {scheme}://{host}:{http.port}/"]
     if http.tls:
         lines.append(f"  TLS certificate: {http.tls.certfile}, key: {http.tls.keyfile}")
+    lines.append(f"  /healthz, /livez, /metrics from: {', '.join(str(network) for network in http.ops_networks)}")
     lines.append(f"store: {config.store.path} (sync: {config.store.sync})")
     retention = config.store.retention
     kept = [

@@ -25,6 +25,7 @@ from gateway.config import (
     DEFAULT_LOG_FORMAT,
     DEFAULT_LOG_LEVEL,
     DEFAULT_NEXT_WINDOW_S,
+    DEFAULT_OPS_NETWORKS,
     DEFAULT_RECORDER_TIMEOUT_S,
     DEFAULT_STORE_PATH,
     DEFAULT_STORE_SYNC,
@@ -228,8 +229,9 @@ class _Reader(_NodeReader):
         return GatewayConfig(source=source, **sections)
 
     def http(self, node: Node, path: str) -> HttpConfig:
-        section = self.mapping(node, path, ("host", "port", "tls"))
+        section = self.mapping(node, path, ("host", "port", "tls", "ops_networks"))
         host, port, tls = DEFAULT_HTTP_HOST, DEFAULT_HTTP_PORT, None
+        ops_networks = DEFAULT_OPS_NETWORKS
         if (value := section.get("host")) is not None:
             host = self.text(value, section.key("host"), "a host name or IP address")
             if not _is_host(host):
@@ -246,7 +248,25 @@ class _Reader(_NodeReader):
                     value, section.key("tls"), "needs certfile and keyfile (leave tls out to serve plain HTTP)"
                 )
             tls = self.tls(value, section.key("tls"))
-        return HttpConfig(host=host, port=port, tls=tls)
+        if (value := section.get("ops_networks")) is not None:
+            ops_networks = self.ops_networks(value, section.key("ops_networks"))
+        return HttpConfig(host=host, port=port, tls=tls, ops_networks=ops_networks)
+
+    def ops_networks(self, node: Node, path: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """Addresses and CIDR networks, no host names: a scrape must not wait for a DNS lookup, and a monitor
+        whose name stops resolving would be locked out of the one page that says why."""
+        items = [] if _is_null(node) else self.sequence(node, path)
+        if not items:
+            raise self.error(
+                node, path, "must list at least one network (leave ops_networks out for this machine only)"
+            )
+        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for index, item in enumerate(items):
+            with self.collecting():
+                entry = self.network_entry(item, f"{path}[{index}]", host_names=False)
+                assert not isinstance(entry, str)  # host_names=False: never a name
+                networks.append(entry)
+        return tuple(networks)
 
     def port(self, node: Node, path: str) -> int:
         port = self.integer(node, path)
@@ -365,27 +385,32 @@ class _Reader(_NodeReader):
         items = self.sequence(node, path)
         if not items:
             raise self.error(node, path, "must list at least one network (leave networks out to allow any address)")
-        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network | str] = []
-        for index, item in enumerate(items):
-            item_path = f"{path}[{index}]"
-            text = self.text(item, item_path, "an IP address, a CIDR network or a host name").strip()
+        return tuple(self.network_entry(item, f"{path}[{index}]") for index, item in enumerate(items))
+
+    def network_entry(
+        self, item: Node, item_path: str, *, host_names: bool = True
+    ) -> ipaddress.IPv4Network | ipaddress.IPv6Network | str:
+        """An IP address (as a /32 or /128), a CIDR network, or — where `host_names` — a host name (lower case)."""
+        what = "an IP address, a CIDR network or a host name" if host_names else "an IP address or a CIDR network"
+        text = self.text(item, item_path, what).strip()
+        try:
+            return ipaddress.ip_network(ipaddress.ip_address(text))
+        except ValueError:
+            pass
+        if "/" in text:
             try:
-                networks.append(ipaddress.ip_network(ipaddress.ip_address(text)))
-                continue
+                return ipaddress.ip_network(text, strict=False)
             except ValueError:
-                pass
-            if "/" in text:
-                try:
-                    networks.append(ipaddress.ip_network(text, strict=False))
-                except ValueError:
-                    raise self.error(
-                        item, item_path, f"{text!r} is not a valid CIDR network (e.g. 10.0.0.0/8, fe80::/10)"
-                    ) from None
-                continue
-            if not _is_host_name(text):
-                raise self.error(item, item_path, f"{text!r} is neither an IP address, a CIDR network nor a host name")
-            networks.append(text.rstrip(".").lower())
-        return tuple(networks)
+                raise self.error(
+                    item, item_path, f"{text!r} is not a valid CIDR network (e.g. 10.0.0.0/8, fe80::/10)"
+                ) from None
+        if not host_names:
+            raise self.error(
+                item, item_path, f"{text!r} is neither an IP address nor a CIDR network (no host names here)"
+            )
+        if not _is_host_name(text):
+            raise self.error(item, item_path, f"{text!r} is neither an IP address, a CIDR network nor a host name")
+        return text.rstrip(".").lower()
 
     def users(self, node: Node, path: str) -> list[UserConfig]:
         users: list[UserConfig] = []

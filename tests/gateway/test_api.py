@@ -447,11 +447,19 @@ async def test_no_markup_from_outside_in_any_response(gateway, http, response_ty
 async def test_healthz_reports_links_recorders_and_calls(gateway, http):
     start_call(gateway)
     async with http.get("/healthz") as response:
+        assert response.status == 503  # degraded: the recorder is down
         report = await response.json()
     assert report == {
         "status": "degraded",
         "links": {
-            "pbx-main": {"state": "up", "records": 0, "errors": 0, "replayed": 0, "last_record_at": None}
+            "pbx-main": {
+                "state": "up",
+                "records": 0,
+                "errors": 0,
+                "replayed": 0,
+                "last_record_at": None,
+                "reconnects": 0,
+            }
         },  # listening
         "recorders": {"trunk1": {"state": "down"}},
         "calls": {"ongoing": 1, "stored": 1},

@@ -114,6 +114,7 @@ def test_bundled_default_content() -> None:
 def test_defaults_for_a_tiny_file(tmp_path: Path) -> None:
     config = load(tmp_path, "log:\n  level: debug\n")
     assert config.http.port == 8010
+    assert config.http.ops_networks == (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
     assert config.api.token_ttl_s == 3600 and config.api.next_window_s == 60
     assert config.store.path.is_absolute()
     assert config.extensions == () and config.links == () and config.recorders == ()
@@ -300,6 +301,24 @@ def test_key_guid_is_lower_cased_and_networks_parsed(tmp_path: Path) -> None:
         ipaddress.ip_network("fe80::/10"),
         "crm.example.com",
     )
+
+
+def test_ops_networks_take_addresses_and_networks(tmp_path: Path) -> None:
+    config = load(tmp_path, "http:\n  ops_networks:\n    - 10.9.8.7\n    - 10.20.0.1/16\n    - ::1\n")
+    assert config.http.ops_networks == (
+        ipaddress.ip_network("10.9.8.7/32"),
+        ipaddress.ip_network("10.20.0.0/16"),
+        ipaddress.ip_network("::1/128"),
+    )
+    assert "/healthz, /livez, /metrics from: 10.9.8.7/32, 10.20.0.0/16, ::1/128" in describe_config(
+        config, SMDR_FORMATS
+    )
+
+
+def test_every_bad_ops_network_is_listed(tmp_path: Path) -> None:
+    error = refused(tmp_path, "http:\n  ops_networks:\n    - nope!\n    - 10.0.0.0/8\n    - 1.2.3.4/40\n")
+    assert_names(error, 3, "http.ops_networks[0]", "neither an IP address nor a CIDR network")
+    assert ":5: http.ops_networks[2]: '1.2.3.4/40' is not a valid CIDR network" in str(error)
 
 
 def test_key_listed_bare_is_not_echoed(tmp_path: Path) -> None:
@@ -564,6 +583,23 @@ REFUSALS = [
         3,
         "http.tls.certfile",
         "does not exist",
+    ),
+    ("ops_networks empty", "http:\n  ops_networks: []\n", 2, "http.ops_networks", "at least one network"),
+    ("ops_networks null", "http:\n  ops_networks:\n", 2, "http.ops_networks", "at least one network"),
+    ("ops_networks not a list", "http:\n  ops_networks: 10.0.0.0/8\n", 2, "http.ops_networks", "must be a list"),
+    (
+        "ops_networks host name",
+        "http:\n  ops_networks:\n    - 127.0.0.1\n    - monitor.example.com\n",
+        4,
+        "http.ops_networks[1]",
+        "no host names here",
+    ),
+    (
+        "ops_networks bad cidr",
+        "http:\n  ops_networks: [10.0.0.0/33]\n",
+        2,
+        "http.ops_networks[0]",
+        "not a valid CIDR network",
     ),
     ("store path empty", "store:\n  path: ''\n", 2, "store.path", "must not be empty"),
     ("token_ttl zero", "api:\n  token_ttl: 0\n", 2, "api.token_ttl", "greater than 0"),

@@ -149,6 +149,52 @@ async def test_recorder_not_connected(tracker):
         await service.manual_record(live_call(tracker), stop=False)
 
 
+@pytest.mark.parametrize(
+    ("error", "result"),
+    [
+        (None, "ok"),
+        (RecorderError("NOCALL", "no call on channel"), "err"),
+        (RecorderTimeout("trunk1", 2.0), "timeout"),
+        (RecorderNotConnected("trunk1"), "down"),  # the link dropped while the command waited for its reply
+    ],
+)
+async def test_each_command_is_told_with_its_outcome_and_duration(tracker, recorder, error, result):
+    observed: list[tuple[str, str, str, float | None]] = []
+    service = RecordingService(tracker, {"trunk1": recorder}, observe_command=lambda *told: observed.append(told))
+    recorder.fail_with, recorder.delay_s = error, 0.01
+    call = live_call(tracker)
+    try:
+        await service.manual_record(call, stop=False)
+    except RecorderError:
+        assert error is not None
+    [(name, verb, told_result, seconds)] = observed
+    assert (name, verb, told_result) == ("trunk1", "START", result)
+    assert seconds is not None and 0.01 <= seconds < 1.0
+
+
+async def test_a_command_not_sent_for_want_of_a_connection_is_told_down_without_a_duration(tracker):
+    observed: list[tuple[str, str, str, float | None]] = []
+    service = RecordingService(
+        tracker, {"trunk1": UnavailableRecorder("trunk1")}, observe_command=lambda *told: observed.append(told)
+    )
+    with pytest.raises(RecorderNotConnected):
+        await service.manual_record(live_call(tracker), stop=True)
+    assert observed == [("trunk1", "STOP", "down", None)]
+
+
+async def test_a_cancelled_command_is_not_told(tracker, recorder):
+    observed: list[tuple[str, str, str, float | None]] = []
+    service = RecordingService(tracker, {"trunk1": recorder}, observe_command=lambda *told: observed.append(told))
+    recorder.delay_s = 5.0
+    waiting = asyncio.create_task(service.manual_record(live_call(tracker), stop=False))
+    while not recorder.commands:
+        await asyncio.sleep(0.001)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert observed == []  # how it would have ended is not known
+
+
 @pytest.mark.parametrize("error", [RecorderError("NOCALL", "no call on channel"), RecorderTimeout("trunk1", 2.0)])
 async def test_recorder_failures_leave_no_recording(tracker, service, recorder, error):
     recorder.fail_with = error

@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 from drivers.smdr.link import SmdrLink
 from drivers.transport import MAX_LINES_PER_DELIVERY
 from gateway.config import LinkConfig
-from gateway.events import CallRecord, LinkHealth
+from gateway.events import CallRecord, LinkHealth, LinkState
 from gateway.store import Store
 from tests.conftest import eventually
 
@@ -171,3 +171,39 @@ async def test_a_quarantine_row_the_store_refuses_is_written_once_it_takes_write
     assert link.health.errors == 1
     (entry,) = await store.quarantined_page("pbx")
     assert entry.raw == b"not a record"
+
+
+class _StateOnlyTransport:
+    """A transport whose state the test sets (no socket): for what the link makes of UP and DOWN alone."""
+
+    def __init__(self, _config: LinkConfig, _deliver: object, *, on_state: Callable[[LinkState], None]) -> None:
+        self.on_state = on_state
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_reconnects_count_each_time_the_link_comes_up_again_but_not_the_first(store: Store) -> None:
+    transports: list[_StateOnlyTransport] = []
+
+    def factory(*args: object, **kwargs: object) -> _StateOnlyTransport:
+        transports.append(_StateOnlyTransport(*args, **kwargs))  # type: ignore[arg-type]
+        return transports[-1]
+
+    config = LinkConfig("pbx", "avaya-ipo", "tcp://127.0.0.1:9", timezone="UTC")
+    link = SmdrLink(config, store, lambda _record: None, LinkHealth("pbx"), transport_factory=factory)
+    await link.open()
+    try:
+        (transport,) = transports
+        transport.on_state(LinkState.UP)
+        assert link.health.reconnects == 0  # the first connection
+        for _ in range(3):
+            transport.on_state(LinkState.DOWN)
+            transport.on_state(LinkState.UP)
+        transport.on_state(LinkState.UP)  # no change of state: not a reconnect
+        assert link.health.reconnects == 3 and link.health.as_dict()["reconnects"] == 3
+    finally:
+        await link.close()
