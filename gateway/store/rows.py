@@ -234,7 +234,13 @@ def event_row(event: FeedEvent) -> tuple[Any, ...]:
 def feed_events(rows: Iterable[Sequence[Any]]) -> list[FeedEvent]:
     return [
         FeedEvent(
-            seq, name, datetime.fromtimestamp(at, UTC), json.loads(data), extension, frozenset(json.loads(parties))
+            seq,
+            name,
+            datetime.fromtimestamp(at, UTC),
+            json.loads(data),
+            extension,
+            frozenset(json.loads(parties)),
+            _json=[data],  # the stored text is the event's JSON: a resumed stream sends it as it is
         )
         for seq, at, name, extension, parties, data in rows
     ]
