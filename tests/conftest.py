@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.runners
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -79,6 +80,20 @@ async def eventually(predicate: Callable[[], bool], timeout_s: float = 10.0, int
             await asyncio.sleep(interval_s)
 
     await asyncio.wait_for(poll(), timeout_s)
+
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository: what `python -m gateway` runs from
+
+
+async def gateway_command(
+    *arguments: str, cwd: Path = ROOT, stdout: int | None = asyncio.subprocess.PIPE, **options: Any
+) -> asyncio.subprocess.Process:
+    """`python -m gateway ARGUMENTS…` as a process of its own (the console script's code path); stderr and any
+    other `create_subprocess_exec` option in `options`."""
+    options.setdefault("stderr", asyncio.subprocess.PIPE)
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", *arguments, cwd=cwd, stdout=stdout, **options
+    )
 
 
 # --- fixtures -----------------------------------------------------------------------------------------------------

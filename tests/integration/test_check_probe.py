@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from simulators.device_server import Rfc2217DeviceServer
-from tests.integration.test_gateway_process import ROOT
+from tests.conftest import gateway_command
 
 CHECK_TIMEOUT_S = 30.0
 KEY = "api:\n  keys:\n    - key: 74c8eea0-50c6-40b2-9f3e-252ed501c3c8\n      name: crm\n"
@@ -51,17 +50,11 @@ def free_port() -> int:
 
 
 async def check(config: Path) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
+    process = await gateway_command(
         "check",
         "--probe",
         "--config",
         str(config),
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), CHECK_TIMEOUT_S)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.integration.test_gateway_process import ROOT
+from tests.conftest import gateway_command
 
 KEY = "74c8eea0-50c6-40b2-9f3e-252ed501c3c8"
 READY_TIMEOUT_S = 30.0
@@ -51,8 +50,12 @@ class GatewayProcess:
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self, http: aiohttp.ClientSession) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "run", "--config", str(self.config), cwd=ROOT
+        self.process = await gateway_command(
+            "run",
+            "--config",
+            str(self.config),
+            stdout=None,
+            stderr=None,  # its output goes where the test's goes
         )
 
         async def recorder_synced() -> None:

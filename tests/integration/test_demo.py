@@ -9,13 +9,14 @@ import json
 import re
 import shlex
 import signal
-import sys
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import pytest
+
+from tests.conftest import gateway_command
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLED_CONFIG = ROOT / "config" / "gateway.yaml"
@@ -60,18 +61,13 @@ async def read_banner(process: asyncio.subprocess.Process) -> list[str]:
 async def demo(tmp_path, unused_tcp_port_factory):
     http_port = unused_tcp_port_factory()
     config = demo_config(tmp_path, http_port, unused_tcp_port_factory(), unused_tcp_port_factory())
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
+    process = await gateway_command(
         "demo",
         "--config",
         str(config),
         "--seed",
         "7",
         cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
     try:
         banner = await read_banner(process)
@@ -145,16 +141,11 @@ async def test_ctrl_c_stops_the_demo_cleanly(demo):
 async def test_a_configuration_without_an_open_key_is_refused_with_a_reason(tmp_path, unused_tcp_port_factory):
     config = demo_config(tmp_path, *(unused_tcp_port_factory() for _ in range(3)))
     config.write_text(re.sub(r"require_token: false", "require_token: true", config.read_text()))
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
+    process = await gateway_command(
         "demo",
         "--config",
         str(config),
         cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
     _, stderr = await asyncio.wait_for(process.communicate(), STOP_TIMEOUT_S)
     assert process.returncode == 1
@@ -251,16 +242,11 @@ async def test_a_port_in_use_is_refused_with_what_to_do(tmp_path, unused_tcp_por
     running_demos_store.write_bytes(b"in use")
     occupant = await asyncio.start_server(lambda reader, writer: writer.close(), "127.0.0.1", http_port)
     try:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway",
+        process = await gateway_command(
             "demo",
             "--config",
             str(config),
             cwd=tmp_path,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
         )
         _, stderr = await asyncio.wait_for(process.communicate(), STOP_TIMEOUT_S)
     finally:

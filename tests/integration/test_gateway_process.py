@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from gateway.passwords import hash_password
+from tests.conftest import gateway_command
 
 ROOT = Path(__file__).resolve().parents[2]
 OPEN_KEY = "74c8eea0-50c6-40b2-9f3e-252ed501c3c8"
@@ -79,16 +80,10 @@ async def wait_until_listening(process: asyncio.subprocess.Process, port: int) -
 async def gateway_process(tmp_path, unused_tcp_port_factory):
     port = unused_tcp_port_factory()
     config = write_config(tmp_path, port, unused_tcp_port_factory())
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
+    process = await gateway_command(
         "run",
         "--config",
         str(config),
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
     try:
         await wait_until_listening(process, port)

@@ -7,16 +7,15 @@ import asyncio
 import base64
 import gzip
 import signal
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import gateway_command
 from tests.integration.test_gateway_process import (
     OPEN_KEY,
     PASSWORD,
-    ROOT,
     SECURE_KEY,
     STOP_TIMEOUT_S,
     wait_until_listening,
@@ -116,16 +115,10 @@ async def test_no_key_token_or_password_in_any_log_line(tmp_path: Path, unused_t
     port = unused_tcp_port_factory()
     config = write_config(tmp_path, port, unused_tcp_port_factory())
     config.write_text(config.read_text().replace("format: json", f"format: {log_format}"))  # level: debug already
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
+    process = await gateway_command(
         "run",
         "--config",
         str(config),
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
     try:
         await wait_until_listening(process, port)

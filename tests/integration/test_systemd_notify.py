@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import socket
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from gateway.systemd import SystemdNotifier
-from tests.integration.test_gateway_process import ROOT, STOP_TIMEOUT_S, write_config
+from tests.conftest import gateway_command
+from tests.integration.test_gateway_process import STOP_TIMEOUT_S, write_config
 
 MESSAGE_TIMEOUT_S = 30.0  # the first message waits for a whole gateway start-up in a fresh interpreter
 WATCHDOG_USEC = 200_000  # 0.2 s: pings every 0.1 s, several within a short test
@@ -54,17 +54,12 @@ async def test_gateway_run_notifies_ready_watchdog_and_stopping(tmp_path, unused
     port = unused_tcp_port_factory()
     config = write_config(tmp_path, port, unused_tcp_port_factory())
     environment = {**os.environ, "NOTIFY_SOCKET": address, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
+    process = await gateway_command(
         "run",
         "--config",
         str(config),
-        cwd=ROOT,
         env=environment,
         stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
     )
     try:
         first = await next_message(receiver)

@@ -7,6 +7,8 @@ import signal
 import sys
 from pathlib import Path
 
+from tests.conftest import gateway_command
+
 ROOT = Path(__file__).resolve().parents[2]
 RECORD = b"2008/06/28 09:28:41,00:00:00,9,8004206,I,4324,4324,,0,1000014155,0,E4324,Joe Bloggs,T9161,LINE 5.1,0,0"
 WAIT_S = 20.0
@@ -25,18 +27,12 @@ async def test_tap_shows_raw_lines_records_and_errors(tmp_path, unused_tcp_port)
     config.write_text(
         f"links:\n  - name: pbx\n    format: avaya-ipo\n    url: listen://127.0.0.1:{unused_tcp_port}\n    timezone: UTC\n"
     )
-    tap = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
+    tap = await gateway_command(
         "tap",
         "--config",
         str(config),
         "--link",
         "pbx",
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
     seen: list[str] = []
     try:
@@ -82,24 +78,16 @@ async def test_tap_on_a_port_the_running_gateway_holds_says_so_and_points_to_its
         "api:\n  keys: [{key: 6f1c2a7e-3b8d-4e59-9a41-0c2d7e5b8f13, name: crm}]\n"
         f"links:\n  - {{name: pbx, format: avaya-ipo, url: 'listen://127.0.0.1:{link_port}'}}\n"
     )
-    gateway = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "run", "--config", str(config), cwd=ROOT, stderr=asyncio.subprocess.PIPE
-    )
+    gateway = await gateway_command("run", "--config", str(config), stdout=None)
     tap = None
     try:
         await read_until(gateway.stderr, "gateway ready", [])
-        tap = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway",
+        tap = await gateway_command(
             "tap",
             "--config",
             str(config),
             "--link",
             "pbx",
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
         )
         seen: list[str] = []
         await read_until(tap.stdout, "retries until the port is free", seen)
