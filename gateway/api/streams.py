@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 
 from gateway.errors import ApiError
-from gateway.feed import EventFeed, FeedEvent, SubscriptionDropped, parse_filter
+from gateway.feed import EventFeed, FeedEvent, Subscription, SubscriptionDropped, parse_filter
 from gateway.watch import LinkWatch
 
 # A comment line this often keeps proxies from closing a quiet stream and finds clients that went away.
@@ -74,6 +74,25 @@ def last_event_id(request: web.Request) -> int | None:
     return seq
 
 
+async def send_live(response: web.StreamResponse, subscription: Subscription, cursor: int) -> NoReturn:
+    """A subscription's events as they come, each batch in one write, a keep-alive comment when none came in
+    KEEPALIVE_S; ends only by raising (SubscriptionDropped, a write timing out, the client gone). Events up to
+    `cursor` (sent from the backlog already) are skipped; transient ones (seq 0: link counters, tap lines) have
+    no id and always go."""
+    while True:
+        batch = await subscription.next_batch(KEEPALIVE_S)
+        if not batch:
+            await write(response, b": keepalive\n\n")
+            continue
+        frames = []
+        for event in batch:
+            if event.seq == 0 or event.seq > cursor:
+                cursor = max(cursor, event.seq)
+                frames.append(event_frame(event))
+        if frames:
+            await write(response, b"".join(frames))
+
+
 async def stream_events(request: web.Request, feed: EventFeed) -> web.StreamResponse:
     """The feed from now on, or from after `Last-Event-ID`: first the missed events (from memory or the store),
     then the live ones — every event once, in order, none left out in between."""
@@ -94,20 +113,7 @@ async def stream_events(request: web.Request, feed: EventFeed) -> web.StreamResp
                 cursor = event.seq
                 if event_filter.matches(event):
                     await write(response, event_frame(event))
-        while True:
-            batch = await subscription.next_batch(KEEPALIVE_S)
-            if not batch:
-                await write(response, b": keepalive\n\n")
-                continue
-            frames = []
-            for live in batch:
-                if live.seq == 0:
-                    frames.append(event_frame(live))  # transient: no id, the cursor stays
-                elif live.seq > cursor:
-                    cursor = live.seq
-                    frames.append(event_frame(live))
-            if frames:
-                await write(response, b"".join(frames))
+        await send_live(response, subscription, cursor)
     except (SubscriptionDropped, TimeoutError, ConnectionResetError):
         return response
     finally:
@@ -122,12 +128,7 @@ async def stream_tap(request: web.Request, watch: LinkWatch, link: str) -> web.S
     subscription = watch.open_tap(link)
     try:
         await write(response, sse_frame(None, "tap", json_line({"link": link, "text": "tapping; lines follow"})))
-        while True:
-            item = await subscription.next(KEEPALIVE_S)
-            if item is None:
-                await write(response, b": keepalive\n\n")
-            else:
-                await write(response, sse_frame(None, item.name, item.data_json()))
+        await send_live(response, subscription, 0)
     except (SubscriptionDropped, TimeoutError, ConnectionResetError):
         return response
     finally:
