@@ -27,7 +27,7 @@ gateway: install
 # Real programs the tests drive (headless Chromium) are installed first when missing (.ci/ensure-packages).
 test: install
 	.ci/ensure-packages
-	$(BIN)/pytest -q -n 2
+	$(BIN)/pytest -q -n 4 --dist worksteal
 
 # Each benchmark runs on its own: one that fails does not stop the others (the target fails at the end), and
 # one whose tool is missing (wrk for the API) says so and is skipped.
