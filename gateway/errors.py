@@ -26,6 +26,19 @@ class StoreError(GatewayError):
     """The durable store could not complete an operation."""
 
 
+class ClusterUnavailable(StoreError):
+    """The cluster's PostgreSQL database cannot be reached (or is failing over): what needs it answers 503, while
+    this gateway's own links and recorders carry on from its local store."""
+
+
+class NodeUnavailable(GatewayError):
+    """The cluster node that owns a call is not running (its lock is gone or its heartbeat is stale)."""
+
+    def __init__(self, node: str):
+        self.node = node
+        super().__init__(f"gateway {node} is not running")
+
+
 class LinkError(GatewayError):
     """A PBX link (SMDR/CDR tap) failed; retryable by reconnecting."""
 

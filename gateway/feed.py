@@ -226,6 +226,10 @@ class EventFeed:
         self.end_streams()
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def delivered_seq(self) -> int:
         return self._delivered_seq
 

@@ -134,6 +134,9 @@ class Call:
     open_leg_key: str | None = None
     open_leg_direction: Direction | None = None
     awaiting_record: bool = False
+    # The cluster node that tracks the call when that is another gateway (read from the cluster database); None
+    # for this gateway's own calls. KeepCall on another node's call is run by that node.
+    node: str | None = None
 
     @property
     def ongoing(self) -> bool:

@@ -20,9 +20,11 @@ def health_report(
     stored_calls: int,
     retention: RetentionHealth | None = None,
     store_error: str | None = None,
+    cluster: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`{"status", "links", "recorders", "calls", "store"[, "retention"]}`; degraded when any link or recorder
-    is down or the store refuses writes (`store.error` says why; links hold their lines meanwhile).
+    """`{"status", "links", "recorders", "calls", "store"[, "cluster"][, "retention"]}`; degraded when any link or
+    recorder is down, the store refuses writes (`store.error` says why; links hold their lines meanwhile), or the
+    cluster database cannot be reached.
 
     Retention failures do not degrade the status: nothing is lost while pruning waits, and they are counted.
     """
@@ -30,13 +32,21 @@ def health_report(
     all_up = all(link.state is LinkState.UP for link in links.values()) and all(
         state["state"] == "up" for state in recorder_states.values()
     )
+    cluster_ok = cluster is None or bool(cluster.get("reachable") and cluster.get("session"))
     report: dict[str, Any] = {
-        "status": "ok" if all_up and store_error is None else "degraded",
+        "status": "ok" if all_up and store_error is None and cluster_ok else "degraded",
         "links": {name: link.as_dict() for name, link in links.items()},
         "recorders": recorder_states,
         "calls": {"ongoing": ongoing_calls, "stored": stored_calls},
-        "store": {"state": "ok" if store_error is None else "failing", "error": store_error},
+        "store": {
+            "backend": "sqlite" if cluster is None else "postgresql",
+            "state": "ok" if store_error is None else "failing",
+            "error": store_error,
+        },
     }
+    if cluster is not None:
+        # The local file keeps this node's journal and calls; the cluster database is reported on its own.
+        report["cluster"] = cluster
     if retention is not None:
         report["retention"] = retention.as_dict()
     return report

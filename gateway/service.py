@@ -15,9 +15,12 @@ from drivers.smdr.link import SmdrLink
 from drivers.trunkrec.client import TrunkRecorderClient
 from gateway.api.app import ApiServices, create_app, create_runner, ssl_context
 from gateway.api.auth import Authenticator
+from gateway.api.lookup import CallFinder
 from gateway.api.operator import OperatorServices, add_routes
+from gateway.api.outcomes import keep_for_node
 from gateway.api.verba import ActionContext
 from gateway.calls import CallTracker
+from gateway.cluster.node import ClusterNode
 from gateway.config import GatewayConfig
 from gateway.events import DriverEvent, LinkHealth
 from gateway.feed import RECORDER_STATE, EventFeed
@@ -102,10 +105,27 @@ class Gateway:
         )
         self.retention = RetentionPruner(self.store, config.store.retention)
         self.auth = Authenticator(config.api)
+        self.cluster: ClusterNode | None = None
+        if config.store.url is not None:
+            self.cluster = ClusterNode(
+                config.store.url,
+                config.node,
+                tracker=self.tracker,
+                feed=self.feed,
+                store_instance=lambda: self.store.instance_id,
+                extensions=config.extensions,
+                recorders=config.recorders,
+                recorder_states=lambda: {name: recorder_state(rec) for name, rec in self.recorders.items()},
+            )
+        self.actions = ActionContext(
+            self.tracker, self.recording, config.api.next_window_s, CallFinder(self.tracker, self.cluster)
+        )
+        if self.cluster is not None:
+            self.cluster.serve_commands(partial(keep_for_node, self.actions))
         self.app: web.Application = create_app(
             ApiServices(
                 auth=self.auth,
-                actions=ActionContext(self.tracker, self.recording, config.api.next_window_s),
+                actions=self.actions,
                 health=self.health,
                 ops_networks=config.http.ops_networks,
                 metrics=self.metrics.handler,
@@ -159,6 +179,7 @@ class Gateway:
         return await status_snapshot(self)
 
     async def health(self) -> dict[str, Any]:
+        cluster = await self.cluster.health() if self.cluster is not None else None
         return health_report(
             self.links,
             self.recorders,
@@ -168,6 +189,7 @@ class Gateway:
             - self.retention.health.pruned_total[PRUNE_CALLS],
             retention=self.retention.health,
             store_error=self.store.write_error,
+            cluster=cluster,
         )
 
     async def start(self) -> None:
@@ -190,6 +212,8 @@ class Gateway:
                 await link.open()
             self.policy.start()
             self.retention.start()
+            if self.cluster is not None:
+                await self.cluster.start()
             http = self.config.http
             self._runner = create_runner(self.app)
             await self._runner.setup()
@@ -216,6 +240,8 @@ class Gateway:
         return sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.stop()
         self.feed.end_streams()  # event streams and taps never end by themselves: the server would wait for them
         self.watch.close()
         if self._runner is not None:

@@ -20,6 +20,7 @@ from multidict import MultiDict
 from gateway.api import connections
 from gateway.api.auth import Authenticator, address_in_networks
 from gateway.api.connections import ApiRunner
+from gateway.api.outcomes import error_outcome
 from gateway.api.render import (
     NoPayload,
     RenderedResponse,
@@ -35,18 +36,9 @@ from gateway.api.verba import (
     ActionContext,
     ActionRequest,
     check_parameter_lengths,
-    lookup_error_message,
     missing,
 )
-from gateway.errors import (
-    ApiError,
-    LookupFailed,
-    RecorderError,
-    RecorderNotConnected,
-    RecorderTimeout,
-    StoreError,
-)
-from gateway.recording import KeepRefused
+from gateway.errors import ApiError
 
 log = structlog.get_logger(__name__)
 
@@ -73,10 +65,7 @@ SHUTDOWN_TIMEOUT_S = 5.0
 _ACTION_NAME = re.compile(r"[A-Za-z]{1,64}")
 UNKNOWN_ACTION_TYPE = "Unknown"
 
-MESSAGE_RECORDER_NOT_CONNECTED = "Unable to control the recording, because the recorder is not connected."
-MESSAGE_RECORDER_TIMEOUT = "Unable to control the recording, because the recorder did not answer in time."
 MESSAGE_INTERNAL = "Internal error; the gateway logged the details."
-MESSAGE_STORE_FAILING = "Unable to store the change, because the gateway's database refuses writes; try again later."
 MESSAGE_MALFORMED_BODY = "Malformed request body"
 MESSAGE_BODY_TOO_LARGE = f"Request body too large (at most {MAX_BODY_BYTES} bytes)"
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}
@@ -191,37 +180,19 @@ async def verba_api(request: web.Request) -> web.Response:
         )
         payload = await ACTIONS[action](services.actions, ActionRequest(action, params, principal))
         return _respond(render_success(response_type, action, payload or NoPayload()))
-    except ApiError as error:
-        status = error.http_status
-        if status in (401, 403):
-            log.info(
-                "api request refused", action=action_type, status=status, reason=error.message, remote=request.remote
-            )
-        return _error(response_type, action_type, status, error.message)
-    except LookupFailed as error:
-        return _error(response_type, action_type, 200, lookup_error_message(action, error))  # type: ignore[arg-type]
-    except KeepRefused as error:
-        return _error(response_type, action_type, 200, str(error))
-    except RecorderNotConnected:
-        status = 503
-        return _error(response_type, action_type, status, MESSAGE_RECORDER_NOT_CONNECTED)
-    except RecorderTimeout:
-        status = 504
-        return _error(response_type, action_type, status, MESSAGE_RECORDER_TIMEOUT)
-    except StoreError:
-        # A full disk or failing writes: nothing was promised; /healthz shows the store as failing.
-        status = 503
-        return _error(response_type, action_type, status, MESSAGE_STORE_FAILING)
-    except RecorderError as error:
-        reason = f"{error.code} {error.text}".strip()
-        return _error(response_type, action_type, 200, f"The recorder refused the request: {reason}")
     except asyncio.CancelledError:  # the client went away (a `status=next` wait it gave up on)
         status = CLIENT_CLOSED_REQUEST
         raise
-    except Exception:
-        status = 500
-        log.exception("api request failed", action=action_type)
-        return _error(response_type, action_type, status, MESSAGE_INTERNAL)
+    except Exception as error:
+        outcome = error_outcome(action, error)
+        if outcome is None:
+            status = 500
+            log.exception("api request failed", action=action_type)
+            return _error(response_type, action_type, status, MESSAGE_INTERNAL)
+        status, message = outcome
+        if status in (401, 403):
+            log.info("api request refused", action=action_type, status=status, reason=message, remote=request.remote)
+        return _error(response_type, action_type, status, message)
     finally:
         elapsed_s = time.perf_counter() - started
         services.observe_request(action if action in KNOWN_ACTIONS else OTHER_ACTION, status, elapsed_s)

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
 from gateway.api.auth import Principal
+from gateway.api.lookup import CallFinder
 from gateway.api.render import CallIdPayload, CallInformationPayload, NoPayload, Payload
 from gateway.calls import CallTracker, parse_statuses, recording_mode_of
-from gateway.errors import AmbiguousCall, ApiError, CallNotFound
+from gateway.errors import AmbiguousCall, ApiError, CallNotFound, NodeUnavailable, RecorderTimeout
 from gateway.model import Call, Direction, RecordingMode
 from gateway.recording import KeepRefused, RecordingService
 
@@ -80,11 +81,17 @@ def invalid(name: str) -> ApiError:
     return ApiError(400, f"Invalid value for parameter '{name}'")
 
 
+MESSAGE_NODE_DOWN = "Unable to keep the call, because the gateway that owns it ({node}) is not running."
+MESSAGE_NODE_SILENT = "Unable to keep the call, because the gateway that owns it ({node}) did not answer in time."
+TYPE_KEEP = "keep"  # KeepCall without a type, as a cluster command names it
+
+
 @dataclass(frozen=True, slots=True)
 class ActionContext:
     tracker: CallTracker
     recording: RecordingService
     next_window_s: float
+    finder: CallFinder
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +99,11 @@ class ActionRequest:
     action: str
     params: Mapping[str, str]
     principal: Principal
+
+    @property
+    def sites(self) -> tuple[str, ...] | None:
+        """The cluster nodes whose calls the caller may see (None: every node)."""
+        return self.principal.key.sites
 
     def get(self, name: str) -> str | None:
         """A parameter's value, None when absent or empty."""
@@ -132,14 +144,14 @@ async def _find_by_extension(context: ActionContext, request: ActionRequest, ext
         statuses = list(dict.fromkeys(parse_statuses(status)))
     except ValueError:
         raise invalid("status") from None
-    return await context.tracker.find_by_status(extension, statuses, context.next_window_s)
+    return await context.finder.find_by_status(extension, statuses, context.next_window_s, request.sites)
 
 
 async def _find_call(context: ActionContext, request: ActionRequest, *, by_external_ids: bool) -> Call:
     """KeepCall / GetCallInformation lookup: callID, else extension+status (, else platformCallID / nativeID)."""
     call_id = _call_id_parameter(request)
     if call_id is not None:
-        call = await context.tracker.get_call(call_id)
+        call = await context.finder.get_call(call_id, request.sites)
         if call is None:
             raise CallNotFound(call_id)
         return call
@@ -149,10 +161,10 @@ async def _find_call(context: ActionContext, request: ActionRequest, *, by_exter
     if by_external_ids:
         platform_call_id = request.get("platformCallID")
         if platform_call_id is not None:
-            return await context.tracker.find_by_platform_call_id(platform_call_id)
+            return await context.finder.find_by_platform_call_id(platform_call_id, request.sites)
         native_id = request.get("nativeID")
         if native_id is not None:
-            return await context.tracker.find_by_native_id(native_id)
+            return await context.finder.find_by_native_id(native_id, request.sites)
         raise ApiError(
             400, "Missing parameter: one of 'callID', 'extension', 'platformCallID' or 'nativeID' is required"
         )
@@ -171,20 +183,20 @@ async def get_call_id(context: ActionContext, request: ActionRequest) -> Payload
     kind = request.get("type")
     if kind is not None and kind.lower() != TYPE_MANUAL_RECORD:
         raise invalid("type")
-    tracker = context.tracker
+    finder, tracker = context.finder, context.tracker
     if kind is None and extension is None:  # the ID alone is asked for: no need to read the call
         if platform_call_id is not None:
-            call_id = await tracker.find_id_by_platform_call_id(platform_call_id)
+            call_id = await finder.find_id_by_platform_call_id(platform_call_id, request.sites)
         else:
-            call_id = await tracker.find_id_by_native_id(native_id or "")
+            call_id = await finder.find_id_by_native_id(native_id or "", request.sites)
         await tracker.stored(call_id)  # an ID handed out names a call that a crash cannot take back
         return CallIdPayload(call_id)
     if extension is not None:
         call = await _find_by_extension(context, request, extension)
     elif platform_call_id is not None:
-        call = await tracker.find_by_platform_call_id(platform_call_id)
+        call = await finder.find_by_platform_call_id(platform_call_id, request.sites)
     else:
-        call = await tracker.find_by_native_id(native_id or "")
+        call = await finder.find_by_native_id(native_id or "", request.sites)
     await tracker.stored(call.call_id)
     if kind is None:
         return CallIdPayload(call.call_id)
@@ -200,6 +212,9 @@ async def keep_call(context: ActionContext, request: ActionRequest) -> Payload:
         raise invalid("type")
     unmark = request.flag("unmark")
     call = await _find_call(context, request, by_external_ids=False)
+    if call.node is not None:  # another cluster node's call: that node runs it
+        await _keep_on_owner(context, call, (kind or TYPE_KEEP).lower(), unmark)
+        return NoPayload()
     if kind is None:
         await context.recording.keep(call, unmark=unmark)
     elif kind.lower() == TYPE_DO_NOT_DELETE:
@@ -209,6 +224,22 @@ async def keep_call(context: ActionContext, request: ActionRequest) -> Payload:
     # Code 0 promises the state: also when it was set already, by a request whose write is still queued.
     await context.tracker.stored(call.call_id)
     return NoPayload()
+
+
+async def _keep_on_owner(context: ActionContext, call: Call, kind: str, unmark: bool) -> None:
+    """KeepCall through the node that owns the call: its answer is ours, word for word."""
+    cluster = context.finder.cluster
+    assert cluster is not None and call.node is not None  # only cluster lookups find other nodes' calls
+    try:
+        outcome = await cluster.keep(call, kind, unmark)
+    except NodeUnavailable:
+        raise ApiError(503, MESSAGE_NODE_DOWN.format(node=call.node)) from None
+    except TimeoutError as error:
+        if kind == TYPE_MANUAL_RECORD:  # what the owner answers when its recorder is silent
+            raise RecorderTimeout(call.recorder or call.node, 0.0) from error
+        raise ApiError(504, MESSAGE_NODE_SILENT.format(node=call.node)) from None
+    if not outcome.ok:
+        raise ApiError(outcome.status, outcome.message or "")
 
 
 def _time(value: datetime | None, tz: tzinfo) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -57,6 +57,9 @@ class NextCallWaiters:
             for future in self._by_number.get(number, ()):
                 if not future.done():
                     future.set_result(call)
+
+    def waiting_for(self, numbers: Iterable[str]) -> bool:
+        return any(number in self._by_number for number in numbers)
 
     @property
     def count(self) -> int:

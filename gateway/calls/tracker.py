@@ -383,6 +383,14 @@ class CallTracker:
         """
         return await self._next_waiters.wait(number, timeout_s)
 
+    def waiting_for_next(self, numbers: Iterable[str]) -> bool:
+        """Whether a status=next request waits for a call of one of these numbers."""
+        return self._next_waiters.waiting_for(numbers)
+
+    def wake_next_waiters(self, call: Call) -> None:
+        """A call that started on another cluster node: it is the next call of its numbers here too."""
+        self._next_waiters.wake(call)
+
     @property
     def next_waiter_count(self) -> int:
         """status=next requests waiting now: the one sign that a waiter was registered, or left behind."""

@@ -8,6 +8,7 @@ gateway.config.describe. Drivers take their parts of it (LinkConfig, SerialSetti
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,7 @@ class StoreConfig:
     # machine itself loses power; saves the fsync (~0.3–1 ms) on each KeepCall answer.
     sync: str = DEFAULT_STORE_SYNC
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    url: str | None = None  # PostgreSQL: the cluster's database (`path` is then this node's local file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,7 @@ class ApiKeyConfig:
     # None = any address. Entries are ip_network objects (a bare address is a /32 or /128)
     # or host names (str), resolved when a request is checked.
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network | str, ...] | None = None
+    sites: tuple[str, ...] | None = None  # the cluster nodes whose calls this key sees; None = every node
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +166,7 @@ class LogConfig:
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     source: Path  # the file this came from
+    node: str = field(default_factory=lambda: socket.gethostname().split(".")[0] or "gateway")
     http: HttpConfig = field(default_factory=HttpConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     api: ApiConfig = field(default_factory=ApiConfig)

@@ -1,0 +1,163 @@
+"""Who is in the cluster: each node's row (heartbeat, watermark, recorders), the extensions it publishes, and
+whether it is running — its session holds its advisory lock and its heartbeat is fresh."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from gateway.cluster.database import Database
+from gateway.cluster.listener import node_lock_key
+
+# A node whose heartbeat is older than this is down even if its session lingers (a hung process).
+DEAD_AFTER_S = 5.0
+DIRECTORY_TTL_S = 2.0  # how long the extension directory read from the database is used before reading it again
+
+NOW = "extract(epoch from clock_timestamp())"  # the database's clock: the one every node agrees on
+LOCKED_SQL = (
+    "EXISTS (SELECT 1 FROM pg_locks AS l WHERE l.locktype = 'advisory' AND l.granted"
+    " AND l.classid = $2::bigint::oid AND l.objid = $3::bigint::oid AND l.objsubid = 2)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedExtension:
+    number: str
+    mode: str
+    recorder: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    node: str
+    running: bool
+    heartbeat_age_s: float | None
+    shipped_seq: int
+    recorders: Mapping[str, Mapping[str, object]]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "running": self.running,
+            "heartbeatAgeS": None if self.heartbeat_age_s is None else round(self.heartbeat_age_s, 2),
+            "shippedSeq": self.shipped_seq,
+            "recorders": dict(self.recorders),
+        }
+
+
+async def join(
+    connection: asyncpg.Connection,
+    node: str,
+    instance: str,
+    store_instance: str,
+    extensions: Sequence[PublishedExtension],
+    recorders: Mapping[str, Mapping[str, object]],
+) -> int:
+    """Write this node's row and its extensions (replacing what an earlier run published); the watermark to ship
+    from: the stored one, unless the local store is another one than the watermark counted (then from 0)."""
+    async with connection.transaction():
+        previous = await connection.fetchrow("SELECT store_instance, shipped_seq FROM nodes WHERE node = $1", node)
+        shipped = 0
+        if previous is not None and previous["store_instance"] == store_instance:
+            shipped = int(previous["shipped_seq"])
+        await connection.execute(
+            f"INSERT INTO nodes (node, instance, store_instance, started_at, heartbeat_at, shipped_seq, recorders)"
+            f" VALUES ($1, $2, $3, {NOW}, {NOW}, $4, $5::jsonb)"
+            " ON CONFLICT (node) DO UPDATE SET instance = EXCLUDED.instance, store_instance = EXCLUDED.store_instance,"
+            " started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at,"
+            " shipped_seq = EXCLUDED.shipped_seq, recorders = EXCLUDED.recorders",
+            node,
+            instance,
+            store_instance,
+            shipped,
+            json.dumps(recorders),
+        )
+        await connection.execute("DELETE FROM node_extensions WHERE node = $1", node)
+        await connection.executemany(
+            "INSERT INTO node_extensions (node, number, mode, recorder) VALUES ($1, $2, $3, $4)",
+            [(node, extension.number, extension.mode, extension.recorder) for extension in extensions],
+        )
+    return shipped
+
+
+async def heartbeat(
+    connection: asyncpg.Connection, node: str, instance: str, recorders: Mapping[str, Mapping[str, object]]
+) -> None:
+    await connection.execute(
+        f"UPDATE nodes SET heartbeat_at = {NOW}, recorders = $3::jsonb WHERE node = $1 AND instance = $2",
+        node,
+        instance,
+        json.dumps(recorders),
+    )
+
+
+async def watermark(database: Database, node: str) -> int:
+    value = await database.fetchrow("SELECT shipped_seq FROM nodes WHERE node = $1", node)
+    return int(value["shipped_seq"]) if value is not None else 0
+
+
+async def node_state(database: Database, node: str) -> NodeState | None:
+    high, low = node_lock_key(node)
+    row = await database.fetchrow(
+        f"SELECT node, {LOCKED_SQL} AS locked, {NOW} - heartbeat_at AS age, shipped_seq, recorders"
+        " FROM nodes WHERE node = $1",
+        node,
+        high,
+        low,
+    )
+    return None if row is None else _state(row)
+
+
+async def node_states(database: Database) -> list[NodeState]:
+    rows = await database.fetch(f"SELECT node, {NOW} - heartbeat_at AS age, shipped_seq, recorders FROM nodes")
+    locked = {
+        (int(row["classid"]), int(row["objid"]))
+        for row in await database.fetch(
+            "SELECT classid::bigint AS classid, objid::bigint AS objid FROM pg_locks"
+            " WHERE locktype = 'advisory' AND granted AND objsubid = 2"
+        )
+    }
+    states = []
+    for row in rows:
+        states.append(_state({**dict(row), "locked": node_lock_key(row["node"]) in locked}))
+    return sorted(states, key=lambda state: state.node)
+
+
+def _state(row: Mapping[str, object]) -> NodeState:
+    age = row["age"]
+    age_s = float(age) if isinstance(age, int | float) else None
+    recorders = row["recorders"]
+    parsed = json.loads(recorders) if isinstance(recorders, str) else dict(recorders or {})  # type: ignore[call-overload]
+    return NodeState(
+        node=str(row["node"]),
+        running=bool(row["locked"]) and age_s is not None and age_s < DEAD_AFTER_S,
+        heartbeat_age_s=age_s,
+        shipped_seq=int(row["shipped_seq"]),  # type: ignore[call-overload]
+        recorders=parsed,
+    )
+
+
+class Directory:
+    """Which nodes publish which extension numbers, read from the database at most every DIRECTORY_TTL_S."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._owners: dict[str, frozenset[str]] = {}
+        self._read_at = float("-inf")
+
+    async def owners(self, number: str) -> frozenset[str]:
+        """The nodes that publish `number` (empty: none does)."""
+        if time.monotonic() - self._read_at > DIRECTORY_TTL_S:
+            rows = await self._database.fetch("SELECT number, node FROM node_extensions")
+            owners: dict[str, set[str]] = {}
+            for row in rows:
+                owners.setdefault(row["number"], set()).add(row["node"])
+            self._owners = {number: frozenset(nodes) for number, nodes in owners.items()}
+            self._read_at = time.monotonic()
+        return self._owners.get(number, frozenset())
+
+    def cached_owners(self, number: str) -> frozenset[str]:
+        return self._owners.get(number, frozenset())
