@@ -17,6 +17,7 @@ from drivers.smdr import SMDR_FORMATS
 from gateway.config import GatewayConfig
 from gateway.config.check import check_config
 from gateway.config.describe import describe_config
+from gateway.config.key_lines import KeyLines
 from gateway.config.load import load_config
 from gateway.config.locate import BUNDLED_CONFIG_PATH, CONFIG_ENV_VAR, LOOKUP_RULE, SEARCHED_PLACES, find_config
 from gateway.errors import ConfigError
@@ -79,9 +80,25 @@ async def _run_until_signalled(config: GatewayConfig) -> int:
     return EXIT_OK
 
 
+def _not_runnable_yet(config: GatewayConfig) -> ConfigError | None:
+    """A store.url is read and checked, but this version has no PostgreSQL store: rather than run on the local
+    spool file alone, as if the cluster were there, `run` refuses it."""
+    if config.store.url is None:
+        return None
+    return ConfigError(
+        "PostgreSQL (a cluster of gateways) is not supported by this version yet; use store.path (SQLite)",
+        file=str(config.source),
+        line=KeyLines.of_file(config.source).line("store.url"),
+        key="store.url",
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     if config is None:
+        return EXIT_CONFIG
+    if (refused := _not_runnable_yet(config)) is not None:
+        print(f"gateway: cannot start: {refused}", file=sys.stderr)
         return EXIT_CONFIG
     try:
         return asyncio.run(_run_until_signalled(config))
