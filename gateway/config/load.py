@@ -2,8 +2,9 @@
 listed with its line and key. PBX formats check their own options through `LinkFormats`, which the drivers
 implement (drivers.smdr.SMDR_FORMATS) and the caller passes in: the core does not import the drivers.
 
-Over 500 lines on purpose (~750): one reader walking one file's tree, a method per section in file order, and
-the URL rules of links and recorders it checks; split, each half would only make sense beside the other.
+Over 500 lines on purpose (~930): one reader walking one file's tree, a method per section in file order, and
+the URL rules of links, recorders and the PostgreSQL store it checks; split, each half would only make sense beside
+the other.
 """
 
 from __future__ import annotations
