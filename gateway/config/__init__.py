@@ -8,6 +8,7 @@ gateway.config.describe. Drivers take their parts of it (LinkConfig, SerialSetti
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,16 @@ DEFAULT_OPS_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] 
     ipaddress.ip_network("::1/128"),
 )
 DEFAULT_STORE_PATH = "var/gateway.db"
+# With store.url (PostgreSQL) the node's own local file, relative to the current directory like store.path.
+DEFAULT_SPOOL_PATH = "var/gateway-{node}.db"
+POSTGRESQL_SCHEMES = ("postgresql", "postgres")
+DEFAULT_POSTGRESQL_PORT = 5432
+# A node's name (the top-level `node`, api.keys[].sites): it names a file (the spool) and appears in URLs and metrics.
+MAX_NODE_NAME_LENGTH = 64
+NODE_NAME = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_NODE_NAME_LENGTH}}}")
+NODE_NAME_RULE = f"1–{MAX_NODE_NAME_LENGTH} letters, digits, '.', '_' or '-'"
+_NOT_NODE_CHARACTER = re.compile(r"[^A-Za-z0-9._-]")
+FALLBACK_NODE_NAME = "gateway"  # a machine without a host name
 DEFAULT_TOKEN_TTL_S = 3600
 DEFAULT_NEXT_WINDOW_S = 60.0
 MAX_ON_DEMAND_RETENTION_S = 48 * 3600
@@ -37,6 +48,14 @@ DEFAULT_QUARANTINE_RETENTION_S: float | None = 90 * DAY_S
 DEFAULT_EVENTS_RETENTION_S: float | None = 7 * DAY_S
 RETENTION_FOREVER = "forever"
 DEFAULT_RECORDER_TIMEOUT_S = 2.0
+
+
+def default_node_name(host_name: str | None = None) -> str:
+    """This machine's host name as a node name: its first label (`pbx1.example.com` → `pbx1`), with any character
+    a node name may not hold replaced by `-`."""
+    name = (socket.gethostname() if host_name is None else host_name).split(".", 1)[0]
+    name = _NOT_NODE_CHARACTER.sub("-", name)[:MAX_NODE_NAME_LENGTH]
+    return name or FALLBACK_NODE_NAME
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +97,9 @@ class StoreConfig:
     # machine itself loses power; saves the fsync (~0.3–1 ms) on each KeepCall answer.
     sync: str = DEFAULT_STORE_SYNC
     retention: RetentionConfig = field(default_factory=RetentionConfig)
-    url: str | None = None  # PostgreSQL: the cluster's database (`path` is then this node's local file)
+    # PostgreSQL, shared by the gateways of a cluster (docs/scale-out.md); None = the SQLite file at `path` alone.
+    # With a url, `path` is this node's own local file (store.spool): the local file is always `path`.
+    url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +110,8 @@ class ApiKeyConfig:
     # None = any address. Entries are ip_network objects (a bare address is a /32 or /128)
     # or host names (str), resolved when a request is checked.
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network | str, ...] | None = None
-    sites: tuple[str, ...] | None = None  # the cluster nodes whose calls this key sees; None = every node
+    # The nodes whose calls this key sees; None = every node.
+    sites: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +188,6 @@ class LogConfig:
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     source: Path  # the file this came from
-    node: str = field(default_factory=lambda: socket.gethostname().split(".")[0] or "gateway")
     http: HttpConfig = field(default_factory=HttpConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
@@ -175,6 +196,7 @@ class GatewayConfig:
     links: tuple[LinkConfig, ...] = ()
     recorders: tuple[RecorderConfig, ...] = ()
     log: LogConfig = field(default_factory=LogConfig)
+    node: str = field(default_factory=default_node_name)  # this gateway's name in a cluster
 
     def extension(self, number: str) -> ExtensionConfig | None:
         for extension in self.extensions:

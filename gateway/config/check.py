@@ -162,14 +162,15 @@ def _check_tls(config: GatewayConfig, findings: _Findings) -> None:
 
 def _check_store(config: GatewayConfig, findings: _Findings) -> None:
     store_path = config.store.path
+    key = "store.path" if config.store.url is None else "store.spool"  # the local file, whichever key names it
     if store_path.is_dir():
-        findings.problem("store.path", f"{store_path} is a folder, not a database file")
+        findings.problem(key, f"{store_path} is a folder, not a database file")
         return
     folder = store_path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not os.access(folder, os.W_OK | os.X_OK):
-        findings.problem("store.path", f"cannot create {store_path}: {folder} is not writable by {_user_name()}")
+        findings.problem(key, f"cannot create {store_path}: {folder} is not writable by {_user_name()}")
 
 
 def is_loopback(host: str) -> bool:

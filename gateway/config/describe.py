@@ -4,18 +4,24 @@ from __future__ import annotations
 
 from gateway.config import RETENTION_FOREVER, GatewayConfig, LinkConfig, LinkFormats, SerialSettings
 from gateway.config.yaml_nodes import _format_duration
+from gateway.redact import redacted_url
 
 
 def describe_config(config: GatewayConfig, formats: LinkFormats) -> str:
-    """What the configuration would run, for `gateway check`; never shows a key, a hash or a login text."""
+    """What the configuration would run, for `gateway check`; never shows a key, a hash, a login text or the store
+    URL's password."""
     http = config.http
     scheme = "https" if http.tls else "http"
     host = f"[{http.host}]" if ":" in http.host else http.host
-    lines = [f"configuration: {config.source}", f"HTTP API: {scheme}://{host}:{http.port}/"]
+    lines = [f"configuration: {config.source}", f"node: {config.node}", f"HTTP API: {scheme}://{host}:{http.port}/"]
     if http.tls:
         lines.append(f"  TLS certificate: {http.tls.certfile}, key: {http.tls.keyfile}")
     lines.append(f"  /healthz, /livez, /metrics from: {', '.join(str(network) for network in http.ops_networks)}")
-    lines.append(f"store: {config.store.path} (sync: {config.store.sync})")
+    if config.store.url is None:
+        lines.append(f"store: {config.store.path} (sync: {config.store.sync})")
+    else:
+        lines.append(f"store: PostgreSQL {redacted_url(config.store.url)}")
+        lines.append(f"  spool (this node's own file): {config.store.path} (sync: {config.store.sync})")
     retention = config.store.retention
     kept = [
         f"{name} {RETENTION_FOREVER if seconds is None else _format_duration(seconds)}"
@@ -33,7 +39,8 @@ def describe_config(config: GatewayConfig, formats: LinkFormats) -> str:
     for key in api.keys:
         networks = ", ".join(str(network) for network in key.networks) if key.networks is not None else "any address"
         token = "token required" if key.require_token else "no token"
-        lines.append(f"    {key.name}: {token}; from {networks}")
+        sites = f"; sites {', '.join(key.sites)}" if key.sites is not None else ""
+        lines.append(f"    {key.name}: {token}; from {networks}{sites}")
     lines.append(f"  users ({len(api.users)}):")
     for user in api.users:
         lines.append(f"    {user.name} (timezone {user.timezone})")

@@ -2,8 +2,9 @@
 listed with its line and key. PBX formats check their own options through `LinkFormats`, which the drivers
 implement (drivers.smdr.SMDR_FORMATS) and the caller passes in: the core does not import the drivers.
 
-Over 500 lines on purpose (~750): one reader walking one file's tree, a method per section in file order, and
-the URL rules of links and recorders it checks; split, each half would only make sense beside the other.
+Over 500 lines on purpose (~930): one reader walking one file's tree, a method per section in file order, and
+the URL rules of links, recorders and the PostgreSQL store it checks; split, each half would only make sense beside
+the other.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import uuid
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from yaml.nodes import MappingNode, Node, SequenceNode
 
@@ -27,10 +29,14 @@ from gateway.config import (
     DEFAULT_NEXT_WINDOW_S,
     DEFAULT_OPS_NETWORKS,
     DEFAULT_RECORDER_TIMEOUT_S,
+    DEFAULT_SPOOL_PATH,
     DEFAULT_STORE_PATH,
     DEFAULT_STORE_SYNC,
     DEFAULT_TOKEN_TTL_S,
     MAX_ON_DEMAND_RETENTION_S,
+    NODE_NAME,
+    NODE_NAME_RULE,
+    POSTGRESQL_SCHEMES,
     STORE_SYNC_MODES,
     ApiConfig,
     ApiKeyConfig,
@@ -48,6 +54,7 @@ from gateway.config import (
     StoreConfig,
     TlsConfig,
     UserConfig,
+    default_node_name,
 )
 from gateway.config.yaml_nodes import (
     _AlreadyReported,
@@ -62,8 +69,9 @@ from gateway.config.yaml_nodes import (
 from gateway.errors import ConfigError
 from gateway.model import RecordingMode
 from gateway.passwords import parse_password_hash
+from gateway.redact import redacted_url
 
-TOP_LEVEL_KEYS = ("http", "store", "api", "on_demand", "extensions", "links", "recorders", "log")
+TOP_LEVEL_KEYS = ("node", "http", "store", "api", "on_demand", "extensions", "links", "recorders", "log")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("console", "json")
 SERIAL_PARITIES = ("N", "E", "O", "M", "S")
@@ -115,6 +123,9 @@ LINK_KEYS = (
     "correlation_window",
 )
 RECORDER_KEYS = ("name", "url", "timeout", *SERIAL_KEYS)
+STORE_KEYS = ("path", "url", "spool", "sync", "retention")
+API_KEY_KEYS = ("key", "name", "require_token", "networks", "sites")
+POSTGRESQL_URL_FORM = "postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE[?PARAMETERS]"
 # URL kinds, as `_url_kind` classifies them.
 URL_LISTEN = "listen"
 URL_TCP = "tcp"
@@ -185,6 +196,7 @@ class _Reader(_NodeReader):
     def __init__(self, file: str, base_dir: Path, formats: LinkFormats):
         super().__init__(file, base_dir)
         self.formats = formats
+        self.node = default_node_name()  # the file's `node`, once read: the default spool file is named after it
 
     # -- the file
 
@@ -202,6 +214,9 @@ class _Reader(_NodeReader):
             )
         top = self.mapping(root, "", TOP_LEVEL_KEYS)
         sections: dict[str, Any] = {}
+        if (node := top.get("node")) is not None:
+            with self.collecting():
+                self.node = sections["node"] = self.node_name(node, "node")
         readers = {
             "http": self.http,
             "store": self.store,
@@ -226,7 +241,15 @@ class _Reader(_NodeReader):
         sections.setdefault("store", StoreConfig(path=_absolute(Path(DEFAULT_STORE_PATH))))
         if self.problems:
             return None
+        sections.setdefault("node", self.node)
         return GatewayConfig(source=source, **sections)
+
+    def node_name(self, node: Node, path: str) -> str:
+        """A node's name: `node`, or an entry of api.keys[].sites."""
+        name = self.text(node, path, "a node name")
+        if not NODE_NAME.fullmatch(name):
+            raise self.error(node, path, f"must be a node name of {NODE_NAME_RULE}, not {name!r}")
+        return name
 
     def http(self, node: Node, path: str) -> HttpConfig:
         section = self.mapping(node, path, ("host", "port", "tls", "ops_networks"))
@@ -294,12 +317,29 @@ class _Reader(_NodeReader):
         return TlsConfig(certfile=files[0], keyfile=files[1])
 
     def store(self, node: Node, path: str) -> StoreConfig:
-        section = self.mapping(node, path, ("path", "sync", "retention"))
-        store_path = Path(DEFAULT_STORE_PATH)
-        if (value := section.get("path")) is not None:
-            text = self.text(value, section.key("path"), "a file path")
+        section = self.mapping(node, path, STORE_KEYS)
+        url = None
+        if (value := section.get("url")) is not None:
+            if "path" in section.entries:
+                raise self.error(
+                    section.key_line("url"),
+                    section.key("url"),
+                    "store.path and store.url are exclusive: path is SQLite, url is PostgreSQL",
+                )
+            url = self.postgresql_url(value, section.key("url"))
+        elif "spool" in section.entries:
+            raise self.error(
+                section.key_line("spool"),
+                section.key("spool"),
+                "store.spool is only for store.url; store.path is the SQLite file",
+            )
+        # The local file: the SQLite store, or with a url this node's spool (named after the node by default).
+        store_path = Path(DEFAULT_STORE_PATH) if url is None else Path(DEFAULT_SPOOL_PATH.format(node=self.node))
+        file_key = "path" if url is None else "spool"
+        if (value := section.get(file_key)) is not None:
+            text = self.text(value, section.key(file_key), "a file path")
             if not text.strip():
-                raise self.error(value, section.key("path"), "must not be empty")
+                raise self.error(value, section.key(file_key), "must not be empty")
             store_path = Path(text)
         sync = DEFAULT_STORE_SYNC
         if (value := section.get("sync")) is not None:
@@ -307,7 +347,17 @@ class _Reader(_NodeReader):
         retention = RetentionConfig()
         if (value := section.given("retention")) is not None:
             retention = self.retention(value, section.key("retention"))
-        return StoreConfig(path=_absolute(store_path), sync=sync, retention=retention)
+        return StoreConfig(path=_absolute(store_path), sync=sync, retention=retention, url=url)
+
+    def postgresql_url(self, node: Node, path: str) -> str:
+        """The url as written (query parameters kept); messages show it with its password as ***."""
+        url = self.text(node, path, "a PostgreSQL URL")
+        try:
+            _check_postgresql_url(url)
+        except ValueError as exc:
+            shown = f", not {redacted_url(url)!r}" if url.strip() else ""
+            raise self.error(node, path, f"{exc}; expected {POSTGRESQL_URL_FORM}{shown}") from None
+        return url
 
     def retention(self, node: Node, path: str) -> RetentionConfig:
         """`store.retention`: calls, journal, quarantine, events — each `forever` or a duration."""
@@ -341,7 +391,7 @@ class _Reader(_NodeReader):
         for index, item in enumerate(self.sequence(node, path)):
             item_path = f"{path}[{index}]"
             with self.collecting():
-                entry = self.mapping(item, item_path, ("key", "name", "require_token", "networks"))
+                entry = self.mapping(item, item_path, API_KEY_KEYS)
                 key_node = entry.require("key")
                 key = self.text(key_node, entry.key("key"), "a GUID")
                 if not _GUID.fullmatch(key.strip()):
@@ -364,6 +414,9 @@ class _Reader(_NodeReader):
                 networks = None
                 if (value := entry.given("networks")) is not None:
                     networks = self.networks(value, entry.key("networks"))
+                sites = None
+                if (value := entry.given("sites")) is not None:
+                    sites = self.sites(value, entry.key("sites"))
                 if key in first_by_key:
                     where, line = first_by_key[key]
                     raise self.error(
@@ -378,8 +431,28 @@ class _Reader(_NodeReader):
                     )
                 first_by_key[key] = (item_path, _line(key_node))
                 first_by_name[name] = (item_path, _line(name_node))
-                keys.append(ApiKeyConfig(key=key, name=name, require_token=require_token, networks=networks))
+                keys.append(
+                    ApiKeyConfig(key=key, name=name, require_token=require_token, networks=networks, sites=sites)
+                )
         return keys
+
+    def sites(self, node: Node, path: str) -> tuple[str, ...]:
+        """api.keys[].sites: the nodes whose calls the key sees."""
+        items = self.sequence(node, path)
+        if not items:
+            raise self.error(node, path, "must list at least one node (leave sites out for every node)")
+        sites: list[str] = []
+        first_line: dict[str, int] = {}
+        for index, item in enumerate(items):
+            with self.collecting():
+                site = self.node_name(item, f"{path}[{index}]")
+                if site in first_line:
+                    raise self.error(
+                        item, f"{path}[{index}]", f"duplicate site {site!r}: already listed on line {first_line[site]}"
+                    )
+                first_line[site] = _line(item)
+                sites.append(site)
+        return tuple(sites)
 
     def networks(self, node: Node, path: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network | str, ...]:
         items = self.sequence(node, path)
@@ -778,6 +851,43 @@ def _is_host(text: str) -> bool:
         return True
     except ValueError:
         return _is_host_name(text)
+
+
+def _check_postgresql_url(url: str) -> None:
+    """ValueError says what is wrong with a store.url, never quoting its user name or password."""
+    if not url.strip():
+        raise ValueError("must not be empty")
+    if url != url.strip():
+        raise ValueError("must not start or end with spaces")
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme not in POSTGRESQL_SCHEMES:
+        hint = "" if separator else " (a SQLite file goes in store.path)"
+        raise ValueError(f"must be a PostgreSQL URL starting with postgresql:// or postgres://{hint}")
+    end = re.search(r"[/?#]", rest)
+    if end is not None and "@" in rest[end.start() :]:
+        # The user name or password holds an unencoded / ? or #: the URL would be read with the wrong host.
+        raise ValueError("an @ after the host: in a user name or password write @ / ? # as %40 %2F %3F %23")
+    if "#" in rest:
+        raise ValueError("a # has no place in a PostgreSQL URL (in a password, write it as %23)")
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # urllib's reason ("Invalid IPv6 URL") quotes nothing of the URL
+        raise ValueError("the host is not valid (an IPv6 address goes in brackets: [::1]:5432)") from None
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        written = parts.netloc.rpartition("@")[2].rpartition("]")[2].partition(":")[2]
+        raise ValueError(f"the port must be a number 1–65535, not {written!r}")
+    host = parts.hostname
+    if not host:
+        raise ValueError("the host is missing")
+    # libpq also takes a Unix-socket folder, percent-encoded: postgresql://%2Fvar%2Frun%2Fpostgresql/gateway
+    if not _is_host(host) and not host.lower().startswith("%2f"):
+        raise ValueError(f"{host!r} is not a host name or an IP address (an IPv6 address goes in brackets)")
+    if not parts.path.removeprefix("/"):
+        raise ValueError("the database name is missing (/DATABASE after the host)")
 
 
 def _url_kind(url: str) -> str:

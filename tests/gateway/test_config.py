@@ -1220,3 +1220,170 @@ def test_link_correlation_window_is_a_positive_number(tmp_path):
     with pytest.raises(ConfigError) as raised:
         load_config(path, SMDR_FORMATS)
     assert f"{path}:5" in str(raised.value) and "links[0].correlation_window" in str(raised.value)
+
+
+# ---- a cluster of gateways: node, store.url, store.spool, api.keys[].sites
+
+PG_PASSWORD = "s3cret-pw"
+PG_URL = f"postgresql://gateway:{PG_PASSWORD}@db.example:5432/gateway?sslmode=require"
+
+
+@pytest.mark.parametrize(
+    ("host_name", "node"),
+    [
+        ("pbx1", "pbx1"),
+        ("pbx1.example.com", "pbx1"),
+        ("site a_1", "site-a_1"),
+        ("hôte", "h-te"),
+        ("x" * 70, "x" * 64),
+        ("", "gateway"),
+    ],
+)
+def test_the_default_node_is_the_host_names_first_label_made_valid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, host_name: str, node: str
+) -> None:
+    monkeypatch.setattr("socket.gethostname", lambda: host_name)
+    assert load(tmp_path, "log:\n  level: info\n").node == node
+
+
+@pytest.mark.parametrize("node", ["site-a", "a", "pbx1.example.com", "Site_B-2", "1234", "n" * 64])
+def test_node_names_accepted(tmp_path: Path, node: str) -> None:
+    assert load(tmp_path, f"node: {node}\n").node == node
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        PG_URL,
+        "postgres://db.example/gateway",
+        "postgresql://gateway@10.0.0.5:6432/gateway",
+        "postgresql://gateway:p%40ss%2Fword@[::1]:5432/gateway",
+        "postgresql://db/gateway?sslmode=verify-full&application_name=site-a",
+        "postgresql://%2Fvar%2Frun%2Fpostgresql/gateway",
+    ],
+)
+def test_store_url_is_kept_as_written_and_the_spool_is_named_after_the_node(tmp_path: Path, url: str) -> None:
+    config = load(tmp_path, f"node: site-a\nstore:\n  url: '{url}'\n")
+    assert config.store.url == url
+    assert config.store.path == Path.cwd() / "var" / "gateway-site-a.db"
+
+
+def test_store_spool_is_the_local_file_with_a_url(tmp_path: Path) -> None:
+    config = load(tmp_path, f"store:\n  url: {PG_URL}\n  spool: var/spool.db\n  sync: normal\n")
+    assert (config.store.path, config.store.sync) == (Path.cwd() / "var" / "spool.db", "normal")
+    assert load(tmp_path, f"store:\n  url: {PG_URL}\n  spool: {tmp_path}/s.db\n").store.path == tmp_path / "s.db"
+
+
+def test_without_a_url_the_store_is_sqlite_alone(tmp_path: Path) -> None:
+    config = load(tmp_path, "node: site-a\nstore:\n  path: var/site.db\n")
+    assert (config.store.url, config.store.path) == (None, Path.cwd() / "var" / "site.db")
+    assert load(tmp_path, "node: site-a\n").store.url is None
+
+
+def test_api_key_sites(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        f"api:\n  keys:\n    - {{key: {GUID}, name: crm, sites: [site-a, site-b]}}\n"
+        "    - {key: 11111111-2222-4333-8444-555555555555, name: all}\n",
+    )
+    assert [key.sites for key in config.api.keys] == [("site-a", "site-b"), None]
+
+
+def key_with(sites: str) -> str:
+    return f"api:\n  keys:\n    - key: {GUID}\n      name: crm\n      sites: {sites}\n"
+
+
+CLUSTER_REFUSALS = [
+    # (id, yaml, line, key, fragment)
+    ("node with a space", "log: {level: info}\nnode: site a\n", 2, "node", "must be a node name of 1–64 letters"),
+    ("node too long", f"node: {'n' * 65}\n", 1, "node", "1–64 letters, digits, '.', '_' or '-'"),
+    ("node a slash", "node: site/a\n", 1, "node", "not 'site/a'"),
+    ("node empty", "node: ''\n", 1, "node", "must be a node name"),
+    ("node null", "node:\n", 1, "node", "must be a node name, not empty (null)"),
+    ("node a list", "node: [a]\n", 1, "node", "must be a node name, not a list"),
+    (
+        "path and url",
+        f"store:\n  path: var/gateway.db\n  url: {PG_URL}\n",
+        3,
+        "store.url",
+        "store.path and store.url are exclusive: path is SQLite, url is PostgreSQL",
+    ),
+    (
+        "spool without url",
+        "store:\n  path: var/gateway.db\n  spool: var/spool.db\n",
+        3,
+        "store.spool",
+        "store.spool is only for store.url; store.path is the SQLite file",
+    ),
+    ("spool empty", f"store:\n  url: {PG_URL}\n  spool: ''\n", 3, "store.spool", "must not be empty"),
+    ("url a file path", "store:\n  url: var/gateway.db\n", 2, "store.url", "a SQLite file goes in store.path"),
+    ("url of another database", "store:\n  url: mysql://db/gw\n", 2, "store.url", "starting with postgresql://"),
+    ("url empty", "store:\n  url: ''\n", 2, "store.url", "must not be empty"),
+    ("url null", "store:\n  url:\n", 2, "store.url", "must be a PostgreSQL URL, not empty (null)"),
+    ("url without host", "store:\n  url: postgresql:///gateway\n", 2, "store.url", "the host is missing"),
+    ("url without database", "store:\n  url: postgresql://db:5432\n", 2, "store.url", "database name is missing"),
+    ("url with / only", "store:\n  url: postgresql://db/\n", 2, "store.url", "database name is missing"),
+    ("url port zero", "store:\n  url: postgresql://db:0/gw\n", 2, "store.url", "1–65535, not '0'"),
+    ("url port too big", "store:\n  url: postgresql://db:65536/gw\n", 2, "store.url", "1–65535, not '65536'"),
+    ("url port text", "store:\n  url: postgresql://db:pg/gw\n", 2, "store.url", "1–65535, not 'pg'"),
+    ("url bad host", "store:\n  url: postgresql://db_1/gw\n", 2, "store.url", "'db_1' is not a host name"),
+    ("url ipv6 unclosed", "store:\n  url: 'postgresql://[::1/gw'\n", 2, "store.url", "the host is not valid"),
+    ("url fragment", "store:\n  url: 'postgresql://db/gw#x'\n", 2, "store.url", "a # has no place"),
+    ("url spaces", "store:\n  url: ' postgresql://db/gw'\n", 2, "store.url", "must not start or end with spaces"),
+    ("sites empty", key_with("[]"), 5, "api.keys[0].sites", "must list at least one node"),
+    ("sites not a list", key_with("site-a"), 5, "api.keys[0].sites", "must be a list"),
+    ("site bad name", key_with("[site-a, 'site b']"), 5, "api.keys[0].sites[1]", "must be a node name of 1–64"),
+    (
+        "site twice",
+        key_with("\n        - site-a\n        - site-a"),
+        7,
+        "api.keys[0].sites[1]",
+        "duplicate site 'site-a': already listed on line 6",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "fragment"),
+    [case[1:] for case in CLUSTER_REFUSALS],
+    ids=[case[0] for case in CLUSTER_REFUSALS],
+)
+def test_cluster_keys_refused(tmp_path: Path, text: str, line: int, key: str | None, fragment: str) -> None:
+    assert_names(refused(tmp_path, text), line, key, fragment)
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        (f"postgresql://gateway:{PG_PASSWORD}@db.example:99999/gateway", "1–65535"),
+        (f"postgresql://gateway:{PG_PASSWORD}@db.example", "database name is missing"),
+        (f"postgresql://gateway:{PG_PASSWORD}@/gateway", "the host is missing"),
+        (f"mysql://gateway:{PG_PASSWORD}@db.example/gateway", "starting with postgresql://"),
+        (f"postgresql://gateway:{PG_PASSWORD}/x@db.example/gateway", "write @ / ? # as %40 %2F %3F %23"),
+        (f"postgresql://gateway:{PG_PASSWORD}#x@db.example/gateway", "write @ / ? # as %40 %2F %3F %23"),
+        (f"postgresql://db.example/gateway?password={PG_PASSWORD}#x", "a # has no place"),
+        (f"postgresql://gateway:{PG_PASSWORD}@db_x/gateway", "'db_x' is not a host name"),
+    ],
+)
+def test_a_refused_url_is_shown_without_its_password(tmp_path: Path, url: str, fragment: str) -> None:
+    error = refused(tmp_path, f"store:\n  url: '{url}'\n")
+    assert_names(error, 2, "store.url", fragment)
+    assert PG_PASSWORD not in str(error)
+    assert ":***@" in str(error) or "password=***" in str(error)
+
+
+def test_describe_shows_the_node_the_url_without_its_password_the_spool_and_sites(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        f"node: site-a\nstore:\n  url: '{PG_URL}&password={PG_PASSWORD}'\n"
+        f"api:\n  keys:\n    - {{key: {GUID}, name: crm, sites: [site-a, site-b]}}\n",
+    )
+    text = describe_config(config, SMDR_FORMATS)
+    assert "node: site-a" in text.splitlines()
+    assert (
+        "store: PostgreSQL postgresql://gateway:***@db.example:5432/gateway?sslmode=require&password=***"
+        in text.splitlines()
+    )
+    assert f"  spool (this node's own file): {Path.cwd() / 'var' / 'gateway-site-a.db'} (sync: full)" in text
+    assert "    crm: no token; from any address; sites site-a, site-b" in text.splitlines()
+    assert PG_PASSWORD not in text

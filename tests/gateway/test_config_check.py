@@ -157,6 +157,28 @@ def test_ports_below_1024_are_warned_about(tmp_path: Path) -> None:
     ]
 
 
+PG_URL = "postgresql://gateway:s3cret-pw@db.example:5432/gateway?sslmode=require"
+
+
+def test_check_with_a_store_url_prints_the_node_and_the_url_without_its_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(f"node: site-a\nstore:\n  url: {PG_URL}\n  spool: {tmp_path}/spool.db\n{ONE_KEY}")
+    assert main(["check", "--config", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "node: site-a" in captured.out.splitlines()
+    assert "store: PostgreSQL postgresql://gateway:***@db.example:5432/gateway?sslmode=require" in captured.out
+    assert f"spool (this node's own file): {tmp_path}/spool.db" in captured.out
+    assert "s3cret-pw" not in captured.out + captured.err
+
+
+def test_a_spool_that_cannot_be_created_is_a_store_spool_problem(tmp_path: Path) -> None:
+    (tmp_path / "spool.db").mkdir()
+    config = load(tmp_path, f"store:\n  url: {PG_URL}\n  spool: {tmp_path}/spool.db\n{ONE_KEY}")
+    assert [(finding.key, finding.line) for finding in check_config(config)] == [("store.spool", 3)]
+
+
 # ---- the probe, in-process: TCP targets and listen ports on loopback (serial ports: tests/integration)
 
 
