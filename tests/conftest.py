@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.runners
+import secrets
 import sys
 import threading
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
 from gateway.config import (
@@ -25,6 +27,7 @@ from gateway.config import (
 from gateway.service import Gateway
 from gateway.store import Store
 from simulators.trunkrec import TrunkRecorderSimulator
+from tests.pg_cluster import PostgresCluster
 
 API_KEY = "b3c4d5e6-0000-4000-8000-000000000001"  # the open key of `gateway_config`
 # Tasks the guard lets pass, by coroutine: pyserial-asyncio-fast closes a port in a task of its own that nothing
@@ -156,3 +159,34 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """One aiohttp client session for the test, closed after it."""
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+# --- PostgreSQL: one throwaway server per test process, a fresh database per test --------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A real PostgreSQL server (Debian's package), started for the first test that needs it and removed at the
+    end of the session; fails in CI and skips elsewhere when PostgreSQL is not installed."""
+    cluster = PostgresCluster.create()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+async def pg_url(postgres: PostgresCluster) -> AsyncIterator[str]:
+    """The URL of a new, empty database on the test server, dropped after the test."""
+    name = f"test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(postgres.url)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    yield postgres.url_for(name)
+    admin = await asyncpg.connect(postgres.url)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()
