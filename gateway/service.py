@@ -101,7 +101,7 @@ class Gateway:
             self.tracker, self.recorders, retention_s=config.on_demand.retention_s, observe_command=observe_command
         )
         self.retention = RetentionPruner(self.store, config.store.retention)
-        self.auth = Authenticator(config.api)
+        self.auth = Authenticator(config.api, tokens=self.store.tokens)
         self.app: web.Application = create_app(
             ApiServices(
                 auth=self.auth,
