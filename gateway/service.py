@@ -21,6 +21,7 @@ from gateway.api.outcomes import keep_for_node
 from gateway.api.verba import ActionContext
 from gateway.calls import CallTracker
 from gateway.cluster.node import ClusterNode
+from gateway.cluster.tokens import ClusterTokens
 from gateway.config import GatewayConfig
 from gateway.events import DriverEvent, LinkHealth
 from gateway.feed import RECORDER_STATE, EventFeed
@@ -103,8 +104,6 @@ class Gateway:
         self.policy = RecordingPolicy(
             self.tracker, self.recorders, retention_s=config.on_demand.retention_s, observe_command=observe_command
         )
-        self.retention = RetentionPruner(self.store, config.store.retention)
-        self.auth = Authenticator(config.api)
         self.cluster: ClusterNode | None = None
         if config.store.url is not None:
             self.cluster = ClusterNode(
@@ -122,6 +121,10 @@ class Gateway:
         )
         if self.cluster is not None:
             self.cluster.serve_commands(partial(keep_for_node, self.actions))
+        # In a cluster, tokens are the cluster's: one from RequestToken on any node works on every node.
+        tokens = ClusterTokens(self.cluster.database) if self.cluster is not None else self.store.tokens
+        self.auth = Authenticator(config.api, tokens=tokens)
+        self.retention = RetentionPruner(self.store, config.store.retention, tokens=tokens)
         self.app: web.Application = create_app(
             ApiServices(
                 auth=self.auth,

@@ -1,7 +1,8 @@
 """API authentication (docs/api.md §3): API keys, network restrictions, users, and bearer tokens.
 
 Secrets are compared in constant time and never logged: logs carry key *names* and known user
-names only — never API keys, passwords, tokens or hashes.
+names only — never API keys, passwords, tokens or hashes. Tokens are kept in a TokenStore (the
+gateway's store: they survive a restart and hold on every gateway sharing it) as digests only.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ import asyncio
 import base64
 import binascii
 import datetime
-import hashlib
 import hmac
 import ipaddress
 import secrets
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -26,6 +27,7 @@ import structlog
 from gateway.config import ApiConfig, ApiKeyConfig, UserConfig
 from gateway.errors import ApiError
 from gateway.passwords import DEFAULT_N, PasswordHash, hash_password, parse_password_hash, verify_password
+from gateway.tokens import StoredToken, TokenStore, secret_digest
 
 log = structlog.get_logger(__name__)
 
@@ -34,9 +36,9 @@ DEFAULT_RESOLVE_TTL_S = 60.0
 # A host-name lookup that takes longer than this is treated as failed: the request is answered
 # (403) instead of hanging on a dead DNS server for the resolver's full retry schedule.
 RESOLVE_TIMEOUT_S = 5.0
-# Expired grants are pruned when the table reaches this size, then at twice the live size,
-# so pruning costs amortised O(1) per issued token.
-MIN_PRUNE_THRESHOLD = 64
+# Valid grants kept in memory, so that a token in use costs no store read per request. Only tokens found in
+# the store (or issued here) enter it — never what a client merely sends — and the least recently used go first.
+DEFAULT_GRANT_CACHE_SIZE = 10_000
 
 BASIC_SCHEME = "basic"
 BEARER_SCHEME = "bearer"
@@ -57,9 +59,9 @@ _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 @dataclass(frozen=True, slots=True)
 class TokenGrant:
-    api_key: str  # the key GUID the token was issued for
+    key_digest: bytes  # sha256 of the lower-cased key GUID the token was issued for
     user: UserConfig
-    expires_at: float  # clock (monotonic) seconds
+    expires_at: float  # UTC epoch seconds (the wall clock: it must mean the same after a restart)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +84,9 @@ def _secret_bytes(value: str) -> bytes:
     return value.encode("utf-8", "replace")
 
 
-def _token_digest(token: str) -> bytes:
-    return hashlib.sha256(_secret_bytes(token)).digest()
+def _key_digest(key: ApiKeyConfig) -> bytes:
+    """What the token store keeps of the key a token is for: GUIDs are case-insensitive."""
+    return secret_digest(key.key.lower())
 
 
 def _parse_address(text: str) -> _Address | None:
@@ -118,14 +121,19 @@ class Authenticator:
         self,
         api: ApiConfig,
         *,
+        tokens: TokenStore,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         resolve_ttl_s: float = DEFAULT_RESOLVE_TTL_S,
+        grant_cache_size: int = DEFAULT_GRANT_CACHE_SIZE,
     ) -> None:
         self._api = api
-        self._clock = clock
+        self._tokens = tokens
+        self._clock = clock  # host-name cache
+        self._wall_clock = wall_clock  # token expiry
         self._resolve_ttl_s = resolve_ttl_s
         self._token_ttl_s = float(api.token_ttl_s)
-        self._keys = tuple((_secret_bytes(key.key.lower()), key) for key in api.keys)
+        self._keys = tuple((_secret_bytes(key.key.lower()), _key_digest(key), key) for key in api.keys)
         self._users_by_name = {user.name: user for user in api.users}
         self._hashes_by_user: dict[str, PasswordHash | None] = {}
         for user in api.users:
@@ -135,8 +143,8 @@ class Authenticator:
                 log.warning("api user has an unusable password hash; its logins will fail", user=user.name)
                 self._hashes_by_user[user.name] = None
         self._dummy_hash: PasswordHash | None = None
-        self._grants_by_digest: dict[bytes, TokenGrant] = {}
-        self._prune_threshold = MIN_PRUNE_THRESHOLD
+        self._grants_by_digest: OrderedDict[bytes, TokenGrant] = OrderedDict()  # least recently used first
+        self._grant_cache_size = grant_cache_size
         self._resolved_by_name: dict[str, tuple[float, frozenset[_Address]]] = {}
         self._resolving_by_name: dict[str, asyncio.Future[frozenset[_Address]]] = {}
         self._names_failing: set[str] = set()
@@ -149,7 +157,7 @@ class Authenticator:
             raise ApiError(401, MISSING_API_KEY)
         candidate = _secret_bytes(api_key.lower())
         found: ApiKeyConfig | None = None
-        for key_bytes, key in self._keys:  # every key, no early exit: timing says nothing
+        for key_bytes, _, key in self._keys:  # every key, no early exit: timing says nothing
             if hmac.compare_digest(candidate, key_bytes):
                 found = key
         if found is None:
@@ -250,41 +258,57 @@ class Authenticator:
 
     # ---- tokens -------------------------------------------------------------------------------
 
-    def issue_token(self, key: ApiKeyConfig, user: UserConfig) -> str:
-        """A new unguessable token for `user`, valid token_ttl_s and only with `key`."""
-        now = self._clock()
-        if len(self._grants_by_digest) >= self._prune_threshold:
-            self._prune(now)
+    async def issue_token(self, key: ApiKeyConfig, user: UserConfig) -> str:
+        """A new unguessable token for `user`, valid token_ttl_s and only with `key`; returned once it is
+        stored (a StoreError when it cannot be: the client gets no token that would not work)."""
         token = secrets.token_urlsafe(TOKEN_BYTES)
-        self._grants_by_digest[_token_digest(token)] = TokenGrant(key.key, user, now + self._token_ttl_s)
+        digest = secret_digest(token)
+        grant = TokenGrant(_key_digest(key), user, self._wall_clock() + self._token_ttl_s)
+        await self._tokens.put(StoredToken(digest, grant.key_digest, user.name, grant.expires_at))
+        self._remember(digest, grant)
         log.info("api token issued", key=key.name, user=user.name)
         return token
 
-    def _prune(self, now: float) -> None:
-        expired = [digest for digest, grant in self._grants_by_digest.items() if grant.expires_at <= now]
-        for digest in expired:
-            del self._grants_by_digest[digest]
-        self._prune_threshold = max(MIN_PRUNE_THRESHOLD, 2 * len(self._grants_by_digest))
-
-    def check_token(self, key: ApiKeyConfig, token: str | None) -> TokenGrant:
+    async def check_token(self, key: ApiKeyConfig, token: str | None) -> TokenGrant:
         """The grant behind `token`; 401 when missing, unknown, issued for another key, or expired."""
-        grant = self._grant(token)
-        if not hmac.compare_digest(_secret_bytes(grant.api_key), _secret_bytes(key.key)):
+        grant = await self._grant(token)
+        if not hmac.compare_digest(grant.key_digest, _key_digest(key)):
             raise ApiError(401, TOKEN_WRONG_KEY)
         return grant
 
-    def _grant(self, token: str | None) -> TokenGrant:
+    async def _grant(self, token: str | None) -> TokenGrant:
         """The live grant behind `token`; 401 when missing, unknown or expired."""
         if not token:
             raise ApiError(401, MISSING_TOKEN)
-        digest = _token_digest(token)  # the table is keyed by hash: lookup timing reveals nothing usable
+        digest = secret_digest(token)  # looked up by hash: lookup timing reveals nothing usable
         grant = self._grants_by_digest.get(digest)
         if grant is None:
-            raise ApiError(401, INVALID_TOKEN)
-        if self._clock() >= grant.expires_at:
+            grant = await self._load(digest)
+        else:
+            self._grants_by_digest.move_to_end(digest)
+        if self._wall_clock() >= grant.expires_at:
             self._grants_by_digest.pop(digest, None)
             raise ApiError(401, EXPIRED_TOKEN)
         return grant
+
+    async def _load(self, digest: bytes) -> TokenGrant:
+        """The grant the token store holds (issued here before a restart, or by another gateway); 401 when
+        there is none, or its user is no longer configured. A StoreError goes to the caller (503)."""
+        stored = await self._tokens.get(digest)
+        user = self._users_by_name.get(stored.user) if stored is not None else None
+        if stored is None or user is None:
+            raise ApiError(401, INVALID_TOKEN)
+        grant = TokenGrant(stored.key_digest, user, stored.expires_at)
+        if self._wall_clock() < grant.expires_at:
+            self._remember(digest, grant)
+        return grant
+
+    def _remember(self, digest: bytes, grant: TokenGrant) -> None:
+        grants = self._grants_by_digest
+        grants[digest] = grant
+        grants.move_to_end(digest)
+        while len(grants) > self._grant_cache_size:
+            grants.popitem(last=False)
 
     # ---- Authorization header -----------------------------------------------------------------
 
@@ -326,7 +350,7 @@ class Authenticator:
         supplied = token or self.bearer_token(authorization)
         if not supplied and not key.require_token:
             return Principal(key, None)
-        grant = self.check_token(key, supplied)  # a token that is given must be valid, required or not
+        grant = await self.check_token(key, supplied)  # a token that is given must be valid, required or not
         return Principal(key, grant.user)
 
     async def authenticate_operator(
@@ -338,18 +362,17 @@ class Authenticator:
         supplied = token or self.bearer_token(authorization)
         if api_key or not supplied:
             return await self.authenticate(api_key=api_key, token=token, authorization=authorization, remote=remote)
-        grant = self._grant(supplied)
+        grant = await self._grant(supplied)
         key = self._key_of(grant)
         await self.check_network(key, remote)
         return Principal(key, grant.user)
 
     def _key_of(self, grant: TokenGrant) -> ApiKeyConfig:
-        candidate = _secret_bytes(grant.api_key.lower())
         found: ApiKeyConfig | None = None
-        for key_bytes, key in self._keys:
-            if hmac.compare_digest(candidate, key_bytes):
+        for _, key_digest, key in self._keys:  # every key, no early exit
+            if hmac.compare_digest(grant.key_digest, key_digest):
                 found = key
-        if found is None:  # not after a reload: keys and grants live and die with the process
+        if found is None:  # the key was removed from the configuration since the token was issued
             raise ApiError(401, INVALID_TOKEN)
         return found
 
@@ -369,4 +392,4 @@ class Authenticator:
         if basic is not None:
             user_name, password = basic
         user = await self.verify_user(user_name, password)
-        return self.issue_token(key, user)
+        return await self.issue_token(key, user)

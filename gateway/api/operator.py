@@ -81,12 +81,13 @@ def _json_errors(handler: Handler) -> Handler:
         except ApiError as error:
             return web.json_response({"error": error.message}, status=error.http_status, headers=_NO_STORE)
         except StoreError:
-            return web.json_response({"error": "the store refuses reads; try again later"}, status=503)
+            return web.json_response({"error": STORE_REFUSES_READS}, status=503)
 
     return answer
 
 
 _NO_STORE = {"Cache-Control": "no-store"}
+STORE_REFUSES_READS = "the store refuses reads; try again later"
 
 
 async def _redirect_to_status(request: web.Request) -> web.StreamResponse:
@@ -100,6 +101,8 @@ async def _status_page(request: web.Request) -> web.StreamResponse:
         await authenticate(request)
     except ApiError as error:
         return web.Response(text=error.message + "\n", status=error.http_status, headers=_NO_STORE)
+    except StoreError:  # a token the store must be asked about, and it cannot answer
+        return web.Response(text=STORE_REFUSES_READS + "\n", status=503, headers=_NO_STORE)
     html = (_STATIC / "status.html").read_bytes()
     return web.Response(body=html, content_type="text/html", charset="utf-8", headers=_page_headers())
 

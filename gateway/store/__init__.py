@@ -1,5 +1,5 @@
-"""The durable store: calls, recordings, the raw line journal, the quarantine and the event feed in one SQLite
-(WAL) file. One writer thread group-commits every write; readers use their own connections in a small pool,
+"""The durable store: calls, recordings, the raw line journal, the quarantine, the event feed and API tokens in
+one SQLite (WAL) file. One writer thread group-commits every write; readers use their own connections in a small pool,
 never the loop.
 
 store.Store is the face the gateway uses; writer.py is the engine behind its writes, readers.py behind its

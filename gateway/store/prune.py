@@ -29,6 +29,10 @@ SELECT_OLDEST_QUARANTINE = "SELECT seq, received_at FROM quarantine ORDER BY seq
 DELETE_QUARANTINE_UP_TO = "DELETE FROM quarantine WHERE seq <= ?"
 SELECT_OLDEST_EVENTS = "SELECT seq, at FROM events ORDER BY seq LIMIT ?"
 DELETE_EVENTS_UP_TO = "DELETE FROM events WHERE seq <= ?"
+# Expired API tokens (expired once now >= expires_at), soonest expiry first along tokens_expires_at.
+DELETE_EXPIRED_TOKENS = (
+    "DELETE FROM tokens WHERE digest IN (SELECT digest FROM tokens WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)"
+)
 
 
 def prune(cursor: sqlite3.Cursor, table: str, cutoff: float, limit: int, max_variables: int) -> int:
@@ -89,6 +93,11 @@ def _last_of_old_prefix(
             continue
         count, last_seq = count + 1, seq
     return (last_seq, count) if count else None
+
+
+def prune_tokens(cursor: sqlite3.Cursor, now_epoch: float, limit: int) -> int:
+    """Delete up to `limit` tokens expired at `now_epoch`; how many went."""
+    return cursor.execute(DELETE_EXPIRED_TOKENS, (now_epoch, limit)).rowcount
 
 
 def vacuum_step(cursor: sqlite3.Cursor, pages: int) -> int:

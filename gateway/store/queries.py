@@ -52,6 +52,7 @@ SELECT_QUARANTINE_PAGE = (
     "SELECT seq, journal_seq, link, received_at, raw, reason FROM quarantine WHERE link = ? AND seq < ?"
     " ORDER BY seq DESC LIMIT ?"
 )
+SELECT_TOKEN = "SELECT digest, key_digest, user, expires_at FROM tokens WHERE digest = ?"
 SELECT_SPACE = "SELECT * FROM pragma_page_count(), pragma_freelist_count(), pragma_auto_vacuum(), pragma_page_size()"
 
 # Each function below runs in a reader thread. Autocommit mode: a lone SELECT sees every commit made before it

@@ -145,6 +145,18 @@ MIGRATIONS: list[str] = [
         data TEXT NOT NULL
     );
     """,
+    # 5: API tokens from RequestToken (gateway/tokens.py), so that they survive a restart. Digests only: sha256 of
+    # the token and of the lower-cased API key, never either. Expired ones are pruned along expires_at. WITHOUT
+    # ROWID: the rows are small and looked up by digest only, so the primary key needs no index of its own.
+    """
+    CREATE TABLE tokens (
+        digest BLOB PRIMARY KEY,
+        key_digest BLOB NOT NULL,
+        user TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX tokens_expires_at ON tokens(expires_at);
+    """,
 ]
 
 SELECT_STORE_INSTANCE = "SELECT value FROM store_meta WHERE key = 'instance_id'"

@@ -1,5 +1,5 @@
-"""The Store: the gateway's SQLite (WAL) file of calls, recordings, the raw line journal, the quarantine and the
-event feed, as the rest of the gateway sees it: open/close, writes queued to the writer thread, reads run in
+"""The Store: the gateway's SQLite (WAL) file of calls, recordings, the raw line journal, the quarantine, the
+event feed and API tokens, as the rest of the gateway sees it: open/close, writes queued to the writer thread, reads run in
 the reader pool. Never touches the database on the event loop."""
 
 from __future__ import annotations
@@ -28,12 +28,15 @@ from gateway.store.writer import (
     APPEND_JOURNAL_MANY,
     DEFAULT_BATCH_MAX,
     PRUNE,
+    PRUNE_TOKENS,
+    PUT_TOKEN,
     QUARANTINE,
     SAVE_CALLS,
     STOP,
     VACUUM,
     Writer,
 )
+from gateway.tokens import StoredToken
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +65,7 @@ class Store:
         self._writer = Writer(self._path, sync=sync, batch_max=batch_max)
         self._readers = ReaderPool(self._path)
         self._closed: asyncio.Future[None] | None = None
+        self.tokens = TokenTable(self)
 
     @property
     def instance_id(self) -> int:
@@ -197,6 +201,23 @@ class Store:
         found = await self._read(queries.read_rows, queries.SELECT_LAST_EVENT_SEQ, ())
         return int(found[0][0]) if found else 0
 
+    # ---- API tokens (gateway.tokens; `tokens` is this store as a TokenStore)
+
+    async def put_token(self, grant: StoredToken) -> None:
+        """Keep an issued token; returns once committed (and, with sync full, fsynced)."""
+        await self._submit(PUT_TOKEN, (grant.digest, grant.key_digest, grant.user, grant.expires_at))
+
+    async def get_token(self, digest: bytes) -> StoredToken | None:
+        found = await self._read(queries.read_rows, queries.SELECT_TOKEN, (digest,))
+        if not found:
+            return None
+        stored_digest, key_digest, user, expires_at = found[0]
+        return StoredToken(bytes(stored_digest), bytes(key_digest), user, float(expires_at))
+
+    async def prune_tokens(self, now_epoch: float, limit: int) -> int:
+        """Delete up to `limit` tokens expired at `now_epoch` (UTC epoch seconds), in one short write; how many went."""
+        return await self._submit(PRUNE_TOKENS, (now_epoch, limit))
+
     def _submit(self, kind: int, payload: Any) -> asyncio.Future[Any]:
         loop = self._loop
         with self._state_lock:
@@ -308,3 +329,19 @@ class Store:
         if self._state != _OPEN or self._loop is None:
             raise StoreError(f"store {self._path} is not open")
         return await self._readers.submit(function, args)
+
+
+class TokenTable:
+    """The store's token table as a gateway.tokens.TokenStore (the Store's own `prune` is retention's)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def put(self, grant: StoredToken) -> None:
+        await self._store.put_token(grant)
+
+    async def get(self, digest: bytes) -> StoredToken | None:
+        return await self._store.get_token(digest)
+
+    async def prune(self, now_epoch: float, limit: int) -> int:
+        return await self._store.prune_tokens(now_epoch, limit)

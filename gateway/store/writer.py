@@ -47,6 +47,8 @@ APPEND_JOURNAL_MANY = 4  # payload: journal rows of one link → their seqs
 PRUNE = 5
 VACUUM = 6
 APPEND_EVENTS = 7  # payload: event rows
+PUT_TOKEN = 8  # payload: a tokens row
+PRUNE_TOKENS = 9  # payload: (now epoch, row limit) → tokens deleted
 
 # (kind, payload, future); the future is None only for the stop marker.
 Op = tuple[int, Any, "asyncio.Future[Any] | None"]
@@ -266,6 +268,11 @@ class Writer:
             return prune.prune(cursor, table, cutoff, limit, self._max_variables)
         if kind == VACUUM:
             return prune.vacuum_step(cursor, payload)
+        if kind == PUT_TOKEN:
+            writes.insert_token(cursor, payload)
+            return None
+        if kind == PRUNE_TOKENS:
+            return prune.prune_tokens(cursor, *payload)
         raise AssertionError(f"unknown store op {kind}")
 
 
@@ -276,6 +283,10 @@ def _describe(kind: int, payload: Any) -> str:
         return f"incremental vacuum of {payload} pages"
     if kind == APPEND_EVENTS:
         return f"append of {len(payload)} events"
+    if kind == PUT_TOKEN:
+        return "save of an API token"  # its row is digests, but no digest goes into a message either
+    if kind == PRUNE_TOKENS:
+        return "prune of expired API tokens"
     if kind == SAVE_CALLS:
         snapshots = payload[0]
         return f"save call {snapshots[0].call_id}" if len(snapshots) == 1 else f"save {len(snapshots)} calls"

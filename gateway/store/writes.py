@@ -1,4 +1,4 @@
-"""What each write does in SQL: call saves, link progress, journal lines, quarantine and feed events.
+"""What each write does in SQL: call saves, link progress, journal lines, quarantine, feed events and API tokens.
 
 These run on the writer thread, inside the transaction of its current batch.
 """
@@ -23,6 +23,8 @@ UPSERT_PROGRESS = upsert("link_progress", "link, applied_seq, replay_from_seq, c
 INSERT_QUARANTINE = (
     "INSERT OR IGNORE INTO quarantine (journal_seq, link, received_at, raw, reason) VALUES (?, ?, ?, ?, ?)"
 )
+# A plain INSERT: two tokens with one digest (256 random bits each) would be a bug worth failing on.
+INSERT_TOKEN = "INSERT INTO tokens (digest, key_digest, user, expires_at) VALUES (?, ?, ?, ?)"
 
 
 def save_snapshots(cursor: sqlite3.Cursor, snapshots: list[CallSnapshot], max_variables: int) -> None:
@@ -59,3 +61,7 @@ def insert_quarantine(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> None:
 
 def insert_events(cursor: sqlite3.Cursor, rows: list[tuple[Any, ...]], max_variables: int) -> None:
     execute_rows(cursor, INSERT_EVENTS, rows, max_variables)
+
+
+def insert_token(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> None:
+    cursor.execute(INSERT_TOKEN, row)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
+import hashlib
 import ipaddress
 import socket
 from collections.abc import Callable
@@ -15,8 +16,9 @@ import structlog.testing
 
 from gateway.api.auth import Authenticator, Principal
 from gateway.config import ApiConfig, ApiKeyConfig, UserConfig
-from gateway.errors import ApiError
+from gateway.errors import ApiError, StoreError
 from gateway.passwords import hash_password
+from gateway.tokens import MemoryTokenStore, StoredToken, secret_digest
 
 OPEN_KEY = ApiKeyConfig(key="74c8eea0-50c6-40b2-9f3e-252ed501c3c8", name="crm")
 TOKEN_KEY = ApiKeyConfig(key="0a1b2c3d-0000-4000-8000-00000000abcd", name="compliance", require_token=True)
@@ -50,8 +52,13 @@ def _api(users: tuple[UserConfig, ...], *keys: ApiKeyConfig) -> ApiConfig:
 
 
 @pytest.fixture
-def auth(users: tuple[UserConfig, UserConfig], clock: FakeClock) -> Authenticator:
-    return Authenticator(_api(users), clock=clock)
+def token_store() -> MemoryTokenStore:
+    return MemoryTokenStore()
+
+
+@pytest.fixture
+def auth(users: tuple[UserConfig, UserConfig], clock: FakeClock, token_store: MemoryTokenStore) -> Authenticator:
+    return Authenticator(_api(users), tokens=token_store, clock=clock, wall_clock=clock)
 
 
 def _restricted(*networks: ipaddress.IPv4Network | ipaddress.IPv6Network | str) -> ApiKeyConfig:
@@ -290,30 +297,33 @@ async def test_logs_never_carry_secrets(auth: Authenticator, clock: FakeClock) -
 # ---- tokens ------------------------------------------------------------------------------------
 
 
-def test_issue_and_check_token(auth: Authenticator, users: tuple[UserConfig, UserConfig], clock: FakeClock) -> None:
-    token = auth.issue_token(TOKEN_KEY, users[0])
+async def test_issue_and_check_token(
+    auth: Authenticator, users: tuple[UserConfig, UserConfig], clock: FakeClock
+) -> None:
+    token = await auth.issue_token(TOKEN_KEY, users[0])
     assert len(token) >= 43  # 32 bytes urlsafe base64
-    assert token != auth.issue_token(TOKEN_KEY, users[0])
-    grant = auth.check_token(TOKEN_KEY, token)
+    assert token != await auth.issue_token(TOKEN_KEY, users[0])
+    grant = await auth.check_token(TOKEN_KEY, token)
     assert grant.user is users[0]
-    assert grant.api_key == TOKEN_KEY.key
+    assert grant.key_digest == hashlib.sha256(TOKEN_KEY.key.lower().encode()).digest()
     assert grant.expires_at == clock.now + TOKEN_TTL_S
 
 
-def test_token_expires(auth: Authenticator, users: tuple[UserConfig, UserConfig], clock: FakeClock) -> None:
-    token = auth.issue_token(TOKEN_KEY, users[0])
+async def test_token_expires(auth: Authenticator, users: tuple[UserConfig, UserConfig], clock: FakeClock) -> None:
+    token = await auth.issue_token(TOKEN_KEY, users[0])
     clock.now += TOKEN_TTL_S - 0.001
-    auth.check_token(TOKEN_KEY, token)
+    await auth.check_token(TOKEN_KEY, token)
     clock.now += 0.001
     with pytest.raises(ApiError) as caught:
-        auth.check_token(TOKEN_KEY, token)
+        await auth.check_token(TOKEN_KEY, token)
     assert (caught.value.http_status, caught.value.message) == (401, "Token expired")
+    assert not auth._grants_by_digest  # an expired grant leaves the cache
 
 
-def test_token_for_another_key(auth: Authenticator, users: tuple[UserConfig, UserConfig]) -> None:
-    token = auth.issue_token(TOKEN_KEY, users[0])
+async def test_token_for_another_key(auth: Authenticator, users: tuple[UserConfig, UserConfig]) -> None:
+    token = await auth.issue_token(TOKEN_KEY, users[0])
     with pytest.raises(ApiError) as caught:
-        auth.check_token(OTHER_KEY, token)
+        await auth.check_token(OTHER_KEY, token)
     assert (caught.value.http_status, caught.value.message) == (401, "Token is not valid for this API key")
 
 
@@ -321,38 +331,130 @@ TAMPERINGS = [lambda t: t[:-1], lambda t: t + "A", lambda t: t[::-1], lambda t: 
 
 
 @pytest.mark.parametrize("mutate", TAMPERINGS)
-def test_tampered_token(
+async def test_tampered_token(
     auth: Authenticator, users: tuple[UserConfig, UserConfig], mutate: Callable[[str], str]
 ) -> None:
-    token = auth.issue_token(TOKEN_KEY, users[0])
+    token = await auth.issue_token(TOKEN_KEY, users[0])
     with pytest.raises(ApiError) as caught:
-        auth.check_token(TOKEN_KEY, mutate(token))
+        await auth.check_token(TOKEN_KEY, mutate(token))
     assert (caught.value.http_status, caught.value.message) == (401, "Invalid token")
 
 
 @pytest.mark.parametrize("token", [None, ""])
-def test_missing_token(auth: Authenticator, token: str | None) -> None:
+async def test_missing_token(auth: Authenticator, token: str | None) -> None:
     with pytest.raises(ApiError) as caught:
-        auth.check_token(TOKEN_KEY, token)
+        await auth.check_token(TOKEN_KEY, token)
     assert (caught.value.http_status, caught.value.message) == (401, "Missing parameter 'token'")
 
 
-def test_expired_grants_are_pruned_on_issue(
-    auth: Authenticator, users: tuple[UserConfig, UserConfig], clock: FakeClock
+async def test_the_token_store_keeps_digests_only(
+    auth: Authenticator, users: tuple[UserConfig, UserConfig], token_store: MemoryTokenStore, clock: FakeClock
 ) -> None:
-    for _ in range(100):
-        auth.issue_token(TOKEN_KEY, users[0])
-    clock.now += TOKEN_TTL_S + 1
-    live = [auth.issue_token(TOKEN_KEY, users[1]) for _ in range(200)]
-    assert len(auth._grants_by_digest) <= 200 + 64
-    for token in live:
-        assert auth.check_token(TOKEN_KEY, token).user is users[1]
+    token = await auth.issue_token(TOKEN_KEY, users[0])
+    digest = hashlib.sha256(token.encode()).digest()
+    assert token_store.tokens == {
+        digest: StoredToken(digest, secret_digest(TOKEN_KEY.key), "alice", clock.now + TOKEN_TTL_S)
+    }
+    assert token not in repr(token_store.tokens) and TOKEN_KEY.key not in repr(token_store.tokens)
+    assert list(auth._grants_by_digest) == [digest]
 
 
-def test_grants_are_keyed_by_token_hash(auth: Authenticator, users: tuple[UserConfig, UserConfig]) -> None:
-    token = auth.issue_token(TOKEN_KEY, users[0])
-    assert token not in auth._grants_by_digest
-    assert all(isinstance(digest, bytes) and len(digest) == 32 for digest in auth._grants_by_digest)
+async def test_a_token_outlives_its_authenticator(
+    users: tuple[UserConfig, UserConfig], clock: FakeClock, token_store: MemoryTokenStore
+) -> None:
+    """A restart, or another gateway on the same store: a new Authenticator with a cold cache."""
+    first = Authenticator(_api(users), tokens=token_store, clock=clock, wall_clock=clock)
+    token = await first.issue_token(TOKEN_KEY, users[1])
+    other = await first.issue_token(OTHER_KEY, users[1])
+    second = Authenticator(_api(users), tokens=token_store, clock=clock, wall_clock=clock)
+    assert (await second.check_token(TOKEN_KEY, token)).user is users[1]
+    principal = await second.authenticate_operator(api_key=None, token=token, authorization=None, remote=None)
+    assert principal == Principal(TOKEN_KEY, users[1])
+    with pytest.raises(ApiError) as caught:
+        await second.check_token(TOKEN_KEY, other)
+    assert (caught.value.http_status, caught.value.message) == (401, "Token is not valid for this API key")
+    clock.now += TOKEN_TTL_S
+    third = Authenticator(_api(users), tokens=token_store, clock=clock, wall_clock=clock)
+    with pytest.raises(ApiError) as caught:
+        await third.check_token(TOKEN_KEY, token)
+    assert (caught.value.http_status, caught.value.message) == (401, "Token expired")
+    assert not third._grants_by_digest  # an expired grant read from the store is not cached
+
+
+async def test_a_token_of_a_user_or_key_no_longer_configured_is_invalid(
+    users: tuple[UserConfig, UserConfig], clock: FakeClock, token_store: MemoryTokenStore
+) -> None:
+    before = Authenticator(_api(users), tokens=token_store, clock=clock, wall_clock=clock)
+    bobs = await before.issue_token(TOKEN_KEY, users[1])
+    alices_other = await before.issue_token(OTHER_KEY, users[0])
+    after = Authenticator(_api(users[:1], TOKEN_KEY), tokens=token_store, clock=clock, wall_clock=clock)
+    with pytest.raises(ApiError) as caught:
+        await after.check_token(TOKEN_KEY, bobs)
+    assert (caught.value.http_status, caught.value.message) == (401, "Invalid token")
+    with pytest.raises(ApiError) as caught:  # a token alone stands for its key, which is gone
+        await after.authenticate_operator(api_key=None, token=alices_other, authorization=None, remote=None)
+    assert (caught.value.http_status, caught.value.message) == (401, "Invalid token")
+
+
+class CountingTokenStore(MemoryTokenStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+        self.failing = False
+
+    async def get(self, digest: bytes) -> StoredToken | None:
+        self.gets += 1
+        if self.failing:
+            raise StoreError("store test.db is not open")
+        return await super().get(digest)
+
+
+async def test_valid_grants_are_cached_and_unknown_tokens_never_are(
+    users: tuple[UserConfig, UserConfig], clock: FakeClock
+) -> None:
+    store = CountingTokenStore()
+    issuer = Authenticator(_api(users), tokens=store, clock=clock, wall_clock=clock)
+    tokens = [await issuer.issue_token(TOKEN_KEY, users[0]) for _ in range(5)]
+    auth = Authenticator(_api(users), tokens=store, clock=clock, wall_clock=clock, grant_cache_size=3)
+    for _ in range(2):
+        for token in tokens[:3]:
+            await auth.check_token(TOKEN_KEY, token)
+    assert store.gets == 3  # one read each, then the cache
+    for index in range(100):
+        with pytest.raises(ApiError):
+            await auth.check_token(TOKEN_KEY, f"guess-{index}")
+    assert len(auth._grants_by_digest) == 3 and store.gets == 103
+    await auth.check_token(TOKEN_KEY, tokens[0])  # the least recently used is now tokens[1]
+    await auth.check_token(TOKEN_KEY, tokens[3])
+    assert len(auth._grants_by_digest) == 3
+    await auth.check_token(TOKEN_KEY, tokens[1])
+    assert store.gets == 105  # tokens[1] was evicted: read again
+
+
+async def test_a_store_that_cannot_answer_is_a_store_error(
+    users: tuple[UserConfig, UserConfig], clock: FakeClock
+) -> None:
+    store = CountingTokenStore()
+    token = await Authenticator(_api(users), tokens=store, clock=clock, wall_clock=clock).issue_token(
+        TOKEN_KEY, users[0]
+    )
+    store.failing = True
+    auth = Authenticator(_api(users), tokens=store, clock=clock, wall_clock=clock)
+    with pytest.raises(StoreError):  # the API answers 503, not "Invalid token"
+        await auth.authenticate(api_key=TOKEN_KEY.key, token=token, authorization=None, remote=None)
+
+
+async def test_no_token_when_the_store_cannot_keep_it(users: tuple[UserConfig, UserConfig]) -> None:
+    class FullStore(MemoryTokenStore):
+        async def put(self, grant: StoredToken) -> None:
+            raise StoreError("store test.db: save of an API token failed: database or disk is full")
+
+    auth = Authenticator(_api(users), tokens=FullStore())
+    with pytest.raises(StoreError):
+        await auth.request_token(
+            api_key=TOKEN_KEY.key, user_name="alice", password="pw", authorization=None, remote="127.0.0.1"
+        )
+    assert not auth._grants_by_digest
 
 
 # ---- Authorization header ----------------------------------------------------------------------
@@ -423,7 +525,7 @@ async def test_authenticate_key_only(auth: Authenticator) -> None:
 async def test_authenticate_key_only_with_valid_token_supplies_the_user(
     auth: Authenticator, users: tuple[UserConfig, UserConfig]
 ) -> None:
-    token = auth.issue_token(OPEN_KEY, users[0])
+    token = await auth.issue_token(OPEN_KEY, users[0])
     for kwargs in ({"token": token, "authorization": None}, {"token": None, "authorization": f"Bearer {token}"}):
         principal = await auth.authenticate(api_key=OPEN_KEY.key, remote="127.0.0.1", **kwargs)
         assert principal.user is users[0]
@@ -433,7 +535,7 @@ async def test_authenticate_key_only_with_valid_token_supplies_the_user(
 async def test_authenticate_key_only_with_bad_token_is_refused(
     auth: Authenticator, users: tuple[UserConfig, UserConfig]
 ) -> None:
-    other = auth.issue_token(OTHER_KEY, users[0])
+    other = await auth.issue_token(OTHER_KEY, users[0])
     for token, message in (("bogus", "Invalid token"), (other, "Token is not valid for this API key")):
         with pytest.raises(ApiError) as caught:
             await auth.authenticate(api_key=OPEN_KEY.key, token=token, authorization=None, remote=None)
@@ -447,7 +549,7 @@ async def test_authenticate_require_token(
         await auth.authenticate(api_key=TOKEN_KEY.key, token=None, authorization=None, remote=None)
     assert (caught.value.http_status, caught.value.message) == (401, "Missing parameter 'token'")
 
-    token = auth.issue_token(TOKEN_KEY, users[1])
+    token = await auth.issue_token(TOKEN_KEY, users[1])
     principal = await auth.authenticate(api_key=TOKEN_KEY.key, token=token, authorization=None, remote=None)
     assert principal.key is TOKEN_KEY and principal.user is users[1]
     assert principal.tz == ZoneInfo("UTC")
@@ -464,7 +566,7 @@ async def test_authenticate_require_token(
 
 async def test_authenticate_checks_key_and_network_first(users: tuple[UserConfig, UserConfig]) -> None:
     restricted = _restricted(ipaddress.ip_network("10.0.0.0/8"))
-    auth = Authenticator(_api(users, restricted))
+    auth = Authenticator(_api(users, restricted), tokens=MemoryTokenStore())
     with pytest.raises(ApiError) as caught:
         await auth.authenticate(api_key=None, token=None, authorization=None, remote="10.0.0.1")
     assert caught.value.http_status == 401
@@ -479,7 +581,7 @@ async def test_request_token_via_parameters(auth: Authenticator, users: tuple[Us
     token = await auth.request_token(
         api_key=TOKEN_KEY.key, user_name="alice", password="pw", authorization=None, remote="127.0.0.1"
     )
-    assert auth.check_token(TOKEN_KEY, token).user is users[0]
+    assert (await auth.check_token(TOKEN_KEY, token)).user is users[0]
 
 
 async def test_request_token_via_basic_header(auth: Authenticator, users: tuple[UserConfig, UserConfig]) -> None:
@@ -490,14 +592,14 @@ async def test_request_token_via_basic_header(auth: Authenticator, users: tuple[
         authorization=_basic("bob", "secret"),
         remote="127.0.0.1",
     )
-    assert auth.check_token(TOKEN_KEY, token).user is users[1]
+    assert (await auth.check_token(TOKEN_KEY, token)).user is users[1]
 
 
 async def test_request_token_ignores_a_bearer_header(auth: Authenticator, users: tuple[UserConfig, UserConfig]) -> None:
     token = await auth.request_token(
         api_key=TOKEN_KEY.key, user_name="bob", password="secret", authorization="Bearer x", remote=None
     )
-    assert auth.check_token(TOKEN_KEY, token).user is users[1]
+    assert (await auth.check_token(TOKEN_KEY, token)).user is users[1]
 
 
 @pytest.mark.parametrize(
@@ -529,7 +631,7 @@ async def test_request_token_rejects(auth: Authenticator, kwargs: dict, status: 
 
 async def test_request_token_checks_the_network(users: tuple[UserConfig, UserConfig]) -> None:
     restricted = _restricted(ipaddress.ip_network("::1"))
-    auth = Authenticator(_api(users, restricted))
+    auth = Authenticator(_api(users, restricted), tokens=MemoryTokenStore())
     with pytest.raises(ApiError) as caught:
         await auth.request_token(
             api_key=restricted.key, user_name="alice", password="pw", authorization=None, remote="192.0.2.1"
@@ -538,4 +640,4 @@ async def test_request_token_checks_the_network(users: tuple[UserConfig, UserCon
     token = await auth.request_token(
         api_key=restricted.key, user_name="alice", password="pw", authorization=None, remote="::1"
     )
-    assert auth.check_token(restricted, token).user.name == "alice"
+    assert (await auth.check_token(restricted, token)).user.name == "alice"

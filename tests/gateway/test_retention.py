@@ -14,8 +14,9 @@ from gateway.config import RetentionConfig
 from gateway.errors import StoreError
 from gateway.feed import FeedEvent
 from gateway.model import Call, CallState, Recording, RecordingMode, utc_now
-from gateway.retention import CALLS_PER_BATCH, RetentionPruner
+from gateway.retention import CALLS_PER_BATCH, TOKENS, TOKENS_PER_BATCH, RetentionPruner
 from gateway.store import PRUNE_CALLS, PRUNE_EVENTS, PRUNE_JOURNAL, PRUNE_QUARANTINE, Store, prune
+from gateway.tokens import StoredToken
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -76,7 +77,13 @@ async def test_old_finished_calls_go_with_their_parties_and_recordings(store: St
     young = finished_call("young", YOUNG)
     await store.save_calls_soon([old, young])
 
-    assert await pruner(store).prune_once() == {PRUNE_CALLS: 1, PRUNE_JOURNAL: 0, PRUNE_QUARANTINE: 0, PRUNE_EVENTS: 0}
+    assert await pruner(store).prune_once() == {
+        PRUNE_CALLS: 1,
+        PRUNE_JOURNAL: 0,
+        PRUNE_QUARANTINE: 0,
+        PRUNE_EVENTS: 0,
+        TOKENS: 0,
+    }
 
     assert await store.get_call("old") is None
     assert await store.get_call("young") == young
@@ -227,6 +234,7 @@ async def test_forever_keeps_journal_and_quarantine(store: Store) -> None:
         PRUNE_JOURNAL: 0,
         PRUNE_QUARANTINE: 0,
         PRUNE_EVENTS: 0,
+        TOKENS: 0,
     }
     assert len(await store.journal_entries()) == 1 and await store.quarantine_counts() == {"a": 1}
 
@@ -376,3 +384,52 @@ async def test_old_events_go_and_their_ids_are_never_given_again(store: Store) -
     assert [event.seq for event in await store.events_after(0, 10)] == [3]
     assert (await pruner(store).prune_once())[PRUNE_EVENTS] == 0
     assert await store.last_event_seq() == 3
+
+
+# ---- API tokens
+
+
+def token(index: int, expires_at: datetime) -> StoredToken:
+    return StoredToken(index.to_bytes(32, "big"), b"k" * 32, "alice", expires_at.timestamp())
+
+
+async def test_expired_tokens_go_whatever_the_retention(store: Store) -> None:
+    tokens = [token(index, at) for index, at in enumerate((OLD, NOW - timedelta(seconds=1), NOW, NOW + DAY))]
+    for stored in tokens:
+        await store.put_token(stored)
+    forever = RetentionConfig(calls_s=None, journal_s=None, quarantine_s=None, events_s=None)
+    assert (await pruner(store, forever).prune_once())[TOKENS] == 3  # expired at NOW: now >= expires_at
+    assert await store.get_token(tokens[0].digest) is None
+    assert await store.get_token(tokens[3].digest) == tokens[3]
+    assert rows(store.path, "SELECT count(*) FROM tokens") == [(1,)]
+
+
+async def test_a_backlog_of_expired_tokens_goes_in_batches(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    await asyncio.gather(*(store.put_token(token(index, OLD)) for index in range(2 * TOKENS_PER_BATCH + 7)))
+    batches: list[int] = []
+    real_prune = store.prune_tokens
+
+    async def counting(now_epoch: float, limit: int) -> int:
+        deleted = await real_prune(now_epoch, limit)
+        batches.append(deleted)
+        return deleted
+
+    monkeypatch.setattr(store, "prune_tokens", counting)
+    assert (await pruner(store).prune_once())[TOKENS] == 2 * TOKENS_PER_BATCH + 7
+    assert batches == [TOKENS_PER_BATCH, TOKENS_PER_BATCH, 7]
+
+
+def test_the_token_prune_walks_the_expiry_index(tmp_path: Path) -> None:
+    async def create() -> None:
+        created = Store(tmp_path / "plan.db")
+        await created.open()
+        await created.close()
+
+    asyncio.run(create())
+    connection = sqlite3.connect(tmp_path / "plan.db")
+    try:
+        plan = [row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {prune.DELETE_EXPIRED_TOKENS}", (0, 1))]
+    finally:
+        connection.close()
+    assert any("USING COVERING INDEX tokens_expires_at" in step for step in plan), plan
+    assert not any(step.startswith("SCAN") or "TEMP B-TREE" in step for step in plan), plan

@@ -179,3 +179,20 @@ async def test_health_shows_the_backend_and_every_node(cluster, http) -> None:
     assert all(node["running"] for node in cluster_report["nodes"].values())
     assert "secret" not in str(report) and site_b.cluster is not None
     assert site_b.cluster.database.url.split(":")[2].split("@")[0] not in str(report)  # the password
+
+
+async def test_a_token_from_one_node_works_on_the_other(cluster, http) -> None:
+    site_a, site_b = cluster
+    status, code, root, error = await call_api(http, site_a, action="RequestToken", userName=USER, password=PASSWORD)
+    assert (status, code) == (200, 0), error
+    response = root.find("Response")
+    token = response.get("token") if response is not None else None
+    assert token
+    status, code, _, error = await call_api(
+        http, site_b, action="GetCallID", extension="8856", status="ongoing", token=token
+    )
+    assert (status, code) == (200, 2) and "cannot be found" in (error or ""), error  # authenticated: a lookup
+    status, code, _, error = await call_api(
+        http, site_b, action="GetCallID", extension="8856", status="ongoing", token=token + "x"
+    )
+    assert status == 401, error
