@@ -463,7 +463,7 @@ async def test_healthz_reports_links_recorders_and_calls(gateway, http):
         },  # listening
         "recorders": {"trunk1": {"state": "down"}},
         "calls": {"ongoing": 1, "stored": 1},
-        "store": {"state": "ok", "error": None},
+        "store": {"backend": "sqlite", "state": "ok", "error": None},
         "retention": {  # no pass yet: the first waits a minute after start-up
             "runs": 0,
             "last_run_at": None,

@@ -151,25 +151,35 @@ async def test_no_key_token_or_password_in_any_log_line(tmp_path: Path, unused_t
         assert secret.lower() not in lowered, secret
 
 
-async def test_no_store_url_password_in_what_check_and_run_print(tmp_path: Path, unused_tcp_port_factory):
-    """The PostgreSQL password of store.url: never in `gateway check`'s description or findings, nor in what
-    `gateway run` says when it refuses the url (this version has no PostgreSQL store yet)."""
-    pg_password = "pg-s3cret-pw"
-    config = write_config(tmp_path, unused_tcp_port_factory(), unused_tcp_port_factory())
+async def test_no_store_url_password_in_what_check_and_run_print(
+    tmp_path: Path, unused_tcp_port_factory, postgres
+):
+    """The PostgreSQL password of store.url: never in `gateway check`'s description or findings, nor in anything
+    `gateway run` logs at debug level while it joins a real cluster database, answers and stops."""
+    port = unused_tcp_port_factory()
+    config = write_config(tmp_path, port, unused_tcp_port_factory())
     config.write_text(
         config.read_text().replace(
             f"  path: {tmp_path / 'var' / 'gateway.db'}",
-            f"  url: postgresql://gateway:{pg_password}@127.0.0.1:5432/gateway?sslmode=disable\n"
-            f"  spool: {tmp_path / 'var' / 'spool.db'}",
+            f"  url: {postgres.url}?sslmode=disable\n  spool: {tmp_path / 'var' / 'spool.db'}",
         )
     )
-    printed = []
-    for command in ("check", "run"):
-        process = await gateway_command(command, "--config", str(config))
-        stdout, stderr = await asyncio.wait_for(process.communicate(), STOP_TIMEOUT_S)
-        printed.append((command, process.returncode, stdout.decode(), stderr.decode()))
-    (_, check_status, check_out, _), (_, run_status, _, run_err) = printed
-    assert check_status == 0 and "store: PostgreSQL postgresql://gateway:***@127.0.0.1:5432/gateway" in check_out
-    assert run_status == 2 and "store.url: PostgreSQL (a cluster of gateways) is not supported" in run_err
-    for command, _, stdout, stderr in printed:
-        assert pg_password not in stdout + stderr, command
+    process = await gateway_command("check", "--config", str(config))
+    check_out, check_err = await asyncio.wait_for(process.communicate(), STOP_TIMEOUT_S)
+    assert process.returncode == 0 and "store: PostgreSQL postgresql://gateway:***@127.0.0.1:" in check_out.decode()
+    process = await gateway_command("run", "--config", str(config))
+    try:
+        await wait_until_listening(process, port)
+        for request in request_shapes(OPEN_KEY, "no-token", "hunter2hunter2")[:4]:
+            await exchange(port, request)
+        await exchange(port, http("GET", b"/healthz"))
+        process.send_signal(signal.SIGTERM)
+        run_out, run_err = await asyncio.wait_for(process.communicate(), STOP_TIMEOUT_S)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    log = run_err.decode("utf-8", "replace")
+    assert "joined the cluster" in log and "gateway stopped" in log
+    for output in (check_out, check_err, run_out, run_err):
+        assert postgres.password not in output.decode("utf-8", "replace")

@@ -52,7 +52,7 @@ async def test_a_store_refusing_writes_holds_everything_until_it_takes_writes_ag
         other.close()
     await eventually(lambda: gateway.store.write_error is None, STORE_RESUME_TIMEOUT_S)
     await gateway.tracker.flush()
-    assert (await healthz(gateway))["store"] == {"state": "ok", "error": None}
+    assert (await healthz(gateway))["store"] == {"backend": "sqlite", "state": "ok", "error": None}
     assert await call_id_of(gateway, "1000002")  # the call held in memory meanwhile is stored now
     assert await keep(gateway, first) == 200
     stored = await gateway.store.calls_by_platform_call_id("1000002")
