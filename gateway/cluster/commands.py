@@ -31,6 +31,8 @@ KIND_MANUAL_RECORD = "manualrecord"
 COMMAND_MARGIN_S = 0.5
 NO_RECORDER_TIMEOUT_S = 5.0  # keep and do_not_delete: only a commit on the owner
 DEFAULT_RECORDER_TIMEOUT_S = 2.0  # an owner that publishes no timeout for the call's recorder
+# How often the asker checks that the owner still runs while it waits for an outcome.
+LIVENESS_CHECK_S = 0.2
 EARLY_RESULTS = 1_000  # results that arrived before their asker was waiting (bounded)
 STATUS_OK = 200
 
@@ -64,15 +66,9 @@ class CommandBus:
 
     async def request(self, owner: str, call_id: str, kind: str, unmark: bool, recorder: str | None) -> Outcome:
         """Run KeepCall on `owner`; NodeUnavailable when it is not running, TimeoutError when it did not answer."""
-        high, low = node_lock_key(owner)
         async with self._database.connection() as connection:
-            row = await connection.fetchrow(
-                f"SELECT {LOCKED_SQL} AS locked, {NOW} - heartbeat_at AS age, recorders FROM nodes WHERE node = $1",
-                owner,
-                high,
-                low,
-            )
-            if row is None or not row["locked"] or row["age"] is None or row["age"] >= DEAD_AFTER_S:
+            row = await _owner_row(connection, owner)
+            if row is None or not _running(row):
                 raise NodeUnavailable(owner)
             timeout_s = NO_RECORDER_TIMEOUT_S
             if kind == KIND_MANUAL_RECORD:
@@ -95,14 +91,29 @@ class CommandBus:
             if command_id in self._early:
                 self._early.pop(command_id)
             else:
-                async with asyncio.timeout(timeout_s):
-                    await future
+                await self._wait_for_outcome(future, owner, timeout_s)
         finally:
             del self._waiting[command_id]
         row = await self._database.fetchrow("SELECT status, message FROM commands WHERE id = $1", command_id)
         if row is None or row["status"] is None:
             raise ClusterUnavailable(f"command {command_id} lost its outcome")
         return Outcome(int(row["status"]), row["message"])
+
+    async def _wait_for_outcome(self, future: asyncio.Future[None], owner: str, timeout_s: float) -> None:
+        """Until the outcome is there (TimeoutError after `timeout_s`); NodeUnavailable as soon as the owner is
+        seen gone meanwhile (killed while it ran the command), checked every LIVENESS_CHECK_S."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError
+            done, _ = await asyncio.wait([future], timeout=min(left, LIVENESS_CHECK_S))
+            if done:
+                return
+            async with self._database.connection() as connection:
+                if not _running(await _owner_row(connection, owner)):
+                    raise NodeUnavailable(owner)
 
     def on_result(self, payload: str) -> None:
         node, _, text = payload.partition(" ")
@@ -170,6 +181,20 @@ class CommandBus:
             task.cancel()
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+
+
+async def _owner_row(connection: asyncpg.Connection, owner: str) -> asyncpg.Record | None:
+    high, low = node_lock_key(owner)
+    return await connection.fetchrow(
+        f"SELECT {LOCKED_SQL} AS locked, {NOW} - heartbeat_at AS age, recorders FROM nodes WHERE node = $1",
+        owner,
+        high,
+        low,
+    )
+
+
+def _running(row: asyncpg.Record | None) -> bool:
+    return row is not None and bool(row["locked"]) and row["age"] is not None and row["age"] < DEAD_AFTER_S
 
 
 def _recorder_timeout(recorders: object, recorder: str | None) -> float:

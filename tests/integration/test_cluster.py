@@ -51,8 +51,10 @@ def node_config(tmp_path: Path, node: str, url: str, **fields: object) -> Gatewa
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path, pg_url: str, sim: TrunkRecorderSimulator) -> AsyncIterator[tuple[Gateway, Gateway]]:
-    """Site A with the recorder (extension 8856, Controlled, channel 1/5) and site B with nothing of its own."""
+async def cluster(
+    tmp_path: Path, pg_url: str, sim: TrunkRecorderSimulator
+) -> AsyncIterator[tuple[Gateway, Gateway, Gateway]]:
+    """Site A with the recorder (extension 8856, Controlled, channel 1/5); sites B and C with nothing of their own."""
     site_a = Gateway(
         node_config(
             tmp_path,
@@ -63,11 +65,14 @@ async def cluster(tmp_path: Path, pg_url: str, sim: TrunkRecorderSimulator) -> A
         )
     )
     site_b = Gateway(node_config(tmp_path, "site-b", pg_url))
-    await asyncio.gather(site_a.start(), site_b.start())  # both migrate at once: one does, the other waits
+    site_c = Gateway(node_config(tmp_path, "site-c", pg_url))
+    # All three migrate at once: one does, the others wait for its commit and find nothing left to do.
+    await asyncio.gather(site_a.start(), site_b.start(), site_c.start())
     try:
         await site_a.recorder_clients[0].wait_ready(WAIT_S)
-        yield site_a, site_b
+        yield site_a, site_b, site_c
     finally:
+        await site_c.stop()
         await site_b.stop()
         await site_a.stop()
 
@@ -94,7 +99,7 @@ def place(sim: TrunkRecorderSimulator) -> object:
 
 
 async def test_a_call_on_one_site_is_found_awaited_and_recorded_through_another(cluster, sim, http) -> None:
-    site_a, site_b = cluster
+    site_a, site_b, site_c = cluster
     waiting = asyncio.create_task(call_api(http, site_b, action="GetCallID", extension="8856", status="next"))
     await eventually(lambda: site_b.tracker.next_waiter_count == 1)
     loop = asyncio.get_running_loop()
@@ -132,7 +137,7 @@ async def test_a_call_on_one_site_is_found_awaited_and_recorded_through_another(
 
 
 async def test_recorder_refusal_and_silence_come_back_through_the_other_site(cluster, sim, http) -> None:
-    site_a, site_b = cluster
+    site_a, site_b, site_c = cluster
     place(sim)
     status, code, root, error = await call_api(
         http, site_b, action="GetCallID", extension="8856", status="ongoing,next"
@@ -151,7 +156,7 @@ async def test_recorder_refusal_and_silence_come_back_through_the_other_site(clu
 
 
 async def test_a_node_that_stopped_answers_503_at_once_and_its_calls_stay_findable(cluster, sim, http) -> None:
-    site_a, site_b = cluster
+    site_a, site_b, site_c = cluster
     place(sim)
     status, code, root, error = await call_api(
         http, site_b, action="GetCallID", extension="8856", status="ongoing,next"
@@ -169,20 +174,20 @@ async def test_a_node_that_stopped_answers_503_at_once_and_its_calls_stay_findab
 
 
 async def test_health_shows_the_backend_and_every_node(cluster, http) -> None:
-    site_a, site_b = cluster
+    site_a, site_b, site_c = cluster
     async with http.get(f"{site_b.url}/healthz") as response:
         report = await response.json()
     assert report["store"]["backend"] == "postgresql"
     cluster_report = report["cluster"]
     assert cluster_report["reachable"] and cluster_report["node"] == "site-b"
-    assert set(cluster_report["nodes"]) == {"site-a", "site-b"}
+    assert set(cluster_report["nodes"]) == {"site-a", "site-b", "site-c"}
     assert all(node["running"] for node in cluster_report["nodes"].values())
     assert "secret" not in str(report) and site_b.cluster is not None
     assert site_b.cluster.database.url.split(":")[2].split("@")[0] not in str(report)  # the password
 
 
 async def test_a_token_from_one_node_works_on_the_other(cluster, http) -> None:
-    site_a, site_b = cluster
+    site_a, site_b, site_c = cluster
     status, code, root, error = await call_api(http, site_a, action="RequestToken", userName=USER, password=PASSWORD)
     assert (status, code) == (200, 0), error
     response = root.find("Response")
@@ -196,3 +201,17 @@ async def test_a_token_from_one_node_works_on_the_other(cluster, http) -> None:
         http, site_b, action="GetCallID", extension="8856", status="ongoing", token=token + "x"
     )
     assert status == 401, error
+
+
+async def test_one_call_start_wakes_next_waiters_on_every_other_node(cluster, sim, http) -> None:
+    site_a, site_b, site_c = cluster
+    waiting = [
+        asyncio.create_task(call_api(http, site, action="GetCallID", extension="8856", status="next"))
+        for site in (site_a, site_b, site_c)
+    ]
+    await eventually(lambda: all(site.tracker.next_waiter_count == 1 for site in (site_a, site_b, site_c)))
+    place(sim)
+    answers = await asyncio.wait_for(asyncio.gather(*waiting), WAIT_S)
+    assert [(status, code) for status, code, _, _ in answers] == [(200, 0)] * 3
+    assert len({root.findtext("CallID") for _, _, root, _ in answers}) == 1
+    assert (await site_c.health())["cluster"]["nodes"].keys() == {"site-a", "site-b", "site-c"}

@@ -151,9 +151,7 @@ async def test_no_key_token_or_password_in_any_log_line(tmp_path: Path, unused_t
         assert secret.lower() not in lowered, secret
 
 
-async def test_no_store_url_password_in_what_check_and_run_print(
-    tmp_path: Path, unused_tcp_port_factory, postgres
-):
+async def test_no_store_url_password_in_what_check_and_run_print(tmp_path: Path, unused_tcp_port_factory, postgres):
     """The PostgreSQL password of store.url: never in `gateway check`'s description or findings, nor in anything
     `gateway run` logs at debug level while it joins a real cluster database, answers and stops."""
     port = unused_tcp_port_factory()
