@@ -115,6 +115,7 @@ class Gateway:
                 extensions=config.extensions,
                 recorders=config.recorders,
                 recorder_states=lambda: {name: recorder_state(rec) for name, rec in self.recorders.items()},
+                key_sites={key.name: key.sites for key in config.api.keys},
             )
         self.actions = ActionContext(
             self.tracker, self.recording, config.api.next_window_s, CallFinder(self.tracker, self.cluster)

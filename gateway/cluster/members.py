@@ -94,6 +94,17 @@ async def heartbeat(
     )
 
 
+async def shared_extensions(connection: asyncpg.Connection, node: str, numbers: Sequence[str]) -> dict[str, list[str]]:
+    """Of `numbers`, those other nodes publish too, with those nodes."""
+    rows = await connection.fetch(
+        "SELECT number, array_agg(node ORDER BY node) AS nodes FROM node_extensions"
+        " WHERE number = ANY($1::text[]) AND node <> $2 GROUP BY number",
+        list(numbers),
+        node,
+    )
+    return {row["number"]: list(row["nodes"]) for row in rows}
+
+
 async def watermark(database: Database, node: str) -> int:
     value = await database.fetchrow("SELECT shipped_seq FROM nodes WHERE node = $1", node)
     return int(value["shipped_seq"]) if value is not None else 0

@@ -49,6 +49,7 @@ class ClusterNode:
         extensions: Sequence[ExtensionConfig],
         recorders: Sequence[RecorderConfig],
         recorder_states: Callable[[], Mapping[str, str]],
+        key_sites: Mapping[str, Sequence[str] | None] = {},  # noqa: B006 — read only
     ) -> None:
         self.node = node
         self.database = Database(url)
@@ -61,6 +62,10 @@ class ClusterNode:
         ]
         self._recorder_timeouts = {recorder.name: recorder.timeout_s for recorder in recorders}
         self._recorder_states = recorder_states
+        self._key_sites = dict(key_sites)
+        # Extensions this node shares with another node that some API key sees both of: lookups of them by
+        # extension can only answer "more than one call" while both have one (a configuration to fix).
+        self.shared_extensions: list[dict[str, object]] = []
         self.directory = Directory(self.database)
         self.shipper = Shipper(self.database, node, feed, self._call_now)
         self.commands: CommandBus | None = None
@@ -120,11 +125,33 @@ class ClusterNode:
         await members.join(
             connection, self.node, self._instance, f"{self._store_instance():x}", self._extensions, self._recorders()
         )
+        self.shared_extensions = self._ambiguous(
+            await members.shared_extensions(connection, self.node, [extension.number for extension in self._extensions])
+        )
+        for shared in self.shared_extensions:
+            log.warning(
+                "extension published by several nodes that one API key sees: its lookups by extension will be "
+                "ambiguous (give the key `sites`, or each site its own numbers)",
+                **shared,
+            )
         if self.commands is not None:
             await self.commands.run_pending(connection)
         if not self._joined.is_set():
             log.info("joined the cluster", node=self.node, url=self.database.display_url)
         self._joined.set()
+
+    def _ambiguous(self, shared: Mapping[str, Sequence[str]]) -> list[dict[str, object]]:
+        found: list[dict[str, object]] = []
+        for number, others in sorted(shared.items()):
+            for other in sorted(others):
+                keys = sorted(
+                    name
+                    for name, sites in self._key_sites.items()
+                    if sites is None or (self.node in sites and other in sites)
+                )
+                if keys:
+                    found.append({"extension": number, "nodes": [self.node, other], "keys": keys})
+        return found
 
     async def _beat(self, connection: Any) -> None:
         await members.heartbeat(connection, self.node, self._instance, self._recorders())
@@ -223,6 +250,7 @@ class ClusterNode:
             "session": self.session is not None and self.session.connected.is_set(),
             "shippedSeq": self.shipper.shipped_seq,
             "unshippedEvents": max(0, self._feed.delivered_seq - self.shipper.shipped_seq),
+            "sharedExtensions": self.shared_extensions,
         }
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT_S):

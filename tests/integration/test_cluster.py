@@ -215,3 +215,13 @@ async def test_one_call_start_wakes_next_waiters_on_every_other_node(cluster, si
     assert [(status, code) for status, code, _, _ in answers] == [(200, 0)] * 3
     assert len({root.findtext("CallID") for _, _, root, _ in answers}) == 1
     assert (await site_c.health())["cluster"]["nodes"].keys() == {"site-a", "site-b", "site-c"}
+
+
+async def test_an_extension_two_sites_publish_is_flagged_when_a_key_sees_both(tmp_path, pg_url, started) -> None:
+    shared = (ExtensionConfig("7001", RecordingMode.FULL),)
+    site_x = await started(node_config(tmp_path, "site-x", pg_url, extensions=shared))
+    site_y = await started(node_config(tmp_path, "site-b", pg_url, extensions=shared))
+    assert site_x.cluster is not None and site_y.cluster is not None
+    # `crm` sees every node; `site b desk` sees site-b only, so it is not named.
+    assert site_y.cluster.shared_extensions == [{"extension": "7001", "nodes": ["site-b", "site-x"], "keys": ["crm"]}]
+    assert (await site_y.health())["cluster"]["sharedExtensions"][0]["extension"] == "7001"
