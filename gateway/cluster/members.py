@@ -12,10 +12,12 @@ import asyncpg
 
 from gateway.cluster.database import Database
 from gateway.cluster.listener import node_lock_key
+from gateway.errors import ClusterUnavailable
 
 # A node whose heartbeat is older than this is down even if its session lingers (a hung process).
 DEAD_AFTER_S = 5.0
-DIRECTORY_TTL_S = 2.0  # how long the extension directory read from the database is used before reading it again
+DIRECTORY_TTL_S = 2.0
+SELECT_DIRECTORY = "SELECT number, node FROM node_extensions"  # how long the extension directory read from the database is used before reading it again
 
 NOW = "extract(epoch from clock_timestamp())"  # the database's clock: the one every node agrees on
 LOCKED_SQL = (
@@ -160,15 +162,24 @@ class Directory:
         self._read_at = float("-inf")
 
     async def owners(self, number: str) -> frozenset[str]:
-        """The nodes that publish `number` (empty: none does)."""
+        """The nodes that publish `number` (empty: none does). While the database is unreachable, what it said
+        last (nodes publish their extensions at start only, so it is rarely stale); ClusterUnavailable when it
+        has never been read."""
         if time.monotonic() - self._read_at > DIRECTORY_TTL_S:
-            rows = await self._database.fetch("SELECT number, node FROM node_extensions")
-            owners: dict[str, set[str]] = {}
-            for row in rows:
-                owners.setdefault(row["number"], set()).add(row["node"])
-            self._owners = {number: frozenset(nodes) for number, nodes in owners.items()}
-            self._read_at = time.monotonic()
+            try:
+                async with self._database.connection() as connection:
+                    await self.load(connection)
+            except ClusterUnavailable:
+                if self._read_at == float("-inf"):
+                    raise
         return self._owners.get(number, frozenset())
+
+    async def load(self, connection: asyncpg.Connection) -> None:
+        owners: dict[str, set[str]] = {}
+        for row in await connection.fetch(SELECT_DIRECTORY):
+            owners.setdefault(row["number"], set()).add(row["node"])
+        self._owners = {number: frozenset(nodes) for number, nodes in owners.items()}
+        self._read_at = time.monotonic()
 
     def cached_owners(self, number: str) -> frozenset[str]:
         return self._owners.get(number, frozenset())

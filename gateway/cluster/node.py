@@ -134,6 +134,7 @@ class ClusterNode:
                 "ambiguous (give the key `sites`, or each site its own numbers)",
                 **shared,
             )
+        await self.directory.load(connection)  # so that an outage right after start finds it read
         if self.commands is not None:
             await self.commands.run_pending(connection)
         if not self._joined.is_set():

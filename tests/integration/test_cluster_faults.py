@@ -167,6 +167,11 @@ async def test_the_database_stopped_and_started_under_load_loses_no_call(
             await asyncio.sleep(0.1)
         status, code, _, _ = await call_api(http, site_b.url, action="GetCallID", nativeID=calls_placed[0].call_id)
         assert status == 503  # site B needs the database for another node's call
+        # Site A answers for its own extension (channel 1/5 is 8856's, published by site A alone) from its store.
+        status, code, _, error = await call_api(
+            http, f"http://127.0.0.1:{port}", action="GetCallID", extension="8856", status="ongoing"
+        )
+        assert (status, code) == (200, 0), error
         await asyncio.to_thread(own_postgres.start)
         for channel in channels[20:]:  # after
             calls_placed.append(sim.place_call(channel, calling="0170", called="9000", direction="in"))
