@@ -12,9 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
+
 from drivers.connection.serial import port_settings
+from gateway.cluster.database import DATABASE_ERRORS, describe
 from gateway.config import GatewayConfig, SerialSettings
 from gateway.config.check import Endpoint, endpoints
+from gateway.redact import redacted_url
 
 # A PBX or recorder on the LAN answers a connect within milliseconds; 3 s also covers a slow VPN or WAN link
 # without making an installer wait long for a device that is off.
@@ -49,7 +53,39 @@ async def probe_config(config: GatewayConfig) -> list[ProbeResult]:
     settings += [recorder.serial for recorder in config.recorders]
     owners = [f"link {link.name}" for link in config.links] + [f"recorder {r.name}" for r in config.recorders]
     probes = [_probe(owner, endpoint, serial) for owner, endpoint, serial in zip(owners, endpoints(config), settings)]
+    if config.store.url is not None:
+        probes.append(_probe_store(config.store.url))
     return list(await asyncio.gather(*probes))
+
+
+async def _probe_store(url: str) -> ProbeResult:
+    return ProbeResult("store", f"postgresql {redacted_url(url)}", *await probe_database(url))
+
+
+async def probe_database(url: str) -> tuple[bool, str]:
+    """Connects and logs in to the cluster database once; says how long it took, the server's version and whether
+    the gateway's tables are there yet (the first gateway to start creates them)."""
+    started = time.perf_counter()
+    try:
+        connection = await asyncpg.connect(
+            url, timeout=PROBE_CONNECT_TIMEOUT_S, command_timeout=PROBE_CONNECT_TIMEOUT_S
+        )
+    except DATABASE_ERRORS as error:
+        return False, describe(error, url)
+    try:
+        elapsed = _elapsed_ms(started)
+        version = await connection.fetchval("SHOW server_version")
+        tables = await connection.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        schema = (
+            f"schema version {await connection.fetchval('SELECT max(version) FROM schema_migrations')}"
+            if tables
+            else "no gateway tables yet (the first gateway to start creates them)"
+        )
+    except DATABASE_ERRORS as error:
+        return False, f"connected, then {describe(error, url)}"
+    finally:
+        await connection.close(timeout=PROBE_CLOSE_TIMEOUT_S)
+    return True, f"connected in {elapsed} (PostgreSQL {version}; {schema})"
 
 
 async def _probe(owner: str, endpoint: Endpoint, serial: SerialSettings | None) -> ProbeResult:

@@ -166,3 +166,24 @@ recorders:
     assert status == 0, stdout + stderr
     assert set(probe_lines(stdout)) == {"link cable", "recorder trunk1"}
     assert stderr == ""
+
+
+async def test_probe_logs_in_to_the_cluster_database_or_says_why_not(pg_url, unused_tcp_port) -> None:
+    from gateway.cluster.database import Database
+    from gateway.cluster.schema import migrate
+    from gateway.probe import probe_database
+
+    reachable, detail = await probe_database(pg_url)
+    assert reachable and "PostgreSQL 1" in detail and "no gateway tables yet" in detail, detail
+    database = Database(pg_url)
+    async with database.connection() as connection:
+        await migrate(connection)
+    await database.close()
+    reachable, detail = await probe_database(pg_url)
+    assert reachable and "schema version 1" in detail, detail
+    password = pg_url.split(":")[2].split("@")[0]
+    wrong = pg_url.replace(password, "not-the-password")
+    reachable, detail = await probe_database(wrong)
+    assert not reachable and "password authentication failed" in detail and "not-the-password" not in detail
+    reachable, detail = await probe_database(f"postgresql://gateway:{password}@127.0.0.1:{unused_tcp_port}/x")
+    assert not reachable and password not in detail, detail
