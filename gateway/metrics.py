@@ -122,6 +122,24 @@ class _StateCollector(Collector):
         if store_bytes is not None:  # unknown while the store cannot be read: no sample rather than a wrong one
             yield GaugeMetricFamily("gateway_store_bytes", "Size of the store's database file.", value=store_bytes)
 
+        cluster = getattr(self._source, "cluster", None)
+        if cluster is not None:  # store.url: this gateway is a node of a cluster on PostgreSQL
+            yield GaugeMetricFamily(
+                "gateway_cluster_database_up",
+                "1 while the cluster database answers this node (its session holds the node's lock), else 0.",
+                value=int(cluster.database.reachable and cluster.session_up),
+            )
+            yield GaugeMetricFamily(
+                "gateway_cluster_unshipped_events",
+                "Changes this node has stored locally that the cluster database does not have yet.",
+                value=cluster.unshipped_events,
+            )
+            yield CounterMetricFamily(
+                "gateway_cluster_shipped_calls",
+                "Call states this node has written to the cluster database since start.",
+                value=cluster.shipper.shipped_calls,
+            )
+
 
 class GatewayMetrics:
     """One gateway's metrics: `observe_*` are called where commands and requests happen; `handler` serves them."""

@@ -241,6 +241,14 @@ class ClusterNode:
 
     # ---- health
 
+    @property
+    def session_up(self) -> bool:
+        return self.session is not None and self.session.connected.is_set()
+
+    @property
+    def unshipped_events(self) -> int:
+        return max(0, self._feed.delivered_seq - self.shipper.shipped_seq)
+
     async def health(self) -> dict[str, Any]:
         report: dict[str, Any] = {
             "backend": "postgresql",
@@ -248,9 +256,9 @@ class ClusterNode:
             "node": self.node,
             "reachable": self.database.reachable,
             "error": self.database.error,
-            "session": self.session is not None and self.session.connected.is_set(),
+            "session": self.session_up,
             "shippedSeq": self.shipper.shipped_seq,
-            "unshippedEvents": max(0, self._feed.delivered_seq - self.shipper.shipped_seq),
+            "unshippedEvents": self.unshipped_events,
             "sharedExtensions": self.shared_extensions,
         }
         try:

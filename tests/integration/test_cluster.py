@@ -184,6 +184,9 @@ async def test_health_shows_the_backend_and_every_node(cluster, http) -> None:
     assert all(node["running"] for node in cluster_report["nodes"].values())
     assert "secret" not in str(report) and site_b.cluster is not None
     assert site_b.cluster.database.url.split(":")[2].split("@")[0] not in str(report)  # the password
+    async with http.get(f"{site_a.url}/metrics") as response:
+        metrics = await response.text()
+    assert "gateway_cluster_database_up 1.0" in metrics and "gateway_cluster_unshipped_events" in metrics
 
 
 async def test_a_token_from_one_node_works_on_the_other(cluster, http) -> None:
