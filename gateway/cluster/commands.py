@@ -35,6 +35,7 @@ DEFAULT_RECORDER_TIMEOUT_S = 2.0  # an owner that publishes no timeout for the c
 LIVENESS_CHECK_S = 0.2
 EARLY_RESULTS = 1_000  # results that arrived before their asker was waiting (bounded)
 STATUS_OK = 200
+MESSAGE_INTERNAL = "Internal error; the gateway logged the details."  # as the API says it
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +163,11 @@ class CommandBus:
             )
             if row is None:
                 return
-            outcome = await self._run_keep(row["call_id"], row["kind"], bool(row["unmark"]))
+            try:
+                outcome = await self._run_keep(row["call_id"], row["kind"], bool(row["unmark"]))
+            except Exception:
+                log.exception("cluster command failed", command=command_id)
+                outcome = Outcome(500, MESSAGE_INTERNAL)
             async with self._database.connection() as connection, connection.transaction():
                 await connection.execute(
                     f"UPDATE commands SET status = $2, message = $3, done_at = {NOW} WHERE id = $1",
@@ -172,9 +177,7 @@ class CommandBus:
                 )
                 await connection.execute("SELECT pg_notify($1, $2)", RESULT_CHANNEL, f"{row['from_node']} {command_id}")
         except ClusterUnavailable as error:
-            log.warning("cluster command could not be completed", command=command_id, error=str(error))
-        except Exception:
-            log.exception("cluster command failed", command=command_id)
+            log.warning("cluster command's outcome could not be written", command=command_id, error=str(error))
 
     async def close(self) -> None:
         for task in list(self._running):

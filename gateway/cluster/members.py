@@ -61,20 +61,18 @@ async def join(
     """Write this node's row and its extensions (replacing what an earlier run published); the watermark to ship
     from: the stored one, unless the local store is another one than the watermark counted (then from 0)."""
     async with connection.transaction():
-        previous = await connection.fetchrow("SELECT store_instance, shipped_seq FROM nodes WHERE node = $1", node)
-        shipped = 0
-        if previous is not None and previous["store_instance"] == store_instance:
-            shipped = int(previous["shipped_seq"])
-        await connection.execute(
+        # The watermark stays while the local store is the one it counted (a shipper may be moving it right now),
+        # and starts again at 0 for another one.
+        shipped = await connection.fetchval(
             f"INSERT INTO nodes (node, instance, store_instance, started_at, heartbeat_at, shipped_seq, recorders)"
-            f" VALUES ($1, $2, $3, {NOW}, {NOW}, $4, $5::jsonb)"
+            f" VALUES ($1, $2, $3, {NOW}, {NOW}, 0, $4::jsonb)"
             " ON CONFLICT (node) DO UPDATE SET instance = EXCLUDED.instance, store_instance = EXCLUDED.store_instance,"
-            " started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at,"
-            " shipped_seq = EXCLUDED.shipped_seq, recorders = EXCLUDED.recorders",
+            " started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at, recorders = EXCLUDED.recorders,"
+            " shipped_seq = CASE WHEN nodes.store_instance = EXCLUDED.store_instance THEN nodes.shipped_seq ELSE 0 END"
+            " RETURNING shipped_seq",
             node,
             instance,
             store_instance,
-            shipped,
             json.dumps(recorders),
         )
         await connection.execute("DELETE FROM node_extensions WHERE node = $1", node)
@@ -82,7 +80,7 @@ async def join(
             "INSERT INTO node_extensions (node, number, mode, recorder) VALUES ($1, $2, $3, $4)",
             [(node, extension.number, extension.mode, extension.recorder) for extension in extensions],
         )
-    return shipped
+    return int(shipped)
 
 
 async def heartbeat(

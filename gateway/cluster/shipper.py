@@ -17,7 +17,7 @@ import structlog
 
 from gateway.cluster import calls
 from gateway.cluster.database import Database
-from gateway.errors import ClusterUnavailable
+from gateway.errors import ClusterUnavailable, StoreError
 from gateway.feed import CALL_STARTED, EventFeed, EventFilter, FeedEvent, SubscriptionDropped
 from gateway.model import Call
 from gateway.store.rows import snapshot
@@ -55,15 +55,20 @@ class Shipper:
             try:
                 self.shipped_seq = await start_after()
                 await self._ship_from_watermark()
-            except ClusterUnavailable:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-                continue
             except SubscriptionDropped:
                 if self._feed.closed:
                     return
                 log.info("cluster shipper fell behind the event feed; catching up from the store")
-            delay = RETRY_INITIAL_S
+                delay = RETRY_INITIAL_S
+                continue
+            except ClusterUnavailable:
+                pass  # the database's own failure: Database logged it, once per outage
+            except StoreError as error:  # the local store cannot be read: /healthz says why
+                log.warning("cluster shipper cannot read the local store; retrying", error=str(error))
+            except Exception:  # a bug here must not end shipping for good
+                log.exception("cluster shipper failed; retrying")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
 
     async def _ship_from_watermark(self) -> None:
         subscription = self._feed.subscribe(EventFilter())  # before the backlog is read: nothing falls between
