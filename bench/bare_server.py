@@ -13,6 +13,7 @@ import signal
 from aiohttp import web
 
 from gateway.api.app import create_runner
+from gateway.config import DEFAULT_MAX_CONNECTIONS
 
 BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<VerbaApi>\n<Response code="0" type="GetCallID"/>\n'
@@ -27,7 +28,7 @@ async def constant(request: web.Request) -> web.Response:
 async def serve(host: str, port: int) -> None:
     app = web.Application()
     app.router.add_get("/verba/api", constant)
-    runner = create_runner(app)
+    runner = create_runner(app, DEFAULT_MAX_CONNECTIONS)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     print("ready", flush=True)

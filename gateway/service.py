@@ -219,7 +219,7 @@ class Gateway:
             if self.cluster is not None:
                 await self.cluster.start()
             http = self.config.http
-            self._runner = create_runner(self.app)
+            self._runner = create_runner(self.app, http.max_connections)
             await self._runner.setup()
             context = ssl_context(str(http.tls.certfile), str(http.tls.keyfile)) if http.tls else None
             site = web.TCPSite(self._runner, http.host, http.port, ssl_context=context)

@@ -257,7 +257,7 @@ def create_app(services: ApiServices) -> web.Application:
     return app
 
 
-def create_runner(app: web.Application) -> web.AppRunner:
+def create_runner(app: web.Application, max_connections: int) -> web.AppRunner:
     """A runner whose handlers are cancelled when the client goes away (ends `status=next` waits),
     whose every error page is an envelope, and whose connections are capped and timed (connections.py)."""
     return ApiRunner(
@@ -270,7 +270,7 @@ def create_runner(app: web.Application) -> web.AppRunner:
         keepalive_timeout=connections.IDLE_TIMEOUT_S,
         max_line_size=MAX_REQUEST_LINE_BYTES,
         max_field_size=MAX_HEADER_FIELD_BYTES,
-        max_connections=connections.MAX_CONNECTIONS,
+        max_connections=max_connections,
         header_timeout_s=connections.HEADER_TIMEOUT_S,
     )
 

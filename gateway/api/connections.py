@@ -34,9 +34,6 @@ log = structlog.get_logger(__name__)
 HEADER_TIMEOUT_S = 10.0
 # A keep-alive connection idle this long is closed; on a LAN a client reconnects in a millisecond.
 IDLE_TIMEOUT_S = 30.0
-# Business clients are a few CRMs and desktops; 1,000 leaves room for 500 slow clients and the
-# real ones beside them, and stays under a usual open-file limit with the store and links.
-MAX_CONNECTIONS = 1000
 # File descriptors kept free for the store, the links, the recorders and log files.
 FD_RESERVE = 64
 
@@ -100,10 +97,22 @@ def _guard(handler: _Handler, error_page: ErrorPage) -> _Handler:
 
 
 def connection_cap(wanted: int) -> int:
-    """`wanted`, or fewer when the open-file limit would run out first (then EMFILE stops every accept)."""
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    """`wanted`, or fewer when the open-file limit would run out first (then EMFILE stops every accept). A soft
+    limit below what is wanted is raised first, as far as the hard limit allows (systemd's default soft limit is
+    1,024, its hard limit 524,288)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft - FD_RESERVE >= wanted:
         return wanted
+    needed = wanted + FD_RESERVE
+    raised = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+    if raised > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
+        if soft - FD_RESERVE >= wanted:
+            return wanted
     cap = max(1, soft - FD_RESERVE)
     log.warning(
         "api connection cap lowered to fit the open-file limit; raise `ulimit -n` to allow more",
@@ -289,7 +298,7 @@ class ApiRunner(web.AppRunner):
         app: web.Application,
         *,
         error_page: ErrorPage,
-        max_connections: int = MAX_CONNECTIONS,
+        max_connections: int,
         header_timeout_s: float = HEADER_TIMEOUT_S,
         **kwargs: Any,
     ) -> None:

@@ -20,6 +20,9 @@ from gateway.model import RecordingMode
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
 DEFAULT_HTTP_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8010
+# A contact centre's desktops each park a status=next request; 10,000 of them, with room for slow or hostile
+# clients beside them, fit in ~150 MB (docs/benchmarks.md) and under a raised open-file limit.
+DEFAULT_MAX_CONNECTIONS = 10_000
 # Who may read /healthz, /livez and /metrics without a key: this machine only, until the file names a monitor's network.
 DEFAULT_OPS_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
     ipaddress.ip_network("127.0.0.0/8"),
@@ -71,6 +74,8 @@ class HttpConfig:
     tls: TlsConfig | None = None
     # The networks /healthz, /livez and /metrics answer (403 elsewhere): they need no key, and say how busy the site is.
     ops_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = DEFAULT_OPS_NETWORKS
+    # Open connections at once; more are answered 503 and closed. status=next waiters each hold one.
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
 
 STORE_SYNC_MODES = ("full", "normal")

@@ -26,6 +26,7 @@ from gateway.config import (
     DEFAULT_HTTP_PORT,
     DEFAULT_LOG_FORMAT,
     DEFAULT_LOG_LEVEL,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_NEXT_WINDOW_S,
     DEFAULT_OPS_NETWORKS,
     DEFAULT_RECORDER_TIMEOUT_S,
@@ -252,7 +253,7 @@ class _Reader(_NodeReader):
         return name
 
     def http(self, node: Node, path: str) -> HttpConfig:
-        section = self.mapping(node, path, ("host", "port", "tls", "ops_networks"))
+        section = self.mapping(node, path, ("host", "port", "tls", "ops_networks", "max_connections"))
         host, port, tls = DEFAULT_HTTP_HOST, DEFAULT_HTTP_PORT, None
         ops_networks = DEFAULT_OPS_NETWORKS
         if (value := section.get("host")) is not None:
@@ -273,7 +274,10 @@ class _Reader(_NodeReader):
             tls = self.tls(value, section.key("tls"))
         if (value := section.get("ops_networks")) is not None:
             ops_networks = self.ops_networks(value, section.key("ops_networks"))
-        return HttpConfig(host=host, port=port, tls=tls, ops_networks=ops_networks)
+        max_connections = DEFAULT_MAX_CONNECTIONS
+        if (value := section.get("max_connections")) is not None:
+            max_connections = int(self.positive(value, section.key("max_connections"), integer=True))
+        return HttpConfig(host=host, port=port, tls=tls, ops_networks=ops_networks, max_connections=max_connections)
 
     def ops_networks(self, node: Node, path: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """Addresses and CIDR networks, no host names: a scrape must not wait for a DNS lookup, and a monitor

@@ -1387,3 +1387,11 @@ def test_describe_shows_the_node_the_url_without_its_password_the_spool_and_site
     assert f"  spool (this node's own file): {Path.cwd() / 'var' / 'gateway-site-a.db'} (sync: full)" in text
     assert "    crm: no token; from any address; sites site-a, site-b" in text.splitlines()
     assert PG_PASSWORD not in text
+
+
+def test_max_connections_defaults_to_10000_and_takes_a_positive_whole_number(tmp_path: Path) -> None:
+    assert load(tmp_path, "http:\n  port: 8010\n").http.max_connections == 10_000
+    assert load(tmp_path, "http:\n  max_connections: 20000\n").http.max_connections == 20_000
+    for text in ("0", "-3", "1.5", "lots"):
+        error = refused(tmp_path, f"http:\n  max_connections: {text}\n")
+        assert error.line == 2 and error.key == "http.max_connections", error

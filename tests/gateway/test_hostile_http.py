@@ -271,8 +271,21 @@ async def test_connections_over_the_cap_are_refused_with_a_503_envelope_and_one_
     assert any(entry["event"] == "api connections below the cap again" and entry["refused"] == 2 for entry in logs)
 
 
-def test_the_cap_fits_the_open_file_limit(monkeypatch):
+def test_the_cap_fits_the_open_file_limit_raised_as_far_as_allowed(monkeypatch):
+    raised = []
+    monkeypatch.setattr(connections.resource, "setrlimit", lambda _which, limits: raised.append(limits))
+    monkeypatch.setattr(connections.resource, "getrlimit", lambda _which: (1024, 4096))
+    assert connections.connection_cap(10_000) == 4096 - connections.FD_RESERVE  # the hard limit bounds it
+    assert raised == [(4096, 4096)]
+    assert connections.connection_cap(1000) == 1000  # the soft limit raised to 1,064 is enough
+    assert raised[-1] == (1000 + connections.FD_RESERVE, 4096)
+    monkeypatch.setattr(connections.resource, "getrlimit", lambda _which: (65536, 65536))
+    raised.clear()
+    assert connections.connection_cap(10_000) == 10_000 and not raised
+
+    def refuse(_which, _limits):
+        raise ValueError("not allowed")
+
+    monkeypatch.setattr(connections.resource, "setrlimit", refuse)
     monkeypatch.setattr(connections.resource, "getrlimit", lambda _which: (1024, 4096))
     assert connections.connection_cap(1000) == 1024 - connections.FD_RESERVE
-    monkeypatch.setattr(connections.resource, "getrlimit", lambda _which: (65536, 65536))
-    assert connections.connection_cap(1000) == 1000
