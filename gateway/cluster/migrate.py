@@ -55,6 +55,8 @@ SELECT_RECORDING_RANGE = (
 COUNT_CALLS = "SELECT count(*) FROM calls"
 SELECT_SCHEMA_VERSION = "SELECT version FROM schema_version"
 SELECT_UNEXPIRED_TOKENS = "SELECT digest, key_digest, user, expires_at FROM tokens WHERE expires_at > ?"
+# What connecting can raise: the server's failures, and asyncpg's ValueError for a URL it cannot use.
+CONNECT_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, ValueError)
 SELECT_OWNERS = "SELECT call_id, node FROM calls WHERE call_id = ANY($1::text[])"
 
 
@@ -199,7 +201,7 @@ async def migrate_store(
         total = await reader.open()
         try:
             connection = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_S, command_timeout=STATEMENT_TIMEOUT_S)
-        except (*DATABASE_ERRORS, ValueError) as error:
+        except CONNECT_ERRORS as error:
             raise MigrationError(
                 f"cannot connect to the cluster database {shown_url}: {describe(error, url)}"
             ) from error
