@@ -155,7 +155,7 @@ class StoreFileReader:
     async def close(self) -> None:
         if self._connection is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=True)  # its one thread is idle by now: the join returns at once
 
     def _close(self) -> None:
         connection, self._connection = self._connection, None
