@@ -1,4 +1,5 @@
-"""Command line (`gateway`, `python -m gateway`): run, check, demo, tap, hash-password (docs/configuration.md)."""
+"""Command line (`gateway`, `python -m gateway`): run, check, demo, tap, hash-password (docs/configuration.md),
+migrate-store (docs/migrate-store.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from drivers.smdr import SMDR_FORMATS
-from gateway.config import GatewayConfig
+from gateway.config import NODE_NAME, NODE_NAME_RULE, GatewayConfig, default_node_name
 from gateway.config.check import check_config
 from gateway.config.describe import describe_config
 from gateway.config.load import load_config
@@ -197,6 +198,49 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_migrate_store(args: argparse.Namespace) -> int:
+    from gateway.cluster.migrate import MigrationError, migrate_store, summary  # late: only this command needs it
+    from gateway.config.load import check_postgresql_url
+
+    node = args.node
+    if node is None:
+        if args.config is not None:
+            config = _load_config(args.config)
+            if config is None:
+                return EXIT_CONFIG
+            node = config.node
+        else:
+            node = default_node_name()
+    if not NODE_NAME.fullmatch(node):
+        print(f"gateway: --node must be a node name of {NODE_NAME_RULE}, not {node!r}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        check_postgresql_url(args.to)
+    except ValueError as error:
+        print(f"gateway: --to {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging("warning", "console")  # the progress lines are the output
+    try:
+        result = asyncio.run(migrate_store(args.source, args.to, node, sys.stdout))
+    except MigrationError as error:
+        print(f"gateway: migrate-store: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("\ngateway: migrate-store interrupted; what was copied stays (running it again is safe)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    first, *not_copied = summary(result, args.source, node)
+    print(first)
+    for line in not_copied:
+        print(f"gateway: {line}", file=sys.stderr)
+    if not_copied:
+        return EXIT_FAILURE
+    print(
+        f"next: in node {node}'s configuration set store.url to this database and store.spool: {args.source}"
+        " (docs/migrate-store.md)"
+    )
+    return EXIT_OK
+
+
 CONFIG_HELP = f"configuration file; without it: ${CONFIG_ENV_VAR}, else {SEARCHED_PLACES}"
 
 
@@ -258,6 +302,29 @@ def build_parser() -> argparse.ArgumentParser:
     tap.add_argument("--config", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     tap.add_argument("--link", required=True, help="the link's name in the configuration")
     tap.set_defaults(handler=cmd_tap)
+
+    migrate = commands.add_parser(
+        "migrate-store", help="copy a SQLite store's calls and tokens into a cluster's PostgreSQL database"
+    )
+    migrate.add_argument(
+        "--from", dest="source", type=Path, required=True, metavar="FILE", help="the SQLite store file (only read)"
+    )
+    migrate.add_argument(
+        "--to",
+        required=True,
+        metavar="URL",
+        help="postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE; without a password, PGPASSWORD or ~/.pgpass",
+    )
+    migrate.add_argument(
+        "--node",
+        default=None,
+        metavar="NAME",
+        help="the node whose calls they become; default: `node` of --config's file, else this machine's host name",
+    )
+    migrate.add_argument(
+        "--config", type=Path, default=None, metavar="FILE", help="take --node's default from this configuration"
+    )
+    migrate.set_defaults(handler=cmd_migrate_store)
 
     hash_cmd = commands.add_parser("hash-password", help="read a password on stdin, print a password_hash")
     hash_cmd.set_defaults(handler=cmd_hash_password)

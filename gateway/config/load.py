@@ -357,7 +357,7 @@ class _Reader(_NodeReader):
         """The url as written (query parameters kept); messages show it with its password as ***."""
         url = self.text(node, path, "a PostgreSQL URL")
         try:
-            _check_postgresql_url(url)
+            check_postgresql_url(url)
         except ValueError as exc:
             shown = f", not {redacted_url(url)!r}" if url.strip() else ""
             raise self.error(node, path, f"{exc}; expected {POSTGRESQL_URL_FORM}{shown}") from None
@@ -857,7 +857,7 @@ def _is_host(text: str) -> bool:
         return _is_host_name(text)
 
 
-def _check_postgresql_url(url: str) -> None:
+def check_postgresql_url(url: str) -> None:
     """ValueError says what is wrong with a store.url, never quoting its user name or password."""
     if not url.strip():
         raise ValueError("must not be empty")
