@@ -42,10 +42,17 @@ class CallFinder:
 
     # ---- by extension and status
 
-    async def find_by_status(self, number: str, statuses: Iterable[str], next_window_s: float, sites: Sites) -> Call:
-        cluster = self.cluster
-        if cluster is None:
-            return await self._tracker.find_by_status(number, statuses, next_window_s)
+    def find_by_status(
+        self, number: str, statuses: Iterable[str], next_window_s: float, sites: Sites
+    ) -> Awaitable[Call]:
+        # Without a cluster, the tracker's own coroutine: a status=next request parks no frame of this one.
+        if self.cluster is None:
+            return self._tracker.find_by_status(number, statuses, next_window_s)
+        return self._find_by_status_in_cluster(self.cluster, number, statuses, next_window_s, sites)
+
+    async def _find_by_status_in_cluster(
+        self, cluster: ClusterNode, number: str, statuses: Iterable[str], next_window_s: float, sites: Sites
+    ) -> Call:
         owners = await cluster.owners(number)
         local = self._local_visible(sites) and (not owners or cluster.node in owners)
         remote: Sites  # the other nodes to search (None: all of them); empty: none

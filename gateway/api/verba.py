@@ -135,7 +135,8 @@ def _call_id_parameter(request: ActionRequest) -> str | None:
         raise invalid("callID") from None
 
 
-async def _find_by_extension(context: ActionContext, request: ActionRequest, extension: str) -> Call:
+def _find_by_extension(context: ActionContext, request: ActionRequest, extension: str) -> Awaitable[Call]:
+    # Not a coroutine itself: a parked status=next request holds one frame less.
     status = request.get("status")
     if status is None:
         raise missing("status")
@@ -144,7 +145,7 @@ async def _find_by_extension(context: ActionContext, request: ActionRequest, ext
         statuses = list(dict.fromkeys(parse_statuses(status)))
     except ValueError:
         raise invalid("status") from None
-    return await context.finder.find_by_status(extension, statuses, context.next_window_s, request.sites)
+    return context.finder.find_by_status(extension, statuses, context.next_window_s, request.sites)
 
 
 async def _find_call(context: ActionContext, request: ActionRequest, *, by_external_ids: bool) -> Call:

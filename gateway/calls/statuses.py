@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from gateway.bounded import ByteBoundedDict
+from gateway.errors import CallNotFound
 from gateway.model import Call, utc_now
 from gateway.store import Store
 
@@ -35,22 +36,36 @@ class NextCallWaiters:
     """Requests waiting for the next call of a number to start (status=next), woken by the call start itself."""
 
     def __init__(self) -> None:
-        self._by_number: dict[str, set[asyncio.Future[Call]]] = defaultdict(set)
+        self._by_number: dict[str, set[asyncio.Future[Call | None]]] = defaultdict(set)
 
-    async def wait(self, number: str, timeout_s: float) -> Call | None:
-        """The next call of `number` to start; None when none starts within `timeout_s`. Cancelling the waiting
-        task (a client that disconnected) removes the waiter."""
-        future: asyncio.Future[Call] = asyncio.get_running_loop().create_future()
+    def wait(self, number: str, timeout_s: float) -> Awaitable[Call | None]:
+        """The next call of `number` to start; None when none starts within `timeout_s`."""
+        return self._wait(number, timeout_s, False)
+
+    async def _wait(self, number: str, timeout_s: float, raise_when_none: bool) -> Call | None:
+        """Cancelling the waiting task (a client that disconnected) removes the waiter.
+
+        One future and one timer per waiter, resolved with None when the window ends: asyncio.wait_for would add
+        a second future, a callback and a coroutine of its own to each of ten thousand parked requests."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Call | None] = loop.create_future()
         waiters = self._by_number[number]
         waiters.add(future)
+        timer = loop.call_later(timeout_s, _window_over, future)
         try:
-            return await asyncio.wait_for(future, timeout_s)
-        except TimeoutError:
-            return None
+            call = await future
         finally:
+            timer.cancel()
             waiters.discard(future)
             if not waiters:
                 self._by_number.pop(number, None)
+        if call is None and raise_when_none:
+            raise CallNotFound(number)
+        return call
+
+    def wait_or_raise(self, number: str, timeout_s: float) -> Awaitable[Call]:
+        """Like wait(), raising CallNotFound when no call starts within `timeout_s` (one coroutine, not two)."""
+        return self._wait(number, timeout_s, True)  # type: ignore[return-value]  # never None when raising
 
     def wake(self, call: Call) -> None:
         for number in call.parties:
@@ -64,6 +79,11 @@ class NextCallWaiters:
     @property
     def count(self) -> int:
         return sum(len(waiters) for waiters in self._by_number.values())
+
+
+def _window_over(future: asyncio.Future[Call | None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 @dataclass(slots=True)

@@ -9,7 +9,7 @@ saving.py, and what status=last/next need in statuses.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 
 import structlog
@@ -375,13 +375,13 @@ class CallTracker:
                 calls.append(call)
         return calls
 
-    async def wait_for_next_call(self, number: str, timeout_s: float) -> Call | None:
+    def wait_for_next_call(self, number: str, timeout_s: float) -> Awaitable[Call | None]:
         """Wait for a call of `number` to start; None when none starts within `timeout_s`.
 
-        Woken by the call-start event itself. Cancelling the waiting task (a client that
-        disconnected) removes the waiter.
+        Woken by the call-start event itself. Cancelling the waiting task (a client that disconnected) removes the
+        waiter. Not a coroutine of its own: every frame a parked request holds costs memory ten thousand times.
         """
-        return await self._next_waiters.wait(number, timeout_s)
+        return self._next_waiters.wait(number, timeout_s)
 
     def waiting_for_next(self, numbers: Iterable[str]) -> bool:
         """Whether a status=next request waits for a call of one of these numbers."""
@@ -396,8 +396,23 @@ class CallTracker:
         """status=next requests waiting now: the one sign that a waiter was registered, or left behind."""
         return self._next_waiters.count
 
-    async def find_by_status(self, number: str, statuses: Iterable[str], next_window_s: float) -> Call:
-        """Try each status in order; the first that finds exactly one call wins. Raises CallNotFound/AmbiguousCall."""
+    def find_by_status(self, number: str, statuses: Iterable[str], next_window_s: float) -> Awaitable[Call]:
+        """Try each status in order; the first that finds exactly one call wins. Raises CallNotFound/AmbiguousCall.
+
+        `ongoing` … then `next` last (what CRMs ask for a screen pop) needs no store read before it waits: then the
+        waiter itself is the request's awaitable (no frame of this method stays parked with each of thousands)."""
+        statuses = list(statuses)
+        if statuses and statuses[-1] == STATUS_NEXT and all(status == STATUS_ONGOING for status in statuses[:-1]):
+            if statuses[:-1]:
+                found = self.ongoing_calls_of(number)
+                if len(found) == 1:
+                    return _settled(found[0])
+                if len(found) > 1:
+                    return _settled(AmbiguousCall(f"{len(found)} calls of {number} match status {STATUS_ONGOING}"))
+            return self._next_waiters.wait_or_raise(number, next_window_s)
+        return self._find_by_status(number, statuses, next_window_s)
+
+    async def _find_by_status(self, number: str, statuses: list[str], next_window_s: float) -> Call:
         for status in statuses:
             if status == STATUS_ONGOING:
                 found = self.ongoing_calls_of(number)
@@ -482,6 +497,16 @@ class CallTracker:
             call = next(stored_call for stored_call in stored if stored_call.call_id == call_id)
             self._index.adopt(call)
         return call
+
+
+def _settled(outcome: Call | Exception) -> asyncio.Future[Call]:
+    """An awaitable already holding its outcome, without a coroutine."""
+    future: asyncio.Future[Call] = asyncio.get_running_loop().create_future()
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+    return future
 
 
 def recording_mode_of(call: Call, tracker: CallTracker) -> RecordingMode | None:
