@@ -144,66 +144,74 @@ def _error(response_type: ResponseType, action: str, status: int, message: str) 
     return _respond(render_error(response_type, action, message), status)
 
 
-async def verba_api(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    started = time.perf_counter()
-    action = ""
-    action_type = UNKNOWN_ACTION_TYPE
-    response_type = _query_response_type(request)
-    status = 200
-    try:
-        params = await _read_params(request)
-        action = (params.get("action") or "").strip()
-        action_type = _action_type(action)
-        response_type = ResponseType.XML  # an invalid responseType is answered in XML (docs/api.md)
-        response_type = ResponseType.parse(params.get("responseType"))
-        if not action:
-            raise missing("action")
-        if action not in KNOWN_ACTIONS:
-            raise ApiError(400, "Unknown action")
-        check_parameter_lengths(params)
-        authorization = request.headers.get("Authorization")
-        if action == ACTION_REQUEST_TOKEN:
-            token = await services.auth.request_token(
+def verba_api_handler(services: ApiServices, timing_log: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The `/verba/api` handler, with what every request uses bound once (not looked up on the app per request)."""
+
+    async def verba_api(request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        action = ""
+        action_type = UNKNOWN_ACTION_TYPE
+        response_type: ResponseType | None = None  # known once the parameters are read
+        status = 200
+        try:
+            params = request.query if request.method != "POST" else await _read_params(request)
+            action = (params.get("action") or "").strip()
+            action_type = _action_type(action)
+            response_type = ResponseType.XML  # an invalid responseType is answered in XML (docs/api.md)
+            response_type = ResponseType.parse(params.get("responseType"))
+            if not action:
+                raise missing("action")
+            if action not in KNOWN_ACTIONS:
+                raise ApiError(400, "Unknown action")
+            check_parameter_lengths(params)
+            authorization = request.headers.get("Authorization")
+            if action == ACTION_REQUEST_TOKEN:
+                token = await services.auth.request_token(
+                    api_key=params.get("apiKey"),
+                    user_name=params.get("userName"),
+                    password=params.get("password"),
+                    authorization=authorization,
+                    remote=request.remote,
+                )
+                return _respond(render_success(response_type, action, TokenPayload(token)))
+            principal = await services.auth.authenticate(
                 api_key=params.get("apiKey"),
-                user_name=params.get("userName"),
-                password=params.get("password"),
+                token=params.get("token"),
                 authorization=authorization,
                 remote=request.remote,
             )
-            return _respond(render_success(response_type, action, TokenPayload(token)))
-        principal = await services.auth.authenticate(
-            api_key=params.get("apiKey"),
-            token=params.get("token"),
-            authorization=authorization,
-            remote=request.remote,
-        )
-        payload = await ACTIONS[action](services.actions, ActionRequest(action, params, principal))
-        return _respond(render_success(response_type, action, payload or NoPayload()))
-    except asyncio.CancelledError:  # the client went away (a `status=next` wait it gave up on)
-        status = CLIENT_CLOSED_REQUEST
-        raise
-    except Exception as error:
-        outcome = error_outcome(action, error)
-        if outcome is None:
-            status = 500
-            log.exception("api request failed", action=action_type)
-            return _error(response_type, action_type, status, MESSAGE_INTERNAL)
-        status, message = outcome
-        if status in (401, 403):
-            log.info("api request refused", action=action_type, status=status, reason=message, remote=request.remote)
-        return _error(response_type, action_type, status, message)
-    finally:
-        elapsed_s = time.perf_counter() - started
-        services.observe_request(action if action in KNOWN_ACTIONS else OTHER_ACTION, status, elapsed_s)
-        if request.app[TIMING_LOG]:
-            log.debug(
-                "api request",
-                action=action_type,
-                method=request.method,
-                status=status,
-                ms=round(elapsed_s * 1000, 2),
-            )
+            payload = await ACTIONS[action](services.actions, ActionRequest(action, params, principal))
+            return _respond(render_success(response_type, action, payload or NoPayload()))
+        except asyncio.CancelledError:  # the client went away (a `status=next` wait it gave up on)
+            status = CLIENT_CLOSED_REQUEST
+            raise
+        except Exception as error:
+            if response_type is None:  # the body could not be read: the query string may still say the format
+                response_type = _query_response_type(request)
+            outcome = error_outcome(action, error)
+            if outcome is None:
+                status = 500
+                log.exception("api request failed", action=action_type)
+                return _error(response_type, action_type, status, MESSAGE_INTERNAL)
+            status, message = outcome
+            if status in (401, 403):
+                log.info(
+                    "api request refused", action=action_type, status=status, reason=message, remote=request.remote
+                )
+            return _error(response_type, action_type, status, message)
+        finally:
+            elapsed_s = time.perf_counter() - started
+            services.observe_request(action if action in KNOWN_ACTIONS else OTHER_ACTION, status, elapsed_s)
+            if timing_log:
+                log.debug(
+                    "api request",
+                    action=action_type,
+                    method=request.method,
+                    status=status,
+                    ms=round(elapsed_s * 1000, 2),
+                )
+
+    return verba_api
 
 
 async def _no_sniffing(_request: web.Request, response: web.StreamResponse) -> None:
@@ -249,6 +257,7 @@ def create_app(services: ApiServices) -> web.Application:
     app[SERVICES] = services
     app.on_response_prepare.append(_no_sniffing)
     app[TIMING_LOG] = log.is_enabled_for(logging.DEBUG)
+    verba_api = verba_api_handler(services, app[TIMING_LOG])
     app.router.add_route("GET", API_PATH, verba_api)
     app.router.add_route("POST", API_PATH, verba_api)
     app.router.add_get(HEALTH_PATH, ops_only(healthz))

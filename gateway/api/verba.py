@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ MANUAL_RECORDING_NOT_FOUND = (
     "Unable to retrieve the recording identifier, because no manual recording was made on the call."
 )
 
+# `status` lists remembered parsed: bounded by entries, and each value by MAX_CHARS_BY_PARAMETER["status"].
+STATUS_MEMO_ENTRIES = 256
 # The longest value each parameter can really carry, with room to spare. Longer ones are refused
 # (400) before authentication and any lookup: no client gets the gateway to hash, compare, query
 # or memoise megabytes it made up.
@@ -135,14 +138,20 @@ def _call_id_parameter(request: ActionRequest) -> str | None:
         raise invalid("callID") from None
 
 
+@functools.lru_cache(maxsize=STATUS_MEMO_ENTRIES)
+def _statuses(value: str) -> tuple[str, ...]:
+    """Each status once, in its first place (a second `next` would wait a second window). Clients send the same
+    few lists again and again; a ValueError is not memoised."""
+    return tuple(dict.fromkeys(parse_statuses(value)))
+
+
 def _find_by_extension(context: ActionContext, request: ActionRequest, extension: str) -> Awaitable[Call]:
     # Not a coroutine itself: a parked status=next request holds one frame less.
     status = request.get("status")
     if status is None:
         raise missing("status")
     try:
-        # Each status once, in its first place: a second `next` would wait a second window.
-        statuses = list(dict.fromkeys(parse_statuses(status)))
+        statuses = _statuses(status)
     except ValueError:
         raise invalid("status") from None
     return context.finder.find_by_status(extension, statuses, context.next_window_s, request.sites)
