@@ -306,7 +306,10 @@ def measure(args: argparse.Namespace, cluster_url: str | None) -> None:
                     f"{'lookup':<16}{'bare req/s':>12}{'gateway req/s':>15}{'ratio':>8}{'gw p50 ms':>11}{'gw p99 ms':>11}{'errors':>8}"
                 )
             else:
-                print(f"{'lookup':<16}{'server':<24}{'req/s':>10}{'/ bare':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+                print(
+                    f"{'lookup':<16}{'server':<24}{'req/s':>10}{'/ bare':>8}{'/ SQLite':>10}"
+                    f"{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+                )
             for kind in args.kinds.split(","):
                 runs = measure_kind(kind, servers, folder, script, args)
                 if cluster_url is None:
@@ -366,10 +369,13 @@ def print_row(kind: str, bare_runs: list[Measurement], gateway_runs: list[Measur
 
 
 def print_cluster_rows(kind: str, servers: list[Server], runs: list[list[Measurement]]) -> None:
-    for server, server_runs in zip(servers, runs):
+    """bare, the gateway on SQLite, the owner node, the other node: each against the bare handler and the nodes
+    against the gateway on SQLite too (paired per round)."""
+    for index, (server, server_runs) in enumerate(zip(servers, runs)):
+        against_sqlite = f"{paired_ratio(server_runs, runs[1]):>10.2f}" if index >= 2 else f"{'':>10}"
         print(
             f"{kind:<16}{server.label:<24}{statistics.median(m.requests_per_s for m in server_runs):>10,.0f}"
-            f"{paired_ratio(server_runs, runs[0]):>8.2f}"
+            f"{paired_ratio(server_runs, runs[0]):>8.2f}{against_sqlite}"
             f"{statistics.median(m.p50_ms for m in server_runs):>9.2f}"
             f"{statistics.median(m.p99_ms for m in server_runs):>9.2f}"
             f"{sum(m.errors for m in server_runs):>8}"
