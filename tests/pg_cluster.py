@@ -54,6 +54,9 @@ class PostgresCluster:
     port: int
     password: str
     bin: Path
+    # False: fsync, synchronous commits and full-page writes off (tests: nothing must survive a power cut);
+    # True: PostgreSQL's own defaults, for benchmarks whose figures must be a real server's.
+    durable: bool = False
 
     @property
     def url(self) -> str:
@@ -72,11 +75,11 @@ class PostgresCluster:
         return result
 
     @classmethod
-    def create(cls) -> PostgresCluster:
+    def create(cls, *, durable: bool = False) -> PostgresCluster:
         # Not under pytest's tmp_path: that is private to root (0700), and the server runs as `postgres`.
         programs = postgres_bin()
         directory = Path(tempfile.mkdtemp(prefix="gateway-test-pg-"))
-        cluster = cls(directory, _free_port(), secrets.token_hex(12), programs)
+        cluster = cls(directory, _free_port(), secrets.token_hex(12), programs, durable)
         try:
             data = directory / "data"
             password_file = directory / "password"
@@ -94,7 +97,7 @@ class PostgresCluster:
                 "-A",
                 "scram-sha-256",
                 f"--pwfile={password_file}",
-                "--no-sync",  # a test cluster: nothing in it must survive a power cut
+                *([] if durable else ["--no-sync"]),  # a test cluster: nothing in it must survive a power cut
                 timeout=START_TIMEOUT_S,
             )
             password_file.unlink()
@@ -110,10 +113,9 @@ class PostgresCluster:
 
     def start(self) -> None:
         data = self.directory / "data"
-        options = (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={data} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        )
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={data}"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             str(self.bin / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(self.directory / "server.log"),
             "-w", "-t", str(START_TIMEOUT_S), "start",

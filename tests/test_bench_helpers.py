@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: percentiles that never exceed the maximum, and a missing tool skipping one
-benchmark instead of stopping `make bench`."""
+"""What the benchmark scripts share: percentiles that never exceed the maximum, a missing tool skipping one
+benchmark instead of stopping `make bench`, and the --store-url that runs a benchmark on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from benchlib import percentile, summary_ms  # noqa: E402 — bench/ is a script folder, not a package
+import api_bench  # noqa: E402 — bench/ is a script folder, not a package
+import ingest_bench  # noqa: E402
+from benchlib import percentile, summary_ms  # noqa: E402
 
 
 def test_a_percentile_is_one_of_the_samples_and_never_above_the_maximum() -> None:
@@ -48,3 +50,21 @@ def test_the_api_benchmark_without_wrk_skips_itself_with_a_clear_line(tmp_path: 
     )
     assert result.returncode == 0, result.stderr
     assert "skipped: wrk is not installed" in result.stdout
+
+
+@pytest.mark.parametrize("script", [api_bench, ingest_bench], ids=["api_bench", "ingest_bench"])
+def test_the_benchmarks_take_a_store_url_or_auto_and_run_on_sqlite_without_one(script) -> None:
+    url = "postgresql://bench:s3cret@db.example:5433/gateway?sslmode=require"
+    assert script.parse_args(["--store-url", url]).store_url == url
+    assert script.parse_args(["--store-url", "auto"]).store_url == "auto"
+    assert script.parse_args([]).store_url is None
+
+
+@pytest.mark.parametrize("script", [api_bench, ingest_bench], ids=["api_bench", "ingest_bench"])
+def test_a_store_url_that_is_not_postgresql_is_refused_without_quoting_it(script, capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        script.parse_args(["--store-url", "mysql://bench:s3cret@db.example/gateway"])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert "--store-url: must be a PostgreSQL URL starting with postgresql://" in error
+    assert "s3cret" not in error

@@ -62,3 +62,14 @@ def test_a_notify_reaches_a_listening_session(cluster):
     assert psql(cluster, "NOTIFY calls, 'site-a 8856'").returncode == 0
     out, _ = listener.communicate("SELECT 1;\n", timeout=PSQL_TIMEOUT_S)
     assert 'Asynchronous notification "calls" with payload "site-a 8856"' in out
+
+
+def test_the_test_cluster_runs_without_fsync_and_a_durable_one_with_it(cluster):
+    assert psql(cluster, "SHOW fsync").stdout.strip() == "off"
+    durable = PostgresCluster.create(durable=True)  # what the benchmarks' `--store-url auto` runs on
+    try:
+        settings = psql(durable, "SELECT current_setting('fsync') || ' ' || current_setting('synchronous_commit')")
+        assert settings.returncode == 0, settings.stderr
+        assert settings.stdout.strip() == "on on"
+    finally:
+        durable.remove()
