@@ -116,14 +116,19 @@ class CallFinder:
         return await _single(local, native_id, remote)
 
     async def find_id_by_platform_call_id(self, platform_call_id: str, sites: Sites) -> str:
-        if self.cluster is None:  # one indexed query, no call read: all GetCallID needs
-            return await self._tracker.find_id_by_platform_call_id(platform_call_id)
-        return (await self.find_by_platform_call_id(platform_call_id, sites)).call_id
+        """Only the callID (all GetCallID needs): indexed queries here and in the cluster, no call read."""
+        local = self._tracker.find_id_by_platform_call_id
+        if self.cluster is None:
+            return await local(platform_call_id)
+        remote = await self.cluster.ids_by_platform_call_id(platform_call_id, _listed(sites))
+        return await _single_id(local if self._local_visible(sites) else None, platform_call_id, remote)
 
     async def find_id_by_native_id(self, native_id: str, sites: Sites) -> str:
+        local = self._tracker.find_id_by_native_id
         if self.cluster is None:
-            return await self._tracker.find_id_by_native_id(native_id)
-        return (await self.find_by_native_id(native_id, sites)).call_id
+            return await local(native_id)
+        remote = await self.cluster.ids_by_native_id(native_id, _listed(sites))
+        return await _single_id(local if self._local_visible(sites) else None, native_id, remote)
 
 
 async def _single(local: Callable[[str], Awaitable[Call]] | None, value: str, remote: list[Call]) -> Call:
@@ -143,6 +148,22 @@ async def _single(local: Callable[[str], Awaitable[Call]] | None, value: str, re
     if not found:
         raise CallNotFound(value)
     return next(iter(found.values()))
+
+
+async def _single_id(local: Callable[[str], Awaitable[str]] | None, value: str, remote: list[str]) -> str:
+    """Exactly one callID between this node's (`local(value)`, which raises when it finds none or two) and the
+    other nodes' (`remote`)."""
+    found = set(remote)
+    if local is not None:
+        try:
+            found.add(await local(value))
+        except CallNotFound:
+            pass
+    if len(found) > 1:
+        raise AmbiguousCall(f"{len(found)} calls have {value}")
+    if not found:
+        raise CallNotFound(value)
+    return found.pop()
 
 
 def _listed(sites: Sites) -> list[str] | None:

@@ -7,7 +7,6 @@ so a call reads back exactly as its owner stores it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import asyncpg
 
@@ -33,10 +32,13 @@ UPSERT_RECORDING = _upsert("recordings", _RECORDING_NAMES, "recording_id")
 DELETE_PARTIES = "DELETE FROM call_parties WHERE call_id = ANY($1::text[])"
 INSERT_PARTY = "INSERT INTO call_parties (call_id, number, end_time) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
 
-SELECT_CALLS = f"SELECT {CALL_COLUMNS}, node FROM calls WHERE call_id = ANY($1::text[])"
-SELECT_PARTIES = "SELECT call_id, number FROM call_parties WHERE call_id = ANY($1::text[])"
-SELECT_RECORDINGS = (
-    f"SELECT {RECORDING_COLUMNS} FROM recordings WHERE call_id = ANY($1::text[]) ORDER BY call_id, start_time, seq"
+# A call with its parties and recordings in one statement: one round trip per read, whatever the number of calls.
+SELECT_CALLS = (
+    f"SELECT {CALL_COLUMNS}, node,"
+    " ARRAY(SELECT p.number FROM call_parties AS p WHERE p.call_id = c.call_id) AS parties,"
+    f" ARRAY(SELECT ROW({RECORDING_COLUMNS}) FROM recordings AS r WHERE r.call_id = c.call_id"
+    " ORDER BY r.start_time, r.seq) AS recordings"
+    " FROM calls AS c WHERE c.call_id = ANY($1::text[])"
 )
 # $2: this node (its own calls are read from memory and its local store, never from here); $3: the nodes the
 # caller may see (NULL: every node).
@@ -73,19 +75,11 @@ async def read_calls(connection: asyncpg.Connection, call_ids: Sequence[str]) ->
     if not call_ids:
         return []
     ids = list(dict.fromkeys(call_ids))
-    async with connection.transaction(isolation="repeatable_read", readonly=True):
-        call_rows = await connection.fetch(SELECT_CALLS, ids)
-        party_rows = await connection.fetch(SELECT_PARTIES, ids)
-        recording_rows = await connection.fetch(SELECT_RECORDINGS, ids)
-    parties: dict[str, list[str]] = {}
-    for call_id, number in party_rows:
-        parties.setdefault(call_id, []).append(number)
-    recordings: dict[str, list[Any]] = {}
-    for row in recording_rows:
-        recordings.setdefault(row[1], []).append(recording_from_row(row))
     by_id: dict[str, Call] = {}
-    for row in call_rows:
-        call = call_from_row(tuple(row)[:-1], parties.get(row[0], ()), recordings.get(row[0], []))
-        call.node = row[-1]
+    for row in await connection.fetch(SELECT_CALLS, ids):
+        values = tuple(row)
+        recordings = [recording_from_row(recording) for recording in values[-1]]
+        call = call_from_row(values[: len(_CALL_NAMES)], values[-2], recordings)
+        call.node = values[len(_CALL_NAMES)]
         by_id[call.call_id] = call
     return [by_id[call_id] for call_id in ids if call_id in by_id]

@@ -24,7 +24,8 @@ log = structlog.get_logger(__name__)
 CONNECT_TIMEOUT_S = 3.0  # a server that does not answer a connect in this long is down for us
 QUERY_TIMEOUT_S = 5.0  # any one statement; the API must answer long before its clients give up
 ACQUIRE_TIMEOUT_S = 3.0  # waiting for a free pooled connection
-POOL_MAX = 8  # the API's remote lookups, the shipper, heartbeats and commands share these
+# The API's remote lookups, the shipper, heartbeats and commands share these; 32 clients at once waited for 8.
+POOL_MAX = 16
 
 # What a dead, restarting or failing-over server raises through asyncpg.
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (

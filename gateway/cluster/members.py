@@ -3,6 +3,7 @@ whether it is running — its session holds its advisory lock and its heartbeat 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -158,19 +159,28 @@ class Directory:
         self._database = database
         self._owners: dict[str, frozenset[str]] = {}
         self._read_at = float("-inf")
+        self._reloading: asyncio.Future[None] | None = None
 
     async def owners(self, number: str) -> frozenset[str]:
         """The nodes that publish `number` (empty: none does). While the database is unreachable, what it said
         last (nodes publish their extensions at start only, so it is rarely stale); ClusterUnavailable when it
         has never been read."""
         if time.monotonic() - self._read_at > DIRECTORY_TTL_S:
+            # One reload at a time: the requests arriving meanwhile wait for it rather than each read the table.
+            if self._reloading is None or self._reloading.done():
+                self._reloading = asyncio.ensure_future(self._reload())
+                # Whoever awaits it gets its error; this only keeps asyncio from calling it unretrieved.
+                self._reloading.add_done_callback(lambda done: done.cancelled() or done.exception())
             try:
-                async with self._database.connection() as connection:
-                    await self.load(connection)
+                await asyncio.shield(self._reloading)
             except ClusterUnavailable:
                 if self._read_at == float("-inf"):
                     raise
         return self._owners.get(number, frozenset())
+
+    async def _reload(self) -> None:
+        async with self._database.connection() as connection:
+            await self.load(connection)
 
     async def load(self, connection: asyncpg.Connection) -> None:
         owners: dict[str, set[str]] = {}

@@ -220,6 +220,15 @@ class ClusterNode:
         latest = rows[0]["end_time"]
         return await self._read([row["call_id"] for row in rows if row["end_time"] == latest])
 
+    async def ids_by_platform_call_id(self, platform_call_id: str, sites: Sites) -> list[str]:
+        """Only the callIDs: one query, no call read (all GetCallID needs)."""
+        rows = await self.database.fetch(calls.SELECT_BY_PLATFORM_CALL_ID, platform_call_id, self.node, _sites(sites))
+        return [row["call_id"] for row in rows]
+
+    async def ids_by_native_id(self, native_id: str, sites: Sites) -> list[str]:
+        rows = await self.database.fetch(calls.SELECT_BY_NATIVE_ID, native_id, self.node, _sites(sites))
+        return [row["call_id"] for row in rows]
+
     async def by_platform_call_id(self, platform_call_id: str, sites: Sites) -> list[Call]:
         rows = await self.database.fetch(calls.SELECT_BY_PLATFORM_CALL_ID, platform_call_id, self.node, _sites(sites))
         return await self._read([row["call_id"] for row in rows])
