@@ -144,8 +144,13 @@ def write_config(folder: Path, port: int, db_path: Path, cluster_url: str | None
     """The gateway on `db_path`; with `cluster_url`, node `node` of that cluster with `db_path` as its spool."""
     config = folder / (f"{node}.yaml" if cluster_url is not None else "bench.yaml")
     store = f'{{path: "{db_path}"}}'
+    extensions = ""
     if cluster_url is not None:  # a JSON string is a YAML string: the URL needs no escaping of its own
         store = f'{{url: {json.dumps(cluster_url)}, spool: "{db_path}"}}\nnode: {node}'
+    if node == OWNER_NODE:
+        # A site publishes the extensions it serves: its own lookups of them then need no other node's calls.
+        numbers = [2000 + index for index in range(EXTENSIONS)] + [9000 + index for index in range(ONGOING_CALLS)]
+        extensions = "extensions:\n" + "".join(f'  - {{number: "{number}", mode: full}}\n' for number in numbers)
     config.write_text(
         f"""
 http: {{host: 127.0.0.1, port: {port}}}
@@ -154,7 +159,7 @@ api:
   keys:
     - {{key: {API_KEY}, name: bench}}
 log: {{level: warning}}
-"""
+{extensions}"""
     )
     return config
 

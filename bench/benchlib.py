@@ -60,10 +60,10 @@ def store_url(text: str) -> str:
     URL: it may hold a password)."""
     if text == STORE_URL_AUTO:
         return text
-    from gateway.config.load import POSTGRESQL_URL_FORM, _check_postgresql_url
+    from gateway.config.load import POSTGRESQL_URL_FORM, check_postgresql_url
 
     try:
-        _check_postgresql_url(text)
+        check_postgresql_url(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"{error}; expected {POSTGRESQL_URL_FORM} or {STORE_URL_AUTO}") from None
     return text

@@ -33,13 +33,14 @@ DELETE_PARTIES = "DELETE FROM call_parties WHERE call_id = ANY($1::text[])"
 INSERT_PARTY = "INSERT INTO call_parties (call_id, number, end_time) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
 
 # A call with its parties and recordings in one statement: one round trip per read, whatever the number of calls.
-SELECT_CALLS = (
+_FULL_CALL = (
     f"SELECT {CALL_COLUMNS}, node,"
     " ARRAY(SELECT p.number FROM call_parties AS p WHERE p.call_id = c.call_id) AS parties,"
     f" ARRAY(SELECT ROW({RECORDING_COLUMNS}) FROM recordings AS r WHERE r.call_id = c.call_id"
     " ORDER BY r.start_time, r.seq) AS recordings"
-    " FROM calls AS c WHERE c.call_id = ANY($1::text[])"
+    " FROM calls AS c"
 )
+SELECT_CALLS = f"{_FULL_CALL} WHERE c.call_id = ANY($1::text[])"
 # $2: this node (its own calls are read from memory and its local store, never from here); $3: the nodes the
 # caller may see (NULL: every node).
 _NODES = "c.node <> $2 AND ($3::text[] IS NULL OR c.node = ANY($3::text[]))"
@@ -50,6 +51,13 @@ SELECT_ONGOING_OF = (
 SELECT_LAST_ENDED_OF = (
     "SELECT p.end_time, p.call_id FROM call_parties AS p JOIN calls AS c ON c.call_id = p.call_id"
     f" WHERE p.number = $1 AND p.end_time <= $4 AND c.state = 1 AND {_NODES} ORDER BY p.end_time DESC LIMIT 2"
+)
+# The same searches returning the calls in full, in one round trip (the id query as a subquery).
+SELECT_ONGOING_CALLS_OF = f"{_FULL_CALL} WHERE c.call_id IN ({SELECT_ONGOING_OF})"
+# The other nodes' call(s) of a number that ended last: ties are all returned (then the lookup is ambiguous).
+SELECT_LAST_ENDED_CALLS_OF = (
+    f"WITH last AS ({SELECT_LAST_ENDED_OF})"
+    f" {_FULL_CALL} WHERE c.call_id IN (SELECT call_id FROM last WHERE end_time = (SELECT max(end_time) FROM last))"
 )
 SELECT_BY_PLATFORM_CALL_ID = f"SELECT c.call_id FROM calls AS c WHERE c.platform_call_id = $1 AND {_NODES} LIMIT 2"
 SELECT_BY_NATIVE_ID = f"SELECT c.call_id FROM calls AS c WHERE c.native_id = $1 AND {_NODES} LIMIT 2"
@@ -75,11 +83,17 @@ async def read_calls(connection: asyncpg.Connection, call_ids: Sequence[str]) ->
     if not call_ids:
         return []
     ids = list(dict.fromkeys(call_ids))
-    by_id: dict[str, Call] = {}
-    for row in await connection.fetch(SELECT_CALLS, ids):
+    by_id = {call.call_id: call for call in calls_from_rows(await connection.fetch(SELECT_CALLS, ids))}
+    return [by_id[call_id] for call_id in ids if call_id in by_id]
+
+
+def calls_from_rows(rows: Sequence[asyncpg.Record]) -> list[Call]:
+    """Rows of a `_FULL_CALL` statement as the model's calls, each with its owning node."""
+    found = []
+    for row in rows:
         values = tuple(row)
         recordings = [recording_from_row(recording) for recording in values[-1]]
         call = call_from_row(values[: len(_CALL_NAMES)], values[-2], recordings)
         call.node = values[len(_CALL_NAMES)]
-        by_id[call.call_id] = call
-    return [by_id[call_id] for call_id in ids if call_id in by_id]
+        found.append(call)
+    return found

@@ -208,17 +208,14 @@ class ClusterNode:
         return found[0]
 
     async def ongoing_of(self, number: str, sites: Sites) -> list[Call]:
-        rows = await self.database.fetch(calls.SELECT_ONGOING_OF, number, self.node, _sites(sites))
-        return await self._read([row["call_id"] for row in rows])
+        rows = await self.database.fetch(calls.SELECT_ONGOING_CALLS_OF, number, self.node, _sites(sites))
+        return calls.calls_from_rows(rows)
 
     async def last_of(self, number: str, sites: Sites, ended_by: datetime | None = None) -> list[Call]:
         """The other nodes' call(s) of `number` that ended last (more than one only when they ended together)."""
         bound = epoch(ended_by or datetime.now(UTC))
-        rows = await self.database.fetch(calls.SELECT_LAST_ENDED_OF, number, self.node, _sites(sites), bound)
-        if not rows:
-            return []
-        latest = rows[0]["end_time"]
-        return await self._read([row["call_id"] for row in rows if row["end_time"] == latest])
+        rows = await self.database.fetch(calls.SELECT_LAST_ENDED_CALLS_OF, number, self.node, _sites(sites), bound)
+        return calls.calls_from_rows(rows)
 
     async def ids_by_platform_call_id(self, platform_call_id: str, sites: Sites) -> list[str]:
         """Only the callIDs: one query, no call read (all GetCallID needs)."""
