@@ -17,20 +17,50 @@ _CALL_NAMES = [name.strip() for name in CALL_COLUMNS.split(",")]
 _RECORDING_NAMES = [name.strip() for name in RECORDING_COLUMNS.split(",")]
 
 
-def _upsert(table: str, names: list[str], key: str, guard: str = "") -> str:
-    placeholders = ", ".join(f"${index}" for index in range(1, len(names) + 1))
-    updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in names if name != key)
-    return (
-        f"INSERT INTO {table} ({', '.join(names)}) VALUES ({placeholders})"
-        f" ON CONFLICT ({key}) DO UPDATE SET {updates}{guard}"
-    )
+# Each column's PostgreSQL type: a batch is written as one array per column (unnest), one statement per table.
+_CALL_TYPES = {
+    **dict.fromkeys(_CALL_NAMES, "text"),
+    **dict.fromkeys(("state", "kept", "do_not_delete", "awaiting_record"), "int"),
+    **dict.fromkeys(("start_time", "connect_time", "end_time", "ring_s", "duration_s"), "float8"),
+    "node": "text",
+}
+_RECORDING_TYPES = {
+    **dict.fromkeys(_RECORDING_NAMES, "text"),
+    **dict.fromkeys(("manual", "deleted", "seq", "discardable"), "int"),
+    **dict.fromkeys(("start_time", "end_time"), "float8"),
+}
+_PARTY_TYPES = {"call_id": "text", "number": "text", "end_time": "float8"}
+
+
+def _unnest_insert(table: str, types: dict[str, str], conflict: str) -> str:
+    """INSERT of any number of rows given as one array per column: one statement whatever the batch's size (a
+    row at a time, PostgreSQL's per-statement work set the pace of shipping a burst)."""
+    names = list(types)
+    arrays = ", ".join(f"${index}::{kind}[]" for index, kind in enumerate(types.values(), start=1))
+    return f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM unnest({arrays}) {conflict}"
+
+
+def _updates(names: list[str], key: str) -> str:
+    return ", ".join(f"{name} = EXCLUDED.{name}" for name in names if name != key)
 
 
 # A node never overwrites a call another node owns (ids are unique per store; this is the belt to those braces).
-UPSERT_CALL = _upsert("calls", [*_CALL_NAMES, "node"], "call_id", " WHERE calls.node = EXCLUDED.node")
-UPSERT_RECORDING = _upsert("recordings", _RECORDING_NAMES, "recording_id")
+UPSERT_CALLS = _unnest_insert(
+    "calls",
+    _CALL_TYPES,
+    f"ON CONFLICT (call_id) DO UPDATE SET {_updates(list(_CALL_TYPES), 'call_id')} WHERE calls.node = EXCLUDED.node",
+)
+UPSERT_RECORDINGS = _unnest_insert(
+    "recordings",
+    _RECORDING_TYPES,
+    f"ON CONFLICT (recording_id) DO UPDATE SET {_updates(_RECORDING_NAMES, 'recording_id')}",
+)
 DELETE_PARTIES = "DELETE FROM call_parties WHERE call_id = ANY($1::text[])"
-INSERT_PARTY = "INSERT INTO call_parties (call_id, number, end_time) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+INSERT_PARTIES = _unnest_insert("call_parties", _PARTY_TYPES, "ON CONFLICT DO NOTHING")
+
+
+def _columns(rows: Sequence[Sequence[object]], width: int) -> list[list[object]]:
+    return [list(column) for column in zip(*rows)] if rows else [[] for _ in range(width)]
 
 # A call with its parties and recordings in one statement: one round trip per read, whatever the number of calls.
 _FULL_CALL = (
@@ -64,18 +94,21 @@ SELECT_BY_NATIVE_ID = f"SELECT c.call_id FROM calls AS c WHERE c.native_id = $1 
 
 
 async def save_snapshots(connection: asyncpg.Connection, node: str, snapshots: Sequence[CallSnapshot]) -> None:
-    """Upsert the calls (their latest snapshot each), replacing their parties; inside the caller's transaction."""
+    """Upsert the calls (their latest snapshot each), replacing their parties; inside the caller's transaction.
+    Four statements for any number of calls."""
     latest = {snapshot.call_id: snapshot for snapshot in snapshots}
     if not latest:
         return
     await connection.execute(DELETE_PARTIES, list(latest))
-    await connection.executemany(UPSERT_CALL, [(*snapshot.call_row, node) for snapshot in latest.values()])
+    call_rows = [(*snapshot.call_row, node) for snapshot in latest.values()]
+    await connection.execute(UPSERT_CALLS, *_columns(call_rows, len(_CALL_TYPES)))
     parties = [row for snapshot in latest.values() for row in snapshot.party_rows]
     if parties:
-        await connection.executemany(INSERT_PARTY, parties)
-    recordings = [row for snapshot in latest.values() for row in snapshot.recording_rows]
+        await connection.execute(INSERT_PARTIES, *_columns(parties, len(_PARTY_TYPES)))
+    # The latest row of each recording: one INSERT … ON CONFLICT may not touch a row twice.
+    recordings = {row[0]: row for snapshot in latest.values() for row in snapshot.recording_rows}
     if recordings:
-        await connection.executemany(UPSERT_RECORDING, recordings)
+        await connection.execute(UPSERT_RECORDINGS, *_columns(list(recordings.values()), len(_RECORDING_TYPES)))
 
 
 async def read_calls(connection: asyncpg.Connection, call_ids: Sequence[str]) -> list[Call]:
