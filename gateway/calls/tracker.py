@@ -455,6 +455,25 @@ class CallTracker:
         finally:
             del self._loading[call_id]
 
+    async def current_calls(self, call_ids: Sequence[str]) -> list[Call]:
+        """These calls as they are now, once their latest changes are committed: from memory, the others read
+        from the store in one trip (and not kept in memory: a reader of many old calls must not push out the
+        ones the API is asking about)."""
+        for call_id in call_ids:
+            await self._saver.stored(call_id)
+        found: dict[str, Call] = {}
+        missing: list[str] = []
+        for call_id in call_ids:
+            call = self._index.call(call_id)
+            if call is not None:
+                found[call_id] = call
+            else:
+                missing.append(call_id)
+        if missing:
+            for call in await self._store.get_calls(missing):
+                found.setdefault(call.call_id, call)
+        return [found[call_id] for call_id in call_ids if call_id in found]
+
     async def expired_on_demand_call_ids(self, ended_before: datetime, limit: int) -> list[str]:
         """Calls with an on-demand recording that ended before the cutoff and nobody kept or protected."""
         await self.flush()  # flags just set in memory must be in the store the query reads

@@ -62,6 +62,7 @@ INSERT_PARTIES = _unnest_insert("call_parties", _PARTY_TYPES, "ON CONFLICT DO NO
 def _columns(rows: Sequence[Sequence[object]], width: int) -> list[list[object]]:
     return [list(column) for column in zip(*rows)] if rows else [[] for _ in range(width)]
 
+
 # A call with its parties and recordings in one statement: one round trip per read, whatever the number of calls.
 _FULL_CALL = (
     f"SELECT {CALL_COLUMNS}, node,"

@@ -67,7 +67,7 @@ class ClusterNode:
         # extension can only answer "more than one call" while both have one (a configuration to fix).
         self.shared_extensions: list[dict[str, object]] = []
         self.directory = Directory(self.database)
-        self.shipper = Shipper(self.database, node, feed, self._call_now)
+        self.shipper = Shipper(self.database, node, feed, tracker.current_calls)
         self.commands: CommandBus | None = None
         self.session: NodeSession | None = None
         self._migrated = False
@@ -167,10 +167,6 @@ class ClusterNode:
     async def _watermark(self) -> int:
         await self._joined.wait()
         return await members.watermark(self.database, self.node)
-
-    async def _call_now(self, call_id: str) -> Call | None:
-        await self._tracker.stored(call_id)
-        return await self._tracker.get_call(call_id)
 
     def _on_call_started(self, payload: str) -> None:
         """Another node's call started: wake this node's `next` waiters for its numbers (read it first)."""

@@ -34,16 +34,17 @@ RETRY_MAX_S = 5.0
 # without them (a waiter's node then reads the call to learn them).
 MAX_NOTIFY_PARTIES_CHARS = 2000
 
-# (call_id) → the call as it is now (memory, else the local store), once its latest change is committed locally.
-CallSource = Callable[[str], Awaitable[Call | None]]
+# (call ids) → those calls as they are now (memory, else the local store), once their latest changes are committed
+# locally.
+CallSource = Callable[[Sequence[str]], Awaitable[list[Call]]]
 
 
 class Shipper:
-    def __init__(self, database: Database, node: str, feed: EventFeed, call_now: CallSource) -> None:
+    def __init__(self, database: Database, node: str, feed: EventFeed, calls_now: CallSource) -> None:
         self._database = database
         self._node = node
         self._feed = feed
-        self._call_now = call_now
+        self._calls_now = calls_now
         self.shipped_seq = 0  # the watermark as last committed in the database
         self.shipped_calls = 0
 
@@ -90,8 +91,7 @@ class Shipper:
         if not events:
             return
         call_ids = list(dict.fromkeys(str(event.data["callID"]) for event in events if "callID" in event.data))
-        found = [await self._call_now(call_id) for call_id in call_ids]
-        snapshots = [snapshot(call) for call in found if call is not None and call.node is None]
+        snapshots = [snapshot(call) for call in await self._calls_now(call_ids) if call.node is None]
         started = [event for event in events if event.name == CALL_STARTED]
         last_seq = events[-1].seq
         async with self._database.connection() as connection, connection.transaction():

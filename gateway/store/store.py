@@ -284,6 +284,16 @@ class Store:
         found = await self._rows_where_in(queries.SELECT_JOURNAL_SEQS, seqs)
         return sorted(rows.journal_entries(found), key=lambda entry: entry.seq)
 
+    async def get_calls(self, call_ids: Sequence[str]) -> list[Call]:
+        """The calls with these ids that the store holds, in full (a read transaction per SQLite variable limit
+        of them, not a trip to the reader threads per call)."""
+        found: list[Call] = []
+        for start in range(0, len(call_ids), SQLITE_MIN_VARIABLE_LIMIT):
+            chunk = list(call_ids[start : start + SQLITE_MIN_VARIABLE_LIMIT])
+            sql = queries.SELECT_EXISTING_CALL_IDS.format(", ".join("?" * len(chunk)))
+            found.extend(await self._read(queries.read_calls_by, sql, chunk))
+        return found
+
     async def existing_call_ids(self, call_ids: Sequence[str]) -> set[str]:
         """Which of these calls the store holds."""
         found = await self._rows_where_in(queries.SELECT_EXISTING_CALL_IDS, call_ids)
