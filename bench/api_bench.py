@@ -221,6 +221,8 @@ def make_paths(kind: str, calls: int, count: int = 20_000) -> list[str]:
         return [f"{prefix}&extension={9000 + rng.randrange(ONGOING_CALLS)}&status=ongoing" for _ in range(count)]
     if kind == "platformCallID":
         return [f"{prefix}&platformCallID={1_000_000_000 + rng.randrange(calls)}" for _ in range(count)]
+    if kind == "nativeID":
+        return [f"{prefix}&nativeID=TRS{rng.randrange(calls):08d}" for _ in range(count)]
     raise ValueError(kind)
 
 
@@ -250,7 +252,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--kinds", default="ongoing,last,platformCallID")
+    parser.add_argument("--kinds", default="ongoing,last,platformCallID,nativeID")
     add_store_url_argument(parser)
     return parser.parse_args(argv)
 
