@@ -311,13 +311,9 @@ def run_gateway(root: Path, cached: Path, folder: Path, idle_s: float, profile: 
         rss_idle / 1024,
         peak / 1024,
         int(health["links"][LINK]["replayed"]),
-        int(health.get("calls", {}).get("stored", -1)) if isinstance(health.get("calls"), dict) else -1,
-        int(health.get("calls", {}).get("ongoing", -1)) if isinstance(health.get("calls"), dict) else -1,
+        int(health["calls"]["stored"]),
+        int(health["calls"]["ongoing"]),
     )
-
-
-def _median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def main() -> None:
@@ -352,7 +348,7 @@ def main() -> None:
                     print(
                         f"  {name:8} {size:>9,} calls  round {round_index + 1}: ready {run.ready_s:6.2f} s, "
                         f"RSS {run.rss_ready_mib:6.1f} → {run.rss_idle_mib:6.1f} MiB (peak {run.peak_mib:.1f}), "
-                        f"replayed {run.replayed:,}",
+                        f"replayed {run.replayed:,}, stored {run.stored:,}, ongoing {run.ongoing:,}",
                         flush=True,
                     )
 
@@ -364,19 +360,23 @@ def main() -> None:
         for size in sizes:
             runs = results[(name, size)]
             print(
-                f"| {name} | {size:,} | {_median([r.ready_s for r in runs]):.2f} "
+                f"| {name} | {size:,} | {statistics.median([r.ready_s for r in runs]):.2f} "
                 f"(min {min(r.ready_s for r in runs):.2f}, max {max(r.ready_s for r in runs):.2f}) | "
-                f"{_median([r.rss_ready_mib for r in runs]):.1f} | {_median([r.rss_idle_mib for r in runs]):.1f} | "
-                f"{_median([r.peak_mib for r in runs]):.1f} |"
+                f"{statistics.median([r.rss_ready_mib for r in runs]):.1f} | {statistics.median([r.rss_idle_mib for r in runs]):.1f} | "
+                f"{statistics.median([r.peak_mib for r in runs]):.1f} |"
             )
     if len(sizes) > 1:
         small, large = min(sizes), max(sizes)
         per = 100_000 / (large - small)
         for name, _ in versions:
             low, high = results[(name, small)], results[(name, large)]
-            rss = (_median([r.rss_idle_mib for r in high]) - _median([r.rss_idle_mib for r in low])) * per
-            ready = (_median([r.ready_s for r in high]) - _median([r.ready_s for r in low])) * per
-            print(f"{name}: growth per 100,000 stored calls ({small:,} → {large:,}): RSS {rss:+.2f} MiB, ready {ready:+.3f} s")
+            rss = (
+                statistics.median([r.rss_idle_mib for r in high]) - statistics.median([r.rss_idle_mib for r in low])
+            ) * per
+            ready = (statistics.median([r.ready_s for r in high]) - statistics.median([r.ready_s for r in low])) * per
+            print(
+                f"{name}: growth per 100,000 stored calls ({small:,} → {large:,}): RSS {rss:+.2f} MiB, ready {ready:+.3f} s"
+            )
 
 
 if __name__ == "__main__":
