@@ -83,8 +83,7 @@ class CallTracker:
         """Load the calls that were ongoing when the gateway stopped (recorders reconcile them on sync), and
         those it still had business with: multi-record calls and transfer legs that more records may join,
         recorder calls waiting for their PBX record."""
-        ongoing = await self._store.load_ongoing_calls()
-        for call in ongoing:
+        for call in await self._store.load_ongoing_calls():
             self._index.index_ongoing(call)
             for recording in call.recordings:
                 if recording.active and recording.recorder and recording.native_id:
@@ -92,14 +91,12 @@ class CallTracker:
         if self._index.ongoing_by_id:
             log.info("ongoing calls restored", calls=len(self._index.ongoing_by_id))
         now = utc_now()
-        awaiting_since = now - UNCORRELATED_HORIZON
-        # The store reads only the finished open calls: the ongoing ones are those just loaded.
-        open_calls = [call for call in ongoing if _has_open_business(call, awaiting_since)]
-        open_calls += await self._store.load_open_calls(awaiting_since=awaiting_since)
+        open_calls = await self._store.load_open_calls(awaiting_since=now - UNCORRELATED_HORIZON)
         for call in sorted(open_calls, key=lambda open_call: open_call.start_time):
-            if not call.ongoing:
-                self._index.remember_finished(call)
-            self._records.restore(call, now)
+            restored = self._index.ongoing_by_id.get(call.call_id) or call
+            if not restored.ongoing:
+                self._index.remember_finished(restored)
+            self._records.restore(restored, now)
         if open_calls:
             log.info("open calls restored", calls=len(open_calls), groups=self._records.group_count)
 
@@ -500,15 +497,6 @@ class CallTracker:
             call = next(stored_call for stored_call in stored if stored_call.call_id == call_id)
             self._index.adopt(call)
         return call
-
-
-def _has_open_business(call: Call, awaiting_since: datetime) -> bool:
-    """What the store's SELECT_OPEN_CALL_IDS finds among finished calls, for a call in memory."""
-    return (
-        call.open_group is not None
-        or call.open_leg_key is not None
-        or (call.awaiting_record and call.start_time >= awaiting_since)
-    )
 
 
 def _settled(outcome: Call | Exception) -> asyncio.Future[Call]:

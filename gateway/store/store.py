@@ -272,8 +272,7 @@ class Store:
 
     async def load_open_calls(self, awaiting_since: datetime) -> list[Call]:
         """Finished calls the tracker still has business with (a multi-record call or a transfer leg that more
-        may join, a recorder call since `awaiting_since` still waiting for its PBX record), in full. The ongoing
-        calls with such business are among `load_ongoing_calls`."""
+        may join), and recorder calls since `awaiting_since` still waiting for their PBX record; in full."""
         return await self._read(queries.read_calls_by, queries.SELECT_OPEN_CALL_IDS, (epoch(awaiting_since),))
 
     async def link_progress(self) -> dict[str, LinkProgress]:
