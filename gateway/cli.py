@@ -60,14 +60,16 @@ def _load_config(given: Path | None, *, bundled_fallback: bool = False) -> Gatew
 
 
 async def _run_until_signalled(config: GatewayConfig) -> int:
-    from gateway.service import Gateway, tune_interpreter  # late: `check` and `hash-password` need none of it
+    # Late: `check` and `hash-password` need none of it.
+    from gateway.service import Gateway, freeze_startup_objects, tune_interpreter
 
     configure_logging(config.log.level, config.log.format, secrets=api_key_secrets(config))
     gateway = Gateway(config)
     systemd = SystemdNotifier()  # does nothing unless started by systemd with Type=notify
+    tune_interpreter()
     async with stop_on_signals() as stopping:
         await gateway.start()
-        tune_interpreter()
+        freeze_startup_objects()
         try:
             systemd.ready(f"serving {gateway.url}")
             systemd.start_watchdog()

@@ -48,13 +48,19 @@ SWITCH_INTERVAL_S = 0.0005
 
 
 def tune_interpreter() -> None:
-    """For a long-running gateway process, once it has started: what start-up made is never collected
-    (gc.freeze), full collections are rare, and threads waiting for the GIL get it sooner. The process owner
-    calls it — not tests, which run many gateways in one interpreter."""
-    gc.collect()
-    gc.freeze()
+    """For a long-running gateway process, before it starts: full collections are rare and threads waiting for
+    the GIL get it sooner — during start-up too, where replaying a link's journal is an SMDR burst of its own
+    (with CPython's defaults, 100,000 journal lines took ~30 % longer to replay: docs/benchmarks.md). The process
+    owner calls it — not tests, which run many gateways in one interpreter."""
     gc.set_threshold(*GC_THRESHOLDS)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+
+
+def freeze_startup_objects() -> None:
+    """Once the gateway has started: what start-up made (the ongoing calls, the imports) is never collected, so
+    full collections walk only what came after."""
+    gc.collect()
+    gc.freeze()
 
 
 class Gateway:

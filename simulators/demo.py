@@ -31,7 +31,7 @@ from gateway.feed import Subscription
 from gateway.lifecycle import stop_on_signals
 from gateway.model import RecordingMode
 from gateway.port_owner import port_in_use
-from gateway.service import Gateway, tune_interpreter
+from gateway.service import Gateway, freeze_startup_objects, tune_interpreter
 from simulators.demo_events import print_events, subscribe
 from simulators.pbx import PbxSimulator
 from simulators.site import Site, first_call_id_from_clock
@@ -367,10 +367,11 @@ async def run_demo(
 ) -> None:
     """Run until SIGINT/SIGTERM; the banner goes to `out` once everything is up, then a line per event."""
     demo = Demo(config, seed=seed, calls_per_minute=calls_per_minute, speed=speed, keep_store=keep_store)
+    tune_interpreter()
     async with stop_on_signals() as stopping:
         try:
             await demo.start()
-            tune_interpreter()
+            freeze_startup_objects()
             print(demo.banner(), file=out, flush=True)
             demo.print_events(out)
             await stopping.wait()

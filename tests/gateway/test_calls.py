@@ -404,6 +404,42 @@ async def test_ongoing_calls_survive_a_restart(tracker, store):
     assert restarted.ongoing_count == 0
 
 
+async def test_open_business_of_ongoing_and_finished_calls_survives_a_restart(tracker, store):
+    """A live call and a finished one still waiting for their PBX records, and a multi-record call waiting for its
+    last part, are each completed by the record that comes after a restart."""
+    now = datetime.now(timezone.utc)
+    live = tracker.apply(setup_event("TRS1", at=now))
+    ended = tracker.apply(setup_event("TRS2", channel="1/6", calling="01709990000", called="8857", at=now))
+    tracker.apply(release_event("TRS2", channel="1/6", at=now + timedelta(seconds=30)))
+    first_part = tracker.apply(
+        avaya_record(
+            start=now - timedelta(hours=1),
+            received_at=now,
+            extension="8860",
+            other_number="01708880000",
+            platform_call_id="77",
+            more_follows=True,
+        )
+    )
+    await tracker.flush()
+
+    restarted = CallTracker(store, EXTENSIONS)
+    await restarted.start()
+    later = now + timedelta(seconds=40)
+    assert restarted.apply(avaya_record(start=now, received_at=later, platform_call_id="1")).call_id == live.call_id
+    record_of_ended = avaya_record(
+        start=now, received_at=later, extension="8857", other_number="01709990000", platform_call_id="2"
+    )
+    assert restarted.apply(record_of_ended).call_id == ended.call_id
+    last_part = avaya_record(
+        start=now - timedelta(hours=1), received_at=later, extension="8861", other_number="", platform_call_id="77"
+    )
+    joined = restarted.apply(last_part)
+    assert joined.call_id == first_part.call_id
+    assert {"8860", "8861"} <= joined.parties
+    await restarted.flush()
+
+
 async def test_correlation_window_is_per_link(store):
     tracker = CallTracker(store, EXTENSIONS, correlation_window_by_link={"slow-pbx": 600})
     await tracker.start()
