@@ -8,6 +8,7 @@ extension searches the nodes that publish that extension (every node when none d
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import TYPE_CHECKING
@@ -63,27 +64,52 @@ class CallFinder:
         else:
             remote = None if sites is None else set(sites) - {cluster.node}
         search_remote = remote is None or bool(remote)
-        for status in statuses:
-            if status == STATUS_ONGOING:
-                found = self._tracker.ongoing_calls_of(number) if local else []
-                if search_remote:
-                    found += await cluster.ongoing_of(number, _listed(remote))
-            elif status == STATUS_LAST:
-                found = await self._tracker.last_calls_of(number) if local else []
-                if search_remote:
-                    found = _latest_ended(found + await cluster.last_of(number, _listed(remote)))
-            elif status == STATUS_NEXT:
-                call = await self._next(number, next_window_s, local, remote)
-                found = [call] if call is not None else []
-            else:
-                raise ValueError(status)
-            if len(found) > 1:
-                raise AmbiguousCall(f"{len(found)} calls of {number} match status {status}")
-            if found:
-                return found[0]
-        raise CallNotFound(number)
+        statuses = list(statuses)
+        # `next` after other statuses: the waiter is parked before they ask the database, so that a call starting
+        # on another node while they do is either found by them or wakes the waiter — never missed in between.
+        parked = self._park_next(number, next_window_s) if STATUS_NEXT in statuses[1:] else None
+        try:
+            if parked is not None:
+                await asyncio.sleep(0)  # its first step registers the waiter
+            for status in statuses:
+                if status == STATUS_ONGOING:
+                    found = self._tracker.ongoing_calls_of(number) if local else []
+                    if search_remote:
+                        found += await cluster.ongoing_of(number, _listed(remote))
+                elif status == STATUS_LAST:
+                    found = await self._tracker.last_calls_of(number) if local else []
+                    if search_remote:
+                        found = _latest_ended(found + await cluster.last_of(number, _listed(remote)))
+                elif status == STATUS_NEXT:
+                    call = await self._next(number, next_window_s, local, remote, parked)
+                    parked = None
+                    found = [call] if call is not None else []
+                else:
+                    raise ValueError(status)
+                if len(found) > 1:
+                    raise AmbiguousCall(f"{len(found)} calls of {number} match status {status}")
+                if found:
+                    return found[0]
+            raise CallNotFound(number)
+        finally:
+            if parked is not None:
+                parked.cancel()
 
-    async def _next(self, number: str, window_s: float, local: bool, remote: Sites) -> Call | None:
+    def _park_next(self, number: str, window_s: float) -> asyncio.Task[Call | None]:
+        """A waiter for the next call of `number`, parked now (the task registers it at its first step)."""
+        task = asyncio.ensure_future(self._tracker.wait_for_next_call(number, window_s))
+        # Cancelled unawaited when another status answers first: nothing to report then.
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return task
+
+    async def _next(
+        self,
+        number: str,
+        window_s: float,
+        local: bool,
+        remote: Sites,
+        parked: asyncio.Task[Call | None] | None = None,
+    ) -> Call | None:
         """The next call of `number` to start on a node searched; others that start meanwhile are passed over."""
         me = self.cluster.node if self.cluster is not None else None
 
@@ -94,7 +120,10 @@ class CallFinder:
 
         deadline = time.monotonic() + window_s
         while (left := deadline - time.monotonic()) > 0:
-            call = await self._tracker.wait_for_next_call(number, left)
+            if parked is not None:
+                call, parked = await parked, None
+            else:
+                call = await self._tracker.wait_for_next_call(number, left)
             if call is None or searched(call):
                 return call
         return None
