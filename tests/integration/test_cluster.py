@@ -98,6 +98,16 @@ def place(sim: TrunkRecorderSimulator) -> object:
     return call
 
 
+async def placed_call_id(sim: TrunkRecorderSimulator, http: aiohttp.ClientSession, site: Gateway) -> str:
+    """Places a call on site A's recorder and returns its callID as `site` finds it (ongoing, or the next)."""
+    place(sim)
+    status, code, root, error = await call_api(http, site, action="GetCallID", extension="8856", status="ongoing,next")
+    assert (status, code) == (200, 0), error
+    call_id = root.findtext("CallID")
+    assert call_id
+    return call_id
+
+
 async def test_a_call_on_one_site_is_found_awaited_and_recorded_through_another(cluster, sim, http) -> None:
     site_a, site_b, site_c = cluster
     waiting = asyncio.create_task(call_api(http, site_b, action="GetCallID", extension="8856", status="next"))
@@ -138,12 +148,7 @@ async def test_a_call_on_one_site_is_found_awaited_and_recorded_through_another(
 
 async def test_recorder_refusal_and_silence_come_back_through_the_other_site(cluster, sim, http) -> None:
     site_a, site_b, site_c = cluster
-    place(sim)
-    status, code, root, error = await call_api(
-        http, site_b, action="GetCallID", extension="8856", status="ongoing,next"
-    )
-    assert (status, code) == (200, 0), error
-    call_id = root.findtext("CallID")
+    call_id = await placed_call_id(sim, http, site_b)
     sim.force_error("ALARM", "span 1 in alarm", verb="START")
     status, code, _, error = await call_api(http, site_b, action="KeepCall", callID=call_id, type="manualRecord")
     assert (status, code) == (200, 2) and "ALARM" in (error or "") and "span 1 in alarm" in (error or "")
@@ -157,12 +162,7 @@ async def test_recorder_refusal_and_silence_come_back_through_the_other_site(clu
 
 async def test_a_node_that_stopped_answers_503_at_once_and_its_calls_stay_findable(cluster, sim, http) -> None:
     site_a, site_b, site_c = cluster
-    place(sim)
-    status, code, root, error = await call_api(
-        http, site_b, action="GetCallID", extension="8856", status="ongoing,next"
-    )
-    assert (status, code) == (200, 0), error
-    call_id = root.findtext("CallID")
+    call_id = await placed_call_id(sim, http, site_b)
     await site_a.stop()
     loop = asyncio.get_running_loop()
     started = loop.time()
