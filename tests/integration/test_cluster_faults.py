@@ -225,3 +225,41 @@ async def test_the_database_stopped_and_started_under_load_loses_no_call(
             except TimeoutError:
                 process.kill()
                 await process.wait()
+
+
+async def test_a_gateway_starts_without_its_database_and_joins_when_it_answers(
+    tmp_path, own_postgres: PostgresCluster, monkeypatch, http
+) -> None:
+    """The database is down when the gateway starts: it starts anyway (after a short wait), says so in /healthz,
+    answers what it can, and joins the cluster once the database is up."""
+    import gateway.cluster.node as cluster_node
+
+    monkeypatch.setattr(cluster_node, "JOIN_WAIT_S", 0.5)
+    await asyncio.to_thread(own_postgres.stop, "fast")
+    site_b = node_b(tmp_path, own_postgres.url)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await site_b.start()
+    try:
+        assert loop.time() - started < 5.0
+        async with http.get(f"{site_b.url}/healthz") as response:
+            report = await response.json()
+        assert response.status == 503 and report["cluster"]["reachable"] is False and report["cluster"]["error"]
+        assert own_postgres.password not in str(report)
+        status, code, _, error = await call_api(http, site_b.url, action="GetCallID", nativeID="TRS00000001")
+        assert (status, code) == (503, 2), error  # another node's call may be it: the database must say
+        await asyncio.to_thread(own_postgres.start)
+
+        async def joined() -> bool:
+            async with http.get(f"{site_b.url}/healthz") as response:
+                report = await response.json()
+            return bool(report["cluster"]["reachable"] and report["cluster"]["session"])
+
+        deadline = loop.time() + WAIT_S
+        while not await joined():
+            assert loop.time() < deadline, "the gateway did not join the cluster after the database came up"
+            await asyncio.sleep(0.1)
+        status, code, _, error = await call_api(http, site_b.url, action="GetCallID", nativeID="TRS00000001")
+        assert (status, code) == (200, 2) and "cannot be found" in (error or ""), error
+    finally:
+        await site_b.stop()
