@@ -178,6 +178,10 @@ class Directory:
                     raise
         return self._owners.get(number, frozenset())
 
+    def close(self) -> None:
+        if self._reloading is not None:
+            self._reloading.cancel()
+
     async def _reload(self) -> None:
         async with self._database.connection() as connection:
             await self.load(connection)

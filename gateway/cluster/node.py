@@ -107,6 +107,7 @@ class ClusterNode:
             )
 
     async def stop(self) -> None:
+        self.directory.close()
         for task in [*self._tasks, *self._wakes]:
             task.cancel()
         pending = [*self._tasks, *self._wakes]
