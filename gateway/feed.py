@@ -10,13 +10,13 @@ resumes with `Last-Event-ID`), so a slow consumer never slows ingest or the API.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+import orjson
 import structlog
 
 from gateway.model import Call, utc_now
@@ -75,8 +75,15 @@ class FeedEvent:
 
     def data_json(self) -> str:
         if not self._json:
-            self._json.append(json.dumps(self.data, separators=(",", ":"), ensure_ascii=False))
+            self._json.append(encode_json(self.data))
         return self._json[0]
+
+
+def encode_json(data: Mapping[str, Any] | Sequence[Any]) -> str:
+    """Compact JSON, UTF-8 as it is (the same text json.dumps(…, separators=(",", ":"), ensure_ascii=False) gives
+    for these values), by orjson: every event is encoded once, and json's encoder was a tenth of an SMDR record's
+    cost on the way in."""
+    return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 class EventLog(Protocol):

@@ -5,14 +5,13 @@ link's lines as the gateway reads them). Both end a stream whose client falls be
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from aiohttp import web
 
 from gateway.errors import ApiError
-from gateway.feed import EventFeed, FeedEvent, Subscription, SubscriptionDropped, parse_filter
+from gateway.feed import EventFeed, FeedEvent, Subscription, SubscriptionDropped, encode_json, parse_filter
 from gateway.watch import LinkWatch
 
 # A comment line this often keeps proxies from closing a quiet stream and finds clients that went away.
@@ -44,7 +43,7 @@ def event_frame(event: FeedEvent) -> bytes:
 
 
 def json_line(data: Mapping[str, Any]) -> str:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return encode_json(data)
 
 
 async def open_stream(request: web.Request) -> web.StreamResponse:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+import orjson
+
 from gateway.events import LinkProgress
-from gateway.feed import FeedEvent
+from gateway.feed import FeedEvent, encode_json
 from gateway.journal import JournalEntry
 from gateway.model import Call, CallState, Direction, Recording, RecordingMode
 
@@ -226,7 +227,7 @@ def event_row(event: FeedEvent) -> tuple[Any, ...]:
         epoch(event.at),
         event.name,
         event.extension,
-        json.dumps(sorted(event.parties)),
+        encode_json(sorted(event.parties)),
         event.data_json(),
     )
 
@@ -237,9 +238,9 @@ def feed_events(rows: Iterable[Sequence[Any]]) -> list[FeedEvent]:
             seq,
             name,
             datetime.fromtimestamp(at, UTC),
-            json.loads(data),
+            orjson.loads(data),
             extension,
-            frozenset(json.loads(parties)),
+            frozenset(orjson.loads(parties)),
             _json=[data],  # the stored text is the event's JSON: a resumed stream sends it as it is
         )
         for seq, at, name, extension, parties, data in rows
