@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchlib, also when 
 from benchlib import ROOT, free_port  # noqa: E402
 
 sys.path.insert(0, str(ROOT))  # the simulators and the recorder client's constants, also from a checkout
-from drivers.trunkrec.client import MAX_MISSED_REPLIES, PING_INTERVAL_S  # noqa: E402
+from drivers.trunkrec.client import MAX_MISSED_REPLIES  # noqa: E402
 from simulators.trunkrec import TrunkRecorderSimulator  # noqa: E402
 
 API_KEY = "74c8eea0-50c6-40b2-9f3e-252ed501c3c8"
@@ -110,6 +110,9 @@ EXTENSION, CHANNEL = "8856", "1/5"  # controlled: KeepCall type=manualRecord sen
 IDLE_TIMEOUT_S = 1.0  # the tcp:// link's idle_timeout: how a half-open PBX is noticed
 HEARTBEAT_S = IDLE_TIMEOUT_S / 4  # while healthy the PBX stand-in sends CR LF this often (a blank line, no record)
 RECORDER_TIMEOUT_S = 1.0  # the recorder's `timeout` in the configuration: KeepCall's bound on the recorder
+# Its `ping_interval`: a stalled recorder is dropped after three missed replies, pings this far apart (the default
+# 5 s would make each stall round last ~13 s).
+PING_INTERVAL_S = 1.0
 # The product promise (issue 10 item 6; drivers/backoff.py CHEAP_RETRY_MAX_S): up within a second of the peer's return.
 PEER_RETURN_BOUND_S = 1.0
 # Added to every bound the soak checks: on the 2-vCPU VM the gateway, the soak (stand-ins, simulator, /healthz
@@ -340,7 +343,7 @@ links:
   - {{name: {LINK_TCP}, format: avaya-ipo, url: "tcp://{LOOPBACK}:{peers.pbx_tcp_port}", timezone: UTC, idle_timeout: {IDLE_TIMEOUT_S}}}
   - {{name: {LINK_SERIAL}, format: avaya-ipo, url: "{peers.serial_path}", timezone: UTC}}
 recorders:
-  - {{name: {RECORDER}, url: "tcp://{LOOPBACK}:{peers.recorder_port}", timeout: {RECORDER_TIMEOUT_S}}}
+  - {{name: {RECORDER}, url: "tcp://{LOOPBACK}:{peers.recorder_port}", timeout: {RECORDER_TIMEOUT_S}, ping_interval: {PING_INTERVAL_S}}}
 extensions:
   - {{number: "{EXTENSION}", mode: controlled, channel: "{CHANNEL}"}}
 log: {{level: warning}}

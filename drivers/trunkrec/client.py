@@ -43,8 +43,8 @@ CLOSE_TIMEOUT_S = 2.0
 # hundred lines. Both are generous so that a slow serial line at 9600 baud still makes it.
 HELLO_TIMEOUT_S = 5.0
 SYNC_TIMEOUT_S = 30.0
-# Liveness: a PING this often; this many consecutive unanswered requests mean the device is gone.
-PING_INTERVAL_S = 5.0
+# Liveness: a PING every `ping_interval` (RecorderConfig); this many consecutive unanswered requests mean the
+# device is gone.
 MAX_MISSED_REPLIES = 3
 # Tags are "g" + a counter; 15 digits keep them within the 16-character limit for ~30 million years at 1,000/s.
 TAG_PREFIX = "g"
@@ -97,7 +97,7 @@ class TrunkRecorderClient:
         config: RecorderConfig,
         submit: Callable[[DriverEvent], object],
         *,
-        ping_interval_s: float = PING_INTERVAL_S,
+        ping_interval_s: float | None = None,  # default: the recorder's `ping_interval`
         backoff_initial_s: float = BACKOFF_INITIAL_S,
         backoff_max_s: float = BACKOFF_MAX_S,
         on_change: Callable[[], None] | None = None,
@@ -108,7 +108,7 @@ class TrunkRecorderClient:
         self.timeout_s = config.timeout_s
         self._config = config
         self._submit = submit
-        self._ping_interval_s = ping_interval_s
+        self._ping_interval_s = config.ping_interval_s if ping_interval_s is None else ping_interval_s
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._log = log.bind(recorder=config.name)

@@ -51,6 +51,7 @@ DEFAULT_QUARANTINE_RETENTION_S: float | None = 90 * DAY_S
 DEFAULT_EVENTS_RETENTION_S: float | None = 7 * DAY_S
 RETENTION_FOREVER = "forever"
 DEFAULT_RECORDER_TIMEOUT_S = 2.0
+DEFAULT_RECORDER_PING_INTERVAL_S = 5.0
 
 
 def default_node_name(host_name: str | None = None) -> str:
@@ -180,6 +181,8 @@ class RecorderConfig:
     name: str
     url: str  # tcp://HOST:PORT or a serial port path / pySerial URL
     timeout_s: float = DEFAULT_RECORDER_TIMEOUT_S
+    # How often an idle link is PINGed; three missed replies in a row and the link is dropped and reopened.
+    ping_interval_s: float = DEFAULT_RECORDER_PING_INTERVAL_S
     serial: SerialSettings | None = None  # local serial and rfc2217 only (defaults when not given)
     line: int | None = field(default=None, compare=False)  # where the recorder is defined
 

@@ -29,6 +29,7 @@ from gateway.config import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_NEXT_WINDOW_S,
     DEFAULT_OPS_NETWORKS,
+    DEFAULT_RECORDER_PING_INTERVAL_S,
     DEFAULT_RECORDER_TIMEOUT_S,
     DEFAULT_SPOOL_PATH,
     DEFAULT_STORE_PATH,
@@ -123,7 +124,7 @@ LINK_KEYS = (
     "keepalive",
     "correlation_window",
 )
-RECORDER_KEYS = ("name", "url", "timeout", *SERIAL_KEYS)
+RECORDER_KEYS = ("name", "url", "timeout", "ping_interval", *SERIAL_KEYS)
 STORE_KEYS = ("path", "url", "spool", "sync", "retention")
 API_KEY_KEYS = ("key", "name", "require_token", "networks", "sites")
 POSTGRESQL_URL_FORM = "postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE[?PARAMETERS]"
@@ -603,6 +604,9 @@ class _Reader(_NodeReader):
                 timeout_s = DEFAULT_RECORDER_TIMEOUT_S
                 if (value := entry.get("timeout")) is not None:
                     timeout_s = float(self.positive(value, entry.key("timeout")))
+                ping_interval_s = DEFAULT_RECORDER_PING_INTERVAL_S
+                if (value := entry.get("ping_interval")) is not None:
+                    ping_interval_s = float(self.positive(value, entry.key("ping_interval")))
                 serial = self.serial_settings(entry, kind)
                 if name in first_by_name:
                     where, line = first_by_name[name]
@@ -612,7 +616,14 @@ class _Reader(_NodeReader):
                         f"duplicate recorder name {name!r}: already used by {where} (line {line})",
                     )
                 first_by_name[name] = (item_path, _line(name_node))
-                recorder = RecorderConfig(name=name, url=url, timeout_s=timeout_s, serial=serial, line=entry.line)
+                recorder = RecorderConfig(
+                    name=name,
+                    url=url,
+                    timeout_s=timeout_s,
+                    ping_interval_s=ping_interval_s,
+                    serial=serial,
+                    line=entry.line,
+                )
                 recorders.append(recorder)
         return tuple(recorders)
 

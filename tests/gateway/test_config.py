@@ -1395,3 +1395,11 @@ def test_max_connections_defaults_to_10000_and_takes_a_positive_whole_number(tmp
     for text in ("0", "-3", "1.5", "lots"):
         error = refused(tmp_path, f"http:\n  max_connections: {text}\n")
         assert error.line == 2 and error.key == "http.max_connections", error
+
+
+def test_a_recorders_ping_interval_defaults_to_5_s_and_takes_positive_seconds(tmp_path: Path) -> None:
+    recorder = """recorders:\n  - name: trunk1\n    url: tcp://127.0.0.1:7010\n"""
+    assert load(tmp_path, recorder).recorders[0].ping_interval_s == 5.0
+    assert load(tmp_path, recorder + "    ping_interval: 1.5\n").recorders[0].ping_interval_s == 1.5
+    error = refused(tmp_path, recorder + "    ping_interval: 0\n")
+    assert error.line == 4 and error.key == "recorders[0].ping_interval", error

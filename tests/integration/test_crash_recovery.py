@@ -38,8 +38,8 @@ async def test_three_kill_9_cycles_lose_nothing_acknowledged(tmp_path):
 
 LINK_FAULT_ROUNDS = 1
 # Peers gone 2–2.5 s: by 2 s the doubling reconnect delays (0.1, 0.2, 0.4, 0.8 s …) have passed the 1 s cap, so
-# the promise is tested at its hardest point; `make soak` uses 2–5 s. One round takes ~20 s on the 2-vCPU VM
-# (the recorder stall alone 7–13 s: three missed replies, PINGs 5 s apart).
+# the promise is tested at its hardest point; `make soak` uses 2–5 s. One round takes ~13 s on the 2-vCPU VM
+# (the recorder stall alone 3–5 s: three missed replies, the soak's recorder PINGed every second).
 LINK_FAULT_OUTAGE_S = (2.0, 2.5)
 
 
