@@ -18,6 +18,9 @@ from simulators.trunkrec import TrunkRecorderSimulator
 
 WAIT_S = 5.0
 TIMEOUT_S = 0.3
+# Through a device server the bytes cross a pty, a TCP socket and an executor thread each way: on a loaded 2-core
+# machine (the suite in four processes) 0.3 s was sometimes too short for a reply; these tests are not about timing.
+RFC2217_TIMEOUT_S = 2.0
 
 
 class EventSink:
@@ -55,10 +58,10 @@ def sink():
     return EventSink()
 
 
-def make_client(url: str, sink: EventSink, **overrides) -> TrunkRecorderClient:
+def make_client(url: str, sink: EventSink, timeout_s: float = TIMEOUT_S, **overrides) -> TrunkRecorderClient:
     options = dict(ping_interval_s=60.0, backoff_initial_s=0.01, backoff_max_s=0.05)
     options.update(overrides)
-    return TrunkRecorderClient(RecorderConfig("trunk1", url, TIMEOUT_S), sink, **options)
+    return TrunkRecorderClient(RecorderConfig("trunk1", url, timeout_s), sink, **options)
 
 
 @pytest.fixture
@@ -285,7 +288,7 @@ async def test_a_recorder_behind_an_rfc2217_device_server_connects_and_answers_a
     simulator = TrunkRecorderSimulator(channels=30, name="rfc2217-sim")
     server = Rfc2217DeviceServer(await simulator.open_pty())
     port = await server.start()
-    driver = make_client(f"rfc2217://127.0.0.1:{port}", sink)
+    driver = make_client(f"rfc2217://127.0.0.1:{port}", sink, timeout_s=RFC2217_TIMEOUT_S)
     try:
         await driver.open()
         await driver.wait_ready(WAIT_S)
@@ -309,7 +312,7 @@ async def test_a_recorder_behind_an_rfc2217_device_server_comes_back_after_the_s
     simulator = TrunkRecorderSimulator(channels=30, name="rfc2217-sim")
     server = Rfc2217DeviceServer(await simulator.open_pty())
     port = await server.start()
-    driver = make_client(f"rfc2217://127.0.0.1:{port}", sink)
+    driver = make_client(f"rfc2217://127.0.0.1:{port}", sink, timeout_s=RFC2217_TIMEOUT_S)
     try:
         await driver.open()
         await driver.wait_ready(WAIT_S)
