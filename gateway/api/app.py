@@ -19,7 +19,7 @@ from multidict import MultiDict
 
 from gateway.api import connections
 from gateway.api.auth import Authenticator, address_in_networks
-from gateway.api.connections import ApiRunner
+from gateway.api.connections import NO_STORE, NOSNIFF, ApiRunner
 from gateway.api.outcomes import error_outcome
 from gateway.api.render import (
     NoPayload,
@@ -68,7 +68,6 @@ UNKNOWN_ACTION_TYPE = "Unknown"
 MESSAGE_INTERNAL = "Internal error; the gateway logged the details."
 MESSAGE_MALFORMED_BODY = "Malformed request body"
 MESSAGE_BODY_TOO_LARGE = f"Request body too large (at most {MAX_BODY_BYTES} bytes)"
-NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,10 +213,6 @@ def verba_api_handler(services: ApiServices, timing_log: bool) -> Callable[[web.
     return verba_api
 
 
-async def _no_sniffing(_request: web.Request, response: web.StreamResponse) -> None:
-    response.headers.update(NOSNIFF)
-
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -228,9 +223,7 @@ def ops_only(handler: Handler) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
         if not address_in_networks(request.remote, request.app[SERVICES].ops_networks):
             log.info("ops request refused", path=request.path, remote=request.remote)
-            return web.json_response(
-                {"error": MESSAGE_OPS_NOT_ALLOWED}, status=403, headers={"Cache-Control": "no-store"}
-            )
+            return web.json_response({"error": MESSAGE_OPS_NOT_ALLOWED}, status=403, headers=NO_STORE)
         return await handler(request)
 
     return guarded
@@ -240,22 +233,23 @@ async def healthz(request: web.Request) -> web.Response:
     """The health report; 503 while degraded, so that a monitor reading only the status code notices."""
     report = await request.app[SERVICES].health()
     status = 200 if report.get("status") == HEALTH_OK else 503
-    return web.json_response(report, status=status, headers={"Cache-Control": "no-store"})
+    return web.json_response(report, status=status, headers=NO_STORE)
 
 
 async def livez(_request: web.Request) -> web.Response:
     """200 while the process serves requests, whatever the state of its links, recorders and store."""
-    return web.json_response({"status": "live"}, headers={"Cache-Control": "no-store"})
+    return web.json_response({"status": "live"}, headers=NO_STORE)
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
-    return await request.app[SERVICES].metrics(request)
+    response = await request.app[SERVICES].metrics(request)
+    response.headers.update(NOSNIFF)
+    return response
 
 
 def create_app(services: ApiServices) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[SERVICES] = services
-    app.on_response_prepare.append(_no_sniffing)
     app[TIMING_LOG] = log.is_enabled_for(logging.DEBUG)
     verba_api = verba_api_handler(services, app[TIMING_LOG])
     app.router.add_route("GET", API_PATH, verba_api)

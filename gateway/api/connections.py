@@ -37,6 +37,11 @@ IDLE_TIMEOUT_S = 30.0
 # File descriptors kept free for the store, the links, the recorders and log files.
 FD_RESERVE = 64
 
+# On every answer: browsers must not guess a type other than the one sent (a text error page sniffed as HTML).
+# Each response sets it itself: an on_response_prepare signal cost ~5 % of an API answer's time.
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+NO_STORE = {"Cache-Control": "no-store", **NOSNIFF}
+
 MESSAGE_MALFORMED_REQUEST = "Malformed HTTP request"
 MESSAGE_TOO_LONG = "Request line or header field too long"
 MESSAGE_BAD_METHOD = "Malformed HTTP method"
@@ -265,7 +270,7 @@ class ApiRequestHandler(RequestHandler):
 
 
 def _plain_error_page(_request: web.BaseRequest, status: int, message: str) -> web.Response:
-    return web.Response(status=status, text=message)
+    return web.Response(status=status, text=message, headers=NOSNIFF)
 
 
 class _RefusedRequest:

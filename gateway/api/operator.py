@@ -17,6 +17,7 @@ from aiohttp import web
 
 from drivers.smdr.show import printable
 from gateway.api.auth import Authenticator
+from gateway.api.connections import NO_STORE, NOSNIFF
 from gateway.api.streams import stream_events, stream_tap
 from gateway.errors import ApiError, StoreError
 from gateway.feed import EventFeed
@@ -86,14 +87,14 @@ def _json_errors(handler: Handler) -> Handler:
     return answer
 
 
-_NO_STORE = {"Cache-Control": "no-store"}
+_NO_STORE = NO_STORE
 STORE_REFUSES_READS = "the store refuses reads; try again later"
 
 
 async def _redirect_to_status(request: web.Request) -> web.StreamResponse:
     # The query string goes along: a bookmarked `/?apiKey=…` lands on the page with its key.
     location = STATUS_PATH + (f"?{request.query_string}" if request.query_string else "")
-    raise web.HTTPFound(location)
+    raise web.HTTPFound(location, headers=NOSNIFF)
 
 
 async def _status_page(request: web.Request) -> web.StreamResponse:
@@ -123,7 +124,9 @@ async def _asset(request: web.Request) -> web.StreamResponse:
     if content_type is None:
         raise web.HTTPNotFound()
     body = (_STATIC / name).read_bytes()
-    return web.Response(body=body, content_type=content_type, charset="utf-8", headers={"Cache-Control": "no-cache"})
+    return web.Response(
+        body=body, content_type=content_type, charset="utf-8", headers={"Cache-Control": "no-cache", **NOSNIFF}
+    )
 
 
 async def _status_state(request: web.Request) -> web.StreamResponse:

@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 
+from gateway.api.connections import NOSNIFF
 from gateway.errors import ApiError
 from gateway.feed import EventFeed, FeedEvent, Subscription, SubscriptionDropped, encode_json, parse_filter
 from gateway.watch import LinkWatch
@@ -25,6 +26,7 @@ BACKLOG_PAGE_EVENTS = 500
 LAST_EVENT_ID = "Last-Event-ID"
 
 SSE_HEADERS = {
+    **NOSNIFF,
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-store",
     "X-Accel-Buffering": "no",  # a reverse proxy in front must not hold events back

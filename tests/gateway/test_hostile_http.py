@@ -140,9 +140,36 @@ async def test_errors_found_by_the_http_layer_answer_in_the_requested_format_whe
 
 
 async def test_every_answer_carries_nosniff(hostile_gateway):
-    for target in ("/healthz", f"/verba/api?{LOOKUP}", "/"):
-        response = await raw_exchange(hostile_gateway.port, raw_request("GET", target))
-        assert response.headers.get("x-content-type-options") == "nosniff", target
+    key = f"apiKey={HOSTILE_OPEN_KEY}"
+    targets = [
+        ("GET", "/healthz"),
+        ("GET", "/livez"),
+        ("GET", "/metrics"),
+        ("GET", f"/verba/api?{LOOKUP}"),
+        ("POST", f"/verba/api?{LOOKUP}"),
+        ("GET", "/verba/api?action=Nope"),
+        ("PUT", "/verba/api"),  # 405, answered by the router
+        ("GET", "/nowhere"),  # 404
+        ("GET", "/"),  # a redirect to the status page
+        ("GET", f"/status?{key}"),
+        ("GET", "/status"),  # refused: no key
+        ("GET", f"/status/state?{key}"),
+        ("GET", "/status/assets/status.css"),
+        ("GET", "/status/assets/nothing.js"),
+        ("GET", f"/links/nope/quarantine?{key}"),
+        ("GET", f"/events?types=nope&{key}"),
+    ]
+    for method, target in targets:
+        response = await raw_exchange(hostile_gateway.port, raw_request(method, target))
+        assert response.headers.get("x-content-type-options") == "nosniff", (method, target, response.status)
+    # A stream: its head is enough.
+    reader, writer = await asyncio.open_connection("127.0.0.1", hostile_gateway.port)
+    try:
+        writer.write(f"GET /events?{key} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+    finally:
+        writer.close()
+    assert b"200 OK" in head and b"x-content-type-options: nosniff" in head.lower()
 
 
 # ---- finding 4: status=next repeated
