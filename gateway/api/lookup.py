@@ -201,8 +201,8 @@ def _listed(sites: Sites) -> list[str] | None:
 
 def _latest_ended(calls: list[Call]) -> list[Call]:
     """Of the calls each node found last, those that ended latest (ties stay: they are ambiguous)."""
-    ended = [call for call in calls if call.end_time is not None]
+    ended = [(call.end_time, call) for call in calls if call.end_time is not None]
     if not ended:
         return []
-    latest = max(call.end_time for call in ended)  # type: ignore[type-var]
-    return [call for call in ended if call.end_time == latest]
+    latest = max(end_time for end_time, _ in ended)
+    return [call for end_time, call in ended if end_time == latest]

@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -138,17 +139,17 @@ async def node_states(database: Database) -> list[NodeState]:
     return sorted(states, key=lambda state: state.node)
 
 
-def _state(row: Mapping[str, object]) -> NodeState:
+def _state(row: Mapping[str, Any]) -> NodeState:
+    """A node's row (asyncpg returns JSONB as its text) and whether its lock is held."""
     age = row["age"]
     age_s = float(age) if isinstance(age, int | float) else None
     recorders = row["recorders"]
-    parsed = json.loads(recorders) if isinstance(recorders, str) else dict(recorders or {})  # type: ignore[call-overload]
     return NodeState(
         node=str(row["node"]),
         running=bool(row["locked"]) and age_s is not None and age_s < DEAD_AFTER_S,
         heartbeat_age_s=age_s,
-        shipped_seq=int(row["shipped_seq"]),  # type: ignore[call-overload]
-        recorders=parsed,
+        shipped_seq=int(row["shipped_seq"]),
+        recorders=json.loads(recorders) if isinstance(recorders, str) else dict(recorders or {}),
     )
 
 

@@ -49,7 +49,7 @@ class ClusterNode:
         extensions: Sequence[ExtensionConfig],
         recorders: Sequence[RecorderConfig],
         recorder_states: Callable[[], Mapping[str, str]],
-        key_sites: Mapping[str, Sequence[str] | None] = {},  # noqa: B006 — read only
+        key_sites: Mapping[str, Sequence[str] | None] | None = None,  # API key name → its `sites`
     ) -> None:
         self.node = node
         self.database = Database(url)
@@ -62,7 +62,7 @@ class ClusterNode:
         ]
         self._recorder_timeouts = {recorder.name: recorder.timeout_s for recorder in recorders}
         self._recorder_states = recorder_states
-        self._key_sites = dict(key_sites)
+        self._key_sites = dict(key_sites or {})
         # Extensions this node shares with another node that some API key sees both of: lookups of them by
         # extension can only answer "more than one call" while both have one (a configuration to fix).
         self.shared_extensions: list[dict[str, object]] = []
