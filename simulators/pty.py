@@ -19,6 +19,9 @@ PTY_OPEN_POLL_S = 0.02
 # Once the slave is open, give the opener this long to configure and flush the port (pySerial flushes
 # input on open) before the session starts and anything is sent.
 PTY_SETTLE_S = 0.05
+# Behind an RFC 2217 device server the opener's flush crosses TCP and the server's negotiation first: on a loaded
+# machine it came after 50 ms, and the session then started again under a client that had read the first banner.
+PTY_SETTLE_BEHIND_DEVICE_SERVER_S = 0.5
 PTY_READ_BYTES = 4096
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
@@ -80,8 +83,15 @@ class PtyPort:
     its simulator owns (and cancels on stop).
     """
 
-    def __init__(self, new_session: Callable[[], asyncio.Protocol], spawn: Spawn, log: Any) -> None:
+    def __init__(
+        self,
+        new_session: Callable[[], asyncio.Protocol],
+        spawn: Spawn,
+        log: Any,
+        settle_s: float = PTY_SETTLE_S,
+    ) -> None:
         self._new_session = new_session
+        self._settle_s = settle_s
         self._spawn = spawn
         self._log = log
         self.loop = asyncio.get_running_loop()
@@ -111,7 +121,7 @@ class PtyPort:
             await asyncio.sleep(PTY_OPEN_POLL_S)
         assert chunk is not True  # _read_once answers bytes, None or False
         self._keep_data(chunk, early)
-        await asyncio.sleep(PTY_SETTLE_S)
+        await asyncio.sleep(self._settle_s)
         while isinstance(chunk := self._read_once(), bytes):
             self._keep_data(chunk, early)  # flush notices now are the opener's own: nothing was sent yet
         if chunk is False:  # closed again while settling

@@ -24,7 +24,7 @@ import structlog
 from drivers.trunkrec import protocol as p
 from gateway.lifecycle import stop_on_signals
 from simulators.cli import run_cli
-from simulators.pty import PtyPort
+from simulators.pty import PTY_SETTLE_S, PtyPort
 from simulators.tasks import OwnedTasks
 
 log = structlog.get_logger(__name__)
@@ -250,12 +250,14 @@ class TrunkRecorderSimulator:
         self._log.info("listening", host=host, port=self.port)
         return self.port
 
-    async def open_pty(self) -> str:
-        """Serve the protocol on a new pty; returns the slave path for the gateway to open as a serial port."""
+    async def open_pty(self, settle_s: float = PTY_SETTLE_S) -> str:
+        """Serve the protocol on a new pty; returns the slave path for the gateway to open as a serial port.
+        `settle_s`: how long after the slave is opened the session starts (the opener configures and flushes the
+        port meanwhile); PTY_SETTLE_BEHIND_DEVICE_SERVER_S when an RFC 2217 device server opens it."""
         if self._pty is not None:
             raise SimulatorError("this simulator already has a pty")
         # The banner goes out when a session starts: after the gateway opened the slave and settled.
-        self._pty = PtyPort(partial(_Session, self, f"{self.name}:pty"), self._spawn, self._log)
+        self._pty = PtyPort(partial(_Session, self, f"{self.name}:pty"), self._spawn, self._log, settle_s)
         self.pty_path = self._pty.slave_path
         self._log.info("serving on pty", path=self.pty_path)
         return self.pty_path

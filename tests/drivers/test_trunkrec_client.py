@@ -14,6 +14,7 @@ from gateway.errors import RecorderError, RecorderNotConnected, RecorderTimeout
 from gateway.events import CallConnected, CallEnded, CallStarted, RecorderSynced, RecordingStarted, RecordingStopped
 from gateway.model import Direction
 from simulators.device_server import Rfc2217DeviceServer
+from simulators.pty import PTY_SETTLE_BEHIND_DEVICE_SERVER_S
 from simulators.trunkrec import TrunkRecorderSimulator
 
 WAIT_S = 5.0
@@ -286,7 +287,7 @@ async def test_a_recorder_restarting_mid_command_fails_the_command_and_is_ready_
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pySerial's rfc2217 module uses Thread.setDaemon
 async def test_a_recorder_behind_an_rfc2217_device_server_connects_and_answers_a_manual_record_start(sink):
     simulator = TrunkRecorderSimulator(channels=30, name="rfc2217-sim")
-    server = Rfc2217DeviceServer(await simulator.open_pty())
+    server = Rfc2217DeviceServer(await simulator.open_pty(PTY_SETTLE_BEHIND_DEVICE_SERVER_S))
     port = await server.start()
     driver = make_client(f"rfc2217://127.0.0.1:{port}", sink, timeout_s=RFC2217_TIMEOUT_S)
     try:
@@ -310,7 +311,7 @@ async def test_a_recorder_behind_an_rfc2217_device_server_connects_and_answers_a
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 async def test_a_recorder_behind_an_rfc2217_device_server_comes_back_after_the_server_drops_it(sink):
     simulator = TrunkRecorderSimulator(channels=30, name="rfc2217-sim")
-    server = Rfc2217DeviceServer(await simulator.open_pty())
+    server = Rfc2217DeviceServer(await simulator.open_pty(PTY_SETTLE_BEHIND_DEVICE_SERVER_S))
     port = await server.start()
     driver = make_client(f"rfc2217://127.0.0.1:{port}", sink, timeout_s=RFC2217_TIMEOUT_S)
     try:

@@ -19,6 +19,7 @@ from gateway.config import (
 )
 from gateway.model import RecordingMode
 from gateway.service import Gateway
+from simulators.pty import PTY_SETTLE_BEHIND_DEVICE_SERVER_S
 from simulators.device_server import Rfc2217DeviceServer
 from simulators.trunkrec import TrunkRecorderSimulator
 
@@ -30,7 +31,7 @@ WAIT_S = 5.0
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pySerial's rfc2217 module uses Thread.setDaemon
 async def test_keepcall_manual_record_starts_a_recorder_reached_through_rfc2217(tmp_path):
     sim = TrunkRecorderSimulator(channels=30, name="rfc2217-sim")
-    server = Rfc2217DeviceServer(await sim.open_pty())
+    server = Rfc2217DeviceServer(await sim.open_pty(PTY_SETTLE_BEHIND_DEVICE_SERVER_S))
     port = await server.start()
     config = GatewayConfig(
         source=tmp_path / "test.yaml",
