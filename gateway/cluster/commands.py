@@ -9,17 +9,16 @@ answers with that outcome, or 504 when none came within the owner's recorder tim
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import asyncpg
 import structlog
 
+from gateway.cluster import members
 from gateway.cluster.database import Database
-from gateway.cluster.listener import node_lock_key
-from gateway.cluster.members import DEAD_AFTER_S, LOCKED_SQL, NOW
+from gateway.cluster.members import NOW
 from gateway.errors import ClusterUnavailable, NodeUnavailable
 
 log = structlog.get_logger(__name__)
@@ -68,12 +67,12 @@ class CommandBus:
     async def request(self, owner: str, call_id: str, kind: str, unmark: bool, recorder: str | None) -> Outcome:
         """Run KeepCall on `owner`; NodeUnavailable when it is not running, TimeoutError when it did not answer."""
         async with self._database.connection() as connection:
-            row = await _owner_row(connection, owner)
-            if row is None or not _running(row):
+            state = await members.node_state(connection, owner)
+            if state is None or not state.running:
                 raise NodeUnavailable(owner)
             timeout_s = NO_RECORDER_TIMEOUT_S
             if kind == KIND_MANUAL_RECORD:
-                timeout_s = _recorder_timeout(row["recorders"], recorder) + COMMAND_MARGIN_S
+                timeout_s = _recorder_timeout(state.recorders, recorder) + COMMAND_MARGIN_S
             async with connection.transaction():
                 command_id = await connection.fetchval(
                     "INSERT INTO commands (node, from_node, call_id, kind, unmark, created_at, deadline)"
@@ -113,7 +112,8 @@ class CommandBus:
             if done:
                 return
             async with self._database.connection() as connection:
-                if not _running(await _owner_row(connection, owner)):
+                state = await members.node_state(connection, owner)
+                if state is None or not state.running:
                     raise NodeUnavailable(owner)
 
     def on_result(self, payload: str) -> None:
@@ -186,25 +186,13 @@ class CommandBus:
             await asyncio.gather(*self._running, return_exceptions=True)
 
 
-async def _owner_row(connection: asyncpg.Connection, owner: str) -> asyncpg.Record | None:
-    high, low = node_lock_key(owner)
-    return await connection.fetchrow(
-        f"SELECT {LOCKED_SQL} AS locked, {NOW} - heartbeat_at AS age, recorders FROM nodes WHERE node = $1",
-        owner,
-        high,
-        low,
-    )
+def _recorder_timeout(recorders: Mapping[str, Mapping[str, object]], recorder: str | None) -> float:
+    """The owner's published timeout for the call's recorder, else the longest of its recorders'."""
 
+    def timeout_of(entry: Mapping[str, object]) -> float:
+        value = entry.get("timeout_s", DEFAULT_RECORDER_TIMEOUT_S)
+        return float(value) if isinstance(value, int | float) else DEFAULT_RECORDER_TIMEOUT_S
 
-def _running(row: asyncpg.Record | None) -> bool:
-    return row is not None and bool(row["locked"]) and row["age"] is not None and row["age"] < DEAD_AFTER_S
-
-
-def _recorder_timeout(recorders: object, recorder: str | None) -> float:
-    published = json.loads(recorders) if isinstance(recorders, str) else (recorders or {})
-    if not isinstance(published, dict):
-        return DEFAULT_RECORDER_TIMEOUT_S
-    timeouts = [float(entry.get("timeout_s", DEFAULT_RECORDER_TIMEOUT_S)) for entry in published.values()]
-    if recorder is not None and isinstance(published.get(recorder), dict):
-        return float(published[recorder].get("timeout_s", DEFAULT_RECORDER_TIMEOUT_S))
-    return max(timeouts, default=DEFAULT_RECORDER_TIMEOUT_S)
+    if recorder is not None and recorder in recorders:
+        return timeout_of(recorders[recorder])
+    return max((timeout_of(entry) for entry in recorders.values()), default=DEFAULT_RECORDER_TIMEOUT_S)

@@ -22,7 +22,7 @@ DIRECTORY_TTL_S = 2.0
 SELECT_DIRECTORY = "SELECT number, node FROM node_extensions"  # how long the extension directory read from the database is used before reading it again
 
 NOW = "extract(epoch from clock_timestamp())"  # the database's clock: the one every node agrees on
-LOCKED_SQL = (
+_LOCKED_SQL = (
     "EXISTS (SELECT 1 FROM pg_locks AS l WHERE l.locktype = 'advisory' AND l.granted"
     " AND l.classid = $2::bigint::oid AND l.objid = $3::bigint::oid AND l.objsubid = 2)"
 )
@@ -112,10 +112,11 @@ async def watermark(database: Database, node: str) -> int:
     return int(value["shipped_seq"]) if value is not None else 0
 
 
-async def node_state(database: Database, node: str) -> NodeState | None:
+async def node_state(connection: asyncpg.Connection, node: str) -> NodeState | None:
+    """One node's state (running: its lock is held and its heartbeat fresh); None when it never joined."""
     high, low = node_lock_key(node)
-    row = await database.fetchrow(
-        f"SELECT node, {LOCKED_SQL} AS locked, {NOW} - heartbeat_at AS age, shipped_seq, recorders"
+    row = await connection.fetchrow(
+        f"SELECT node, {_LOCKED_SQL} AS locked, {NOW} - heartbeat_at AS age, shipped_seq, recorders"
         " FROM nodes WHERE node = $1",
         node,
         high,
