@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from gateway.calls import CallTracker
 from gateway.calls.statuses import STATUS_LAST, STATUS_NEXT, STATUS_ONGOING
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from gateway.cluster.node import ClusterNode
 
 Sites = Collection[str] | None
+T = TypeVar("T")
 
 
 class CallFinder:
@@ -130,19 +131,21 @@ class CallFinder:
 
     # ---- by the PBX's or the recorder's call id
 
+    # Each: this node's answer (the tracker's, which raises when it finds none or two) and the other nodes'.
+
     async def find_by_platform_call_id(self, platform_call_id: str, sites: Sites) -> Call:
+        local = self._tracker.find_by_platform_call_id
         if self.cluster is None:
-            return await self._tracker.find_by_platform_call_id(platform_call_id)
-        local = self._tracker.find_by_platform_call_id if self._local_visible(sites) else None
+            return await local(platform_call_id)
         remote = await self.cluster.by_platform_call_id(platform_call_id, _listed(sites))
-        return await _single(local, platform_call_id, remote)
+        return await _single(self._visible(local, sites), platform_call_id, remote, _call_id)
 
     async def find_by_native_id(self, native_id: str, sites: Sites) -> Call:
+        local = self._tracker.find_by_native_id
         if self.cluster is None:
-            return await self._tracker.find_by_native_id(native_id)
-        local = self._tracker.find_by_native_id if self._local_visible(sites) else None
+            return await local(native_id)
         remote = await self.cluster.by_native_id(native_id, _listed(sites))
-        return await _single(local, native_id, remote)
+        return await _single(self._visible(local, sites), native_id, remote, _call_id)
 
     async def find_id_by_platform_call_id(self, platform_call_id: str, sites: Sites) -> str:
         """Only the callID (all GetCallID needs): indexed queries here and in the cluster, no call read."""
@@ -150,28 +153,34 @@ class CallFinder:
         if self.cluster is None:
             return await local(platform_call_id)
         remote = await self.cluster.ids_by_platform_call_id(platform_call_id, _listed(sites))
-        return await _single_id(local if self._local_visible(sites) else None, platform_call_id, remote)
+        return await _single(self._visible(local, sites), platform_call_id, remote, str)
 
     async def find_id_by_native_id(self, native_id: str, sites: Sites) -> str:
         local = self._tracker.find_id_by_native_id
         if self.cluster is None:
             return await local(native_id)
         remote = await self.cluster.ids_by_native_id(native_id, _listed(sites))
-        return await _single_id(local if self._local_visible(sites) else None, native_id, remote)
+        return await _single(self._visible(local, sites), native_id, remote, str)
+
+    def _visible(self, local: Callable[[str], Awaitable[T]], sites: Sites) -> Callable[[str], Awaitable[T]] | None:
+        """This node's lookup, when the caller may see this node's calls."""
+        return local if self._local_visible(sites) else None
 
 
-async def _single(local: Callable[[str], Awaitable[Call]] | None, value: str, remote: list[Call]) -> Call:
-    """Exactly one call between this node's (`local(value)`, which raises when it finds none or two) and the
-    other nodes' (`remote`)."""
-    found: dict[str, Call] = {}
+async def _single(
+    local: Callable[[str], Awaitable[T]] | None, value: str, remote: list[T], call_id: Callable[[T], str]
+) -> T:
+    """Exactly one call (or callID) between this node's (`local(value)`, which raises when it finds none or two)
+    and the other nodes' (`remote`)."""
+    found: dict[str, T] = {}
     if local is not None:
         try:
-            call = await local(value)
-            found[call.call_id] = call
+            hit = await local(value)
+            found[call_id(hit)] = hit
         except CallNotFound:
             pass
-    for call in remote:
-        found.setdefault(call.call_id, call)
+    for hit in remote:
+        found.setdefault(call_id(hit), hit)
     if len(found) > 1:
         raise AmbiguousCall(f"{len(found)} calls have {value}")
     if not found:
@@ -179,20 +188,8 @@ async def _single(local: Callable[[str], Awaitable[Call]] | None, value: str, re
     return next(iter(found.values()))
 
 
-async def _single_id(local: Callable[[str], Awaitable[str]] | None, value: str, remote: list[str]) -> str:
-    """Exactly one callID between this node's (`local(value)`, which raises when it finds none or two) and the
-    other nodes' (`remote`)."""
-    found = set(remote)
-    if local is not None:
-        try:
-            found.add(await local(value))
-        except CallNotFound:
-            pass
-    if len(found) > 1:
-        raise AmbiguousCall(f"{len(found)} calls have {value}")
-    if not found:
-        raise CallNotFound(value)
-    return found.pop()
+def _call_id(call: Call) -> str:
+    return call.call_id
 
 
 def _listed(sites: Sites) -> list[str] | None:

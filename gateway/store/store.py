@@ -287,12 +287,7 @@ class Store:
     async def get_calls(self, call_ids: Sequence[str]) -> list[Call]:
         """The calls with these ids that the store holds, in full (a read transaction per SQLite variable limit
         of them, not a trip to the reader threads per call)."""
-        found: list[Call] = []
-        for start in range(0, len(call_ids), SQLITE_MIN_VARIABLE_LIMIT):
-            chunk = list(call_ids[start : start + SQLITE_MIN_VARIABLE_LIMIT])
-            sql = queries.SELECT_EXISTING_CALL_IDS.format(", ".join("?" * len(chunk)))
-            found.extend(await self._read(queries.read_calls_by, sql, chunk))
-        return found
+        return await self._where_in(queries.read_calls_by, queries.SELECT_EXISTING_CALL_IDS, call_ids)
 
     async def existing_call_ids(self, call_ids: Sequence[str]) -> set[str]:
         """Which of these calls the store holds."""
@@ -300,13 +295,18 @@ class Store:
         return {call_id for (call_id,) in found}
 
     async def _rows_where_in(self, sql_template: str, values: Sequence[Any]) -> list[Any]:
-        """The rows of `sql_template` (its `{}` an IN list) for all `values`, a statement per
+        return await self._where_in(queries.read_rows, sql_template, values)
+
+    async def _where_in(
+        self, read: Callable[[Any, str, Sequence[Any]], list[T]], sql_template: str, values: Sequence[Any]
+    ) -> list[T]:
+        """What `read` makes of `sql_template` (its `{}` an IN list) for all `values`, a statement per
         SQLITE_MIN_VARIABLE_LIMIT of them."""
-        found: list[Any] = []
+        found: list[T] = []
         for start in range(0, len(values), SQLITE_MIN_VARIABLE_LIMIT):
             chunk = list(values[start : start + SQLITE_MIN_VARIABLE_LIMIT])
             sql = sql_template.format(", ".join("?" * len(chunk)))
-            found.extend(await self._read(queries.read_rows, sql, chunk))
+            found.extend(await self._read(read, sql, chunk))
         return found
 
     async def count_calls(self) -> int:
